@@ -1,0 +1,158 @@
+"""Learned dynamics in keypoint coordinates: the constrained Lagrangian and its ablations.
+
+State: keypoints q and velocities qdot, each `(..., K, 2)` in image units; actions u
+`(..., A)`. `acceleration(q, qdot, u)` returns qddot `(..., K, 2)`.
+
+KeyCLD (`kind="constrained"`): L = 1/2 qdot^T M qdot - V(q) with a constant positive-
+definite mass matrix M = M_K (x) I_2 over the keypoints (a rigid rod needs the cross terms
+that point masses lack, DESIGN.md section 2), generalised force f = -grad V + B(q) u - D qdot
+(D positive semi-definite, per keypoint, initialised near zero so it does not soak up noise),
+and the constrained Euler-Lagrange equations
+
+    lambda = (J M^-1 J^T)^-1 (J M^-1 f + Jdot qdot),   qddot = M^-1 (f - J^T lambda).
+
+Ablations from the project page: `"unconstrained"` (the same Lagrangian on free keypoints)
+and `"neural_ode"` (an unstructured second-order ODE, qddot = MLP(q, qdot, u)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from keycld_gym.constraints import ConstraintSet
+
+DYNAMICS_KINDS = ("constrained", "unconstrained", "neural_ode")
+
+
+@dataclass(frozen=True)
+class DynamicsConfig:
+    """Dynamics model settings.
+
+    Attributes:
+        kind: one of `DYNAMICS_KINDS`.
+        hidden: width of the potential, input-matrix and ODE MLPs.
+        layers: hidden layers of those MLPs.
+        init_std: std of the MLPs' initial weights (small, as in the authors' code).
+        learn_damping: learn the dissipation D (else D = 0).
+        init_damping: initial damping per keypoint (near zero: standard cartpole has ~0).
+    """
+
+    kind: str = "constrained"
+    hidden: int = 64
+    layers: int = 2
+    init_std: float = 0.01
+    learn_damping: bool = True
+    init_damping: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.kind not in DYNAMICS_KINDS:
+            raise ValueError(f"dynamics kind must be one of {DYNAMICS_KINDS}, got {self.kind!r}")
+
+
+def mlp(n_in: int, n_out: int, hidden: int, layers: int, init_std: float) -> nn.Sequential:
+    """A softplus MLP (smooth, so its gradient - the force - is smooth too)."""
+    dims = [n_in] + [hidden] * layers
+    mods: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        mods += [nn.Linear(a, b), nn.Softplus()]
+    mods.append(nn.Linear(dims[-1], n_out))
+    for m in mods:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=init_std)
+            nn.init.zeros_(m.bias)
+    return nn.Sequential(*mods)
+
+
+def _inv_softplus(x: float) -> float:
+    return float(torch.log(torch.expm1(torch.tensor(x))))
+
+
+class Dynamics(nn.Module):
+    """qddot = f(q, qdot, u) for K keypoints, A action dims (see the module docstring)."""
+
+    def __init__(self, num_keypoints: int, action_dim: int, constraints: ConstraintSet | None, config: DynamicsConfig):
+        super().__init__()
+        if config.kind == "constrained" and constraints is None:
+            raise ValueError("constrained dynamics need a ConstraintSet")
+        self.config = config
+        self.num_keypoints, self.action_dim = num_keypoints, action_dim
+        self.constraints = constraints if config.kind == "constrained" else None
+        n = 2 * num_keypoints
+        h, l, s = config.hidden, config.layers, config.init_std
+        if config.kind == "neural_ode":
+            self.ode = mlp(2 * n + action_dim, n, h, l, s)
+            return
+        # M_K = L L^T, L lower triangular with a softplus diagonal: positive definite.
+        self.mass_offdiag = nn.Parameter(torch.zeros(num_keypoints, num_keypoints))
+        self.mass_raw_diag = nn.Parameter(torch.full((num_keypoints,), _inv_softplus(1.0)))
+        self.potential_net = mlp(n, 1, h, l, s)
+        self.input_net = mlp(n, n * action_dim, h, l, s)
+        self.damping_raw = nn.Parameter(
+            torch.full((num_keypoints,), _inv_softplus(config.init_damping)), requires_grad=config.learn_damping
+        )
+
+    # -- energies and their parts ---------------------------------------------------------
+    def mass_matrix(self) -> torch.Tensor:
+        """M_K `(K, K)`, symmetric positive definite (the full M is M_K kron I_2)."""
+        low = torch.tril(self.mass_offdiag, -1) + torch.diag(nn.functional.softplus(self.mass_raw_diag))
+        return low @ low.T
+
+    def damping(self) -> torch.Tensor:
+        """Damping per keypoint `(K,)`, non-negative (D = diag(damping) kron I_2)."""
+        if not self.config.learn_damping:
+            return torch.zeros_like(self.damping_raw)
+        return nn.functional.softplus(self.damping_raw)
+
+    def potential(self, q: torch.Tensor) -> torch.Tensor:
+        """V(q) `(...)` for keypoints `(..., K, 2)`."""
+        return self.potential_net(q.flatten(-2)).squeeze(-1)
+
+    def kinetic(self, qdot: torch.Tensor) -> torch.Tensor:
+        """T = 1/2 qdot^T M qdot `(...)` for velocities `(..., K, 2)`."""
+        return 0.5 * torch.einsum("...kd,kl,...ld->...", qdot, self.mass_matrix(), qdot)
+
+    def energy(self, q: torch.Tensor, qdot: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Kinetic, potential and total energy, each `(...)` (for energy-based control)."""
+        if self.config.kind == "neural_ode":
+            raise ValueError("the neural ODE ablation has no energies")
+        t, v = self.kinetic(qdot), self.potential(q)
+        return {"kinetic": t, "potential": v, "total": t + v}
+
+    def input_matrix(self, q: torch.Tensor) -> torch.Tensor:
+        """B(q) `(..., K, 2, A)`: generalised force per unit action."""
+        return self.input_net(q.flatten(-2)).reshape(*q.shape, self.action_dim)
+
+    def potential_gradient(self, q: torch.Tensor) -> torch.Tensor:
+        """grad V(q) `(..., K, 2)`, differentiable (also under `torch.no_grad`)."""
+        with torch.enable_grad():
+            qg = q if q.requires_grad else q.detach().requires_grad_(True)
+            v = self.potential(qg).sum()
+            (grad,) = torch.autograd.grad(v, qg, create_graph=torch.is_grad_enabled() and self.training)
+        return grad
+
+    def force(self, q: torch.Tensor, qdot: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """f = -grad V + B(q) u - D qdot, `(..., K, 2)`."""
+        f = -self.potential_gradient(q) + (self.input_matrix(q) @ u[..., None, :, None]).squeeze(-1)
+        return f - self.damping()[:, None] * qdot
+
+    # -- equations of motion --------------------------------------------------------------
+    def acceleration(self, q: torch.Tensor, qdot: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """qddot `(..., K, 2)` from keypoints, velocities `(..., K, 2)` and actions `(..., A)`."""
+        if self.config.kind == "neural_ode":
+            x = torch.cat([q.flatten(-2), qdot.flatten(-2), u], -1)
+            return self.ode(x).reshape(q.shape)
+        m_inv = torch.cholesky_inverse(torch.linalg.cholesky(self.mass_matrix()))
+        f = self.force(q, qdot, u)
+        m_inv_f = torch.einsum("kl,...ld->...kd", m_inv, f)
+        if self.constraints is None:
+            return m_inv_f
+        c = self.constraints
+        j = c.jacobian(q).unflatten(-1, (self.num_keypoints, 2))  # (..., C, K, 2)
+        m_inv_jt = torch.einsum("kl,...cld->...ckd", m_inv, j)  # rows of M^-1 J^T
+        jmj = torch.einsum("...ckd,...ekd->...ce", j, m_inv_jt)  # (..., C, C)
+        rhs = torch.einsum("...ckd,...kd->...c", j, m_inv_f) + c.jdot_qdot(q, qdot)
+        lam = torch.linalg.solve(jmj, rhs.unsqueeze(-1)).squeeze(-1)  # (..., C)
+        return m_inv_f - torch.einsum("...ckd,...c->...kd", m_inv_jt, lam)
