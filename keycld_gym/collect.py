@@ -85,7 +85,7 @@ def record_sequence(env: Any, config: CollectConfig, index: int) -> dict[str, An
     applied after frame t), rewards `float32 (T,)` (reward of that step), qpos `(T, nq)`,
     qvel `(T, nv)`, plus the start step within the episode and the explorer kind.
     """
-    spec: SystemSpec = env.spec_system
+    spec: SystemSpec = env.system
     rng = sequence_rng(config.seed, index)
     _, info = env.reset(seed=int(rng.integers(2**31 - 1)))
     explorer = Explorer(spec, env.physics, rng, config.exploration)

@@ -38,7 +38,7 @@ class RealEnv(gym.Env):
     dm_control's own state observation flattened to float32 (``"state"``, a reference).
     Action: `Box(-1, 1, (action_dim,))`, held for `action_repeat` physics steps, rewards
     summed; out-of-range actions are clipped as the real actuator does.
-    Episodes are truncated after `spec.episode_steps` physics steps.
+    Episodes are truncated after `system.episode_steps` physics steps.
     `info["qpos"]`, `info["qvel"]`: the true physical state (never for a policy).
     `reset(options={"qpos": q, "qvel": v})` starts from a given physical state.
     """
@@ -72,7 +72,7 @@ class RealEnv(gym.Env):
             height, width = (int(s) for s in image_size)
             camera = camera.resized(height, width)
 
-        self.spec_system = spec
+        self.system = spec
         self.obs_type = obs_type
         self.action_repeat = repeat
         self.render_mode = render_mode
@@ -94,12 +94,12 @@ class RealEnv(gym.Env):
 
     # -- Gymnasium API -------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        dm_obs, _ = self._env.reset(seed=seed)
         options = options or {}
         unknown = set(options) - {"qpos", "qvel"}
         if unknown:
             raise ValueError(f"unknown reset options {sorted(unknown)}; valid: 'qpos', 'qvel'")
+        super().reset(seed=seed)
+        dm_obs, _ = self._env.reset(seed=seed)
         if "qpos" in options or "qvel" in options:
             self.set_state(options.get("qpos"), options.get("qvel"))
             dm_obs = self._dm_env.task.get_observation(self.physics)
@@ -117,7 +117,7 @@ class RealEnv(gym.Env):
             self._physics_steps += 1
             if terminated or truncated:
                 break
-        truncated = truncated or self._physics_steps >= self.spec_system.episode_steps
+        truncated = truncated or self._physics_steps >= self.system.episode_steps
         return self._observe(dm_obs), total, bool(terminated), bool(truncated), self.state_info()
 
     def render(self) -> np.ndarray | None:
@@ -125,7 +125,7 @@ class RealEnv(gym.Env):
         if self.render_mode != "rgb_array":
             return None
         if self._render_camera is None:
-            s = self.spec_system.render_scale
+            s = self.system.render_scale
             self._render_camera = ObservationCamera(
                 self.physics, self.camera_spec.resized(self.camera_spec.height * s, self.camera_spec.width * s)
             )
@@ -139,12 +139,12 @@ class RealEnv(gym.Env):
     def set_state(self, qpos: np.ndarray | None = None, qvel: np.ndarray | None = None) -> None:
         """Put the physics in a given state (validated against the model's sizes)."""
         nq, nv = self.physics.model.nq, self.physics.model.nv
-        names = ", ".join(self.spec_system.qpos_names)
+        names = ", ".join(self.system.qpos_names)
         with self.physics.reset_context():
             if qpos is not None:
-                self.physics.data.qpos[:] = _checked_vector(qpos, nq, f"qpos [{names}]", self.spec_system.name)
+                self.physics.data.qpos[:] = _checked_vector(qpos, nq, f"qpos [{names}]", self.system.name)
             if qvel is not None:
-                self.physics.data.qvel[:] = _checked_vector(qvel, nv, f"qvel [{names}]", self.spec_system.name)
+                self.physics.data.qvel[:] = _checked_vector(qvel, nv, f"qvel [{names}]", self.system.name)
 
     @property
     def camera(self) -> ObservationCamera:
