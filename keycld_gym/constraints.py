@@ -21,7 +21,8 @@ from torch import nn
 from keycld_gym.systems import Constraint
 
 
-def _inv_softplus(x: float) -> float:
+def inv_softplus(x: float) -> float:
+    """The raw parameter whose softplus is `x` (> 0)."""
     return float(torch.log(torch.expm1(torch.tensor(x))))
 
 
@@ -46,7 +47,7 @@ class ConstraintSet(nn.Module):
         n = len(self.constraints)
         self.height = nn.Parameter(torch.zeros(n))  # used by fixed_height
         self.pivot = nn.Parameter(torch.zeros(n, 2))  # used by fixed_pivot_distance
-        self.raw_length = nn.Parameter(torch.full((n,), _inv_softplus(init_length)))
+        self.raw_length = nn.Parameter(torch.full((n,), inv_softplus(init_length)))
 
     @property
     def num_constraints(self) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from keycld_gym.constraints import ConstraintSet
+from keycld_gym.constraints import ConstraintSet, inv_softplus
 
 DYNAMICS_KINDS = ("constrained", "unconstrained", "neural_ode")
 
@@ -66,10 +66,6 @@ def mlp(n_in: int, n_out: int, hidden: int, layers: int, init_std: float) -> nn.
     return nn.Sequential(*mods)
 
 
-def _inv_softplus(x: float) -> float:
-    return float(torch.log(torch.expm1(torch.tensor(x))))
-
-
 class Dynamics(nn.Module):
     """qddot = f(q, qdot, u) for K keypoints, A action dims (see the module docstring)."""
 
@@ -87,11 +83,11 @@ class Dynamics(nn.Module):
             return
         # M_K = L L^T, L lower triangular with a softplus diagonal: positive definite.
         self.mass_offdiag = nn.Parameter(torch.zeros(num_keypoints, num_keypoints))
-        self.mass_raw_diag = nn.Parameter(torch.full((num_keypoints,), _inv_softplus(1.0)))
+        self.mass_raw_diag = nn.Parameter(torch.full((num_keypoints,), inv_softplus(1.0)))
         self.potential_net = mlp(n, 1, h, l, s)
         self.input_net = mlp(n, n * action_dim, h, l, s)
         self.damping_raw = nn.Parameter(
-            torch.full((num_keypoints,), _inv_softplus(config.init_damping)), requires_grad=config.learn_damping
+            torch.full((num_keypoints,), inv_softplus(config.init_damping)), requires_grad=config.learn_damping
         )
 
     # -- energies and their parts ---------------------------------------------------------

@@ -9,8 +9,16 @@ from keycld_gym.dynamics import Dynamics, DynamicsConfig
 from keycld_gym.integrators import euler_step, rk4_step, rollout_step
 from keycld_gym.systems import Constraint
 
-torch.set_default_dtype(torch.float64)
 ALL_KINDS = (Constraint("fixed_height", 0), Constraint("fixed_pivot_distance", 1), Constraint("fixed_distance", 0, 2))
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """These tests compare against double-precision references; restore the default after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _random_constraints():
@@ -90,27 +98,24 @@ def test_energy_is_conserved_without_damping_or_input():
 
 
 def test_ten_thousand_step_rollout_stays_on_the_manifold():
-    torch.set_default_dtype(torch.float32)
-    try:
-        spec = get_system("cartpole")
-        torch.manual_seed(0)
-        constraints = ConstraintSet(spec.constraints, spec.num_keypoints, init_length=0.6)
-        # An untrained model (no confining potential yet): keep the drift in a sane range.
-        dyn = Dynamics(spec.num_keypoints, 1, constraints, DynamicsConfig())
-        q = constraints.project_positions(torch.randn(8, 2, 2) * 0.5, iterations=10)
-        v = constraints.project_velocities(q, 0.3 * torch.randn(8, 2, 2))
-        worst = 0.0
-        with torch.no_grad():
-            for step in range(10_000):
-                u = torch.rand(8, 1) * 2 - 1
-                q, v = rollout_step(dyn.acceleration, q, v, u, 0.01, constraints=constraints)
-                if step % 100 == 0:
-                    assert torch.isfinite(q).all() and torch.isfinite(v).all()
-                    worst = max(worst, float(constraints.phi(q).abs().max()))
-        assert worst < 1e-5
-        assert float(constraints.phi(q).abs().max()) < 1e-5
-    finally:
-        torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(torch.float32)  # the env's precision; the fixture restores float64
+    spec = get_system("cartpole")
+    torch.manual_seed(0)
+    constraints = ConstraintSet(spec.constraints, spec.num_keypoints, init_length=0.6)
+    # An untrained model (no confining potential yet): keep the drift in a sane range.
+    dyn = Dynamics(spec.num_keypoints, 1, constraints, DynamicsConfig())
+    q = constraints.project_positions(torch.randn(8, 2, 2) * 0.5, iterations=10)
+    v = constraints.project_velocities(q, 0.3 * torch.randn(8, 2, 2))
+    worst = 0.0
+    with torch.no_grad():
+        for step in range(10_000):
+            u = torch.rand(8, 1) * 2 - 1
+            q, v = rollout_step(dyn.acceleration, q, v, u, 0.01, constraints=constraints)
+            if step % 100 == 0:
+                assert torch.isfinite(q).all() and torch.isfinite(v).all()
+                worst = max(worst, float(constraints.phi(q).abs().max()))
+    assert worst < 1e-5
+    assert float(constraints.phi(q).abs().max()) < 1e-5
 
 
 def test_mass_matrix_is_positive_definite_with_cross_terms():

@@ -1,0 +1,73 @@
+"""Keypoint encoder: frame -> K heatmaps -> spatial softmax -> keypoints in image units.
+
+CPU-practical design (DESIGN.md section 6 prototype, found cart and pole tip in ~1.5 min):
+a stride-2 conv to half resolution, a few 3x3 convs there, a 1x1 conv to K heatmaps, and a
+spatial softmax over the half-resolution grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Encoder settings: `channels` per conv, `depth` 3x3 convs after the strided one."""
+
+    channels: int = 32
+    depth: int = 3
+
+
+def image_grid(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """Image coordinates of pixel centres `(H, W, 2)`: x right, y up, y in [-1, 1] over the height."""
+    half = height / 2.0
+    cols = (torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2.0) / half
+    rows = ((height - 1) / 2.0 - torch.arange(height, device=device, dtype=torch.float32)) / half
+    yy, xx = torch.meshgrid(rows, cols, indexing="ij")
+    return torch.stack([xx, yy], -1)
+
+
+def spatial_softmax(heatmaps: torch.Tensor) -> torch.Tensor:
+    """Expected image position of each heatmap: `(..., K, h, w)` -> `(..., K, 2)`.
+
+    The grid spans the whole frame whatever the heatmap resolution (cell centres of the
+    coarser grid), so keypoints are in the same units as `image_grid` of the frame.
+    """
+    h, w = heatmaps.shape[-2:]
+    grid = image_grid(h, w, heatmaps.device).to(heatmaps.dtype)  # (h, w, 2), in frame units
+    probs = torch.softmax(heatmaps.flatten(-2), -1)  # (..., K, h*w)
+    return probs @ grid.reshape(h * w, 2)
+
+
+class KeypointEncoder(nn.Module):
+    """uint8 or float frames `(B, H, W, 3)` -> keypoints `(B, K, 2)` (and heatmaps)."""
+
+    def __init__(self, num_keypoints: int, config: EncoderConfig = EncoderConfig()):
+        super().__init__()
+        c = config.channels
+        layers: list[nn.Module] = [nn.Conv2d(3, c, 3, stride=2, padding=1), nn.ReLU()]
+        for _ in range(config.depth):
+            layers += [nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
+        layers.append(nn.Conv2d(c, num_keypoints, 1))
+        self.net = nn.Sequential(*layers)
+        self.num_keypoints = num_keypoints
+
+    def heatmaps(self, frames: torch.Tensor) -> torch.Tensor:
+        """Heatmap logits `(B, K, H/2, W/2)` of frames `(B, H, W, 3)` (uint8 0..255 or float 0..1)."""
+        x = frames_to_input(frames)
+        return self.net(x)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Keypoints `(B, K, 2)` of frames `(B, H, W, 3)`."""
+        return spatial_softmax(self.heatmaps(frames))
+
+
+def frames_to_input(frames: torch.Tensor) -> torch.Tensor:
+    """`(B, H, W, 3)` uint8 or float frames -> float `(B, 3, H, W)` in [0, 1], channels-last memory."""
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (B, H, W, 3), got {tuple(frames.shape)}")
+    x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    return x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)

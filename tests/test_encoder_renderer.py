@@ -1,0 +1,42 @@
+import torch
+
+from keycld_gym.camera import pixels_to_image
+from keycld_gym.encoder import KeypointEncoder, image_grid, spatial_softmax
+from keycld_gym.renderer import KeypointRenderer, gaussian_maps
+
+
+def test_image_grid_matches_the_camera_convention():
+    grid = image_grid(64, 128)
+    expected = pixels_to_image(torch.tensor([[0.0, 0.0], [127.0, 63.0]]).numpy(), 64, 128)
+    torch.testing.assert_close(grid[0, 0], torch.tensor(expected[0], dtype=torch.float32))
+    torch.testing.assert_close(grid[63, 127], torch.tensor(expected[1], dtype=torch.float32))
+
+
+def test_spatial_softmax_finds_a_sharp_peak_at_any_resolution():
+    heat = torch.full((1, 2, 32, 64), -1e4)
+    heat[0, 0, 5, 10] = 0.0
+    heat[0, 1, 30, 60] = 0.0
+    kp = spatial_softmax(heat)
+    # A peak in heatmap cell (5, 10) of a half-resolution map covers frame pixels
+    # rows 10-11, columns 20-21: its centre is frame pixel (20.5, 10.5).
+    expected = pixels_to_image(torch.tensor([[20.5, 10.5], [120.5, 60.5]]).numpy(), 64, 128)
+    torch.testing.assert_close(kp[0], torch.tensor(expected, dtype=torch.float32))
+
+
+def test_gaussian_maps_peak_at_the_keypoint():
+    kp = torch.tensor([[[0.5, -0.25]]])
+    maps = gaussian_maps(kp, 64, 128, sigma=0.1)
+    row, col = divmod(int(maps[0, 0].argmax()), 128)
+    torch.testing.assert_close(image_grid(64, 128)[row, col], kp[0, 0], atol=1 / 32, rtol=0)
+
+
+def test_encoder_and_renderer_shapes_ranges_and_gradients():
+    enc, ren = KeypointEncoder(2), KeypointRenderer(2, 64, 128)
+    frames = torch.randint(0, 256, (3, 64, 128, 3), dtype=torch.uint8)
+    kp = enc(frames)
+    assert kp.shape == (3, 2, 2)
+    assert (kp[..., 0].abs() <= 2).all() and (kp[..., 1].abs() <= 1).all()
+    out = ren(kp)
+    assert out.shape == (3, 64, 128, 3) and (out >= 0).all() and (out <= 1).all()
+    ((out - frames.float() / 255) ** 2).mean().backward()
+    assert all(p.grad is not None for p in list(enc.parameters()) + list(ren.parameters()))
