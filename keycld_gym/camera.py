@@ -104,10 +104,16 @@ class ObservationCamera:
         return pixels_to_image(self.project_pixels(points), self.spec.height, self.spec.width)
 
 
-def pixels_to_image(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pixel (column, row) -> image coordinates (x right, y up, half-height = 1)."""
+def pixels_to_image(pixels, height: int, width: int):
+    """Pixel (column, row) `(..., 2)` -> image coordinates (x right, y up, half-height = 1).
+
+    Works on numpy arrays and torch tensors alike: the one definition of the convention.
+    """
     half = height / 2.0
-    col, row = pixels[..., 0], pixels[..., 1]
-    x = (col - (width - 1) / 2.0) / half
-    y = ((height - 1) / 2.0 - row) / half
-    return np.stack([x, y], axis=-1)
+    x = (pixels[..., 0] - (width - 1) / 2.0) / half
+    y = ((height - 1) / 2.0 - pixels[..., 1]) / half
+    if isinstance(pixels, np.ndarray):
+        return np.stack([x, y], axis=-1)
+    import torch
+
+    return torch.stack([x, y], dim=-1)

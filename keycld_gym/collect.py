@@ -239,6 +239,7 @@ def resume_manifest(out: Path, config: CollectConfig, command: str | None) -> di
             "rerun with the same arguments to resume it, or choose another --out"
         )
     fresh["shards"] = old.get("shards", [])
+    fresh["command"] = command or old.get("command")
     return fresh
 
 

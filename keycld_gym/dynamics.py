@@ -123,10 +123,13 @@ class Dynamics(nn.Module):
 
     def potential_gradient(self, q: torch.Tensor) -> torch.Tensor:
         """grad V(q) `(..., K, 2)`, differentiable (also under `torch.no_grad`)."""
+        # Keep the graph whenever the caller records gradients (training, or shooting a start
+        # state through the dynamics), whatever train/eval mode the module is in.
+        keep_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             qg = q if q.requires_grad else q.detach().requires_grad_(True)
             v = self.potential(qg).sum()
-            (grad,) = torch.autograd.grad(v, qg, create_graph=torch.is_grad_enabled() and self.training)
+            (grad,) = torch.autograd.grad(v, qg, create_graph=keep_graph)
         return grad
 
     def force(self, q: torch.Tensor, qdot: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

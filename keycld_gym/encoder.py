@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from keycld_gym.camera import pixels_to_image
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -23,11 +25,12 @@ class EncoderConfig:
 
 def image_grid(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
     """Image coordinates of pixel centres `(H, W, 2)`: x right, y up, y in [-1, 1] over the height."""
-    half = height / 2.0
-    cols = (torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2.0) / half
-    rows = ((height - 1) / 2.0 - torch.arange(height, device=device, dtype=torch.float32)) / half
-    yy, xx = torch.meshgrid(rows, cols, indexing="ij")
-    return torch.stack([xx, yy], -1)
+    rows, cols = torch.meshgrid(
+        torch.arange(height, device=device, dtype=torch.float32),
+        torch.arange(width, device=device, dtype=torch.float32),
+        indexing="ij",
+    )
+    return pixels_to_image(torch.stack([cols, rows], -1), height, width)
 
 
 def spatial_softmax(heatmaps: torch.Tensor) -> torch.Tensor:
