@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from keycld_gym.errors import (  # noqa: E402
+    CheckpointError,
     CorruptShardError,
     KeyCLDError,
     ManifestMismatchError,
@@ -25,7 +26,35 @@ def make_real_env(*args, **kwargs):
     return _make(*args, **kwargs)
 
 
+def load_model(name_or_path, device="cpu"):
+    """A trained KeyCLD model: a system name loads the bundled weights, a path any checkpoint."""
+    from keycld_gym.checkpoint import load_model as _load
+
+    return _load(name_or_path, device=device)
+
+
+def env_id(system: str) -> str:
+    """The Gymnasium id of a system's imagined env, e.g. "KeyCLD-Cartpole-v0"."""
+    return f"KeyCLD-{system.capitalize()}-v0"
+
+
+def _register_envs() -> None:
+    from gymnasium.envs.registration import register, registry
+
+    for name in SYSTEMS:
+        if env_id(name) not in registry:
+            register(
+                id=env_id(name),
+                entry_point="keycld_gym.imagined_env:KeyCLDEnv",
+                vector_entry_point="keycld_gym.imagined_env:KeyCLDVectorEnv",
+                kwargs={"system": name},
+            )
+
+
+_register_envs()
+
 __all__ = [
+    "CheckpointError",
     "SYSTEMS",
     "CameraSpec",
     "Constraint",
@@ -35,7 +64,9 @@ __all__ = [
     "RenderBackendError",
     "SystemSpec",
     "UnknownSystemError",
+    "env_id",
     "get_system",
+    "load_model",
     "make_real_env",
     "__version__",
 ]

@@ -32,6 +32,78 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from keycld_gym.collect import default_command
+    from keycld_gym.dynamics import DynamicsConfig
+    from keycld_gym.model import ModelConfig
+    from keycld_gym.training import TrainConfig, Trainer
+
+    torch.set_num_threads(args.threads)
+    saved = Path(args.out) / "train_config.json"
+    if args.resume and saved.exists():
+        config = TrainConfig.from_dict(json.loads(saved.read_text()))
+    else:
+        dynamics = DynamicsConfig(kind=args.dynamics, rail_walls=not args.no_rail_walls)
+        config = TrainConfig(
+            system=args.system, data=args.data, seed=args.seed,
+            model=dataclasses.replace(ModelConfig(), dynamics=dynamics),
+            keypoints_from=args.keypoints_from,
+            keypoint_steps=0 if args.keypoints_from else args.keypoint_steps,
+            dynamics_steps=args.dynamics_steps, checkpoint_every_s=args.checkpoint_every,
+            max_horizon=args.max_horizon, horizon_ramp_steps=args.horizon_ramp,
+        )
+    trainer = Trainer(config, args.out, command=default_command(), progress=not args.quiet)
+    trainer.run(resume=args.resume)
+    print(f"trained {config.system} ({config.model.dynamics.kind}) in {trainer.elapsed / 60:.1f} min of compute "
+          f"-> {Path(args.out) / 'model'}")
+    return 0
+
+
+def _evaluate_model(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from keycld_gym.collect import write_json
+    from keycld_gym.evaluation import load_and_evaluate
+
+    torch.set_num_threads(args.threads)
+    result = load_and_evaluate(args.checkpoint, args.data, agent_steps=args.agent_steps, start_frames=args.start_frames,
+                               physics_frames=args.physics_frames, max_sequences=args.max_sequences, seed=args.seed, references=not args.no_references)
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.json), result)
+    print(format_model_report(result))
+    return 0
+
+
+def format_model_report(r: dict) -> str:
+    """A short text table of `evaluate_model`'s result."""
+    lines = [
+        f"{r['system']} ({r['dynamics']}), {r['sequences']} held-out sequences of {r['data']} ({r['split']}), "
+        f"start window {r['start_frames']} frames at {r['frame_interval_s']} s, epsilon {r['epsilon']:.5f}",
+        f"{'':24s} {'VPT agent median/mean':>22s} {'VPT physics median/mean':>24s}",
+    ]
+    for name in ("model", "hold_frame", "true_simulator_noisy"):
+        if name in r:
+            b = r[name]
+            lines.append(f"{name:24s} {b['vpt_agent_median']:>10.1f} / {b['vpt_agent_mean']:<9.1f}"
+                         f"{b['vpt_physics_median']:>12.1f} / {b['vpt_physics_mean']:<9.1f}")
+    lines.append(f"(agent steps of {r['agent_interval_s']} s, out of {r['agent_steps']}; physics steps out of {r['physics_frames']})")
+    lines.append("keypoints: " + ", ".join(f"{k} {v:.4f}" for k, v in r["keypoints"].items()))
+    lines.append(f"reconstruction MSE {r['reconstruction_mse']:.5f}; reward RMSE {r['reward_rmse']:.4f} (reward std {r['reward_std']:.4f}); "
+                 f"max |phi| over {r['long_rollout']['steps']} steps {r['long_rollout']['max_abs_constraint_violation']:.2e}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `keycld-gym`."""
     parser = argparse.ArgumentParser(prog="keycld-gym", description=__doc__)
@@ -57,6 +129,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--stride", type=int, default=8, help="physics steps between shown frames")
     p.set_defaults(func=_preview)
+
+    p = sub.add_parser("train", help="train a KeyCLD model on a collected data set (resumable)")
+    p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+    p.add_argument("--data", required=True, help="data set folder from `keycld-gym collect`")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, logs; the model lands in OUT/model")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dynamics", choices=("constrained", "unconstrained", "neural_ode"), default="constrained",
+                   help="KeyCLD, or one of the project page's ablations")
+    p.add_argument("--no-rail-walls", action="store_true", help="no learned wall potential at the rail stops")
+    p.add_argument("--keypoint-steps", type=int, default=1500, help="phase 1 (encoder + renderer) steps")
+    p.add_argument("--dynamics-steps", type=int, default=1500, help="phase 2 (dynamics + reward) steps")
+    p.add_argument("--max-horizon", type=int, help="longest rollout in the dynamics loss, physics steps (default: whole sequences)")
+    p.add_argument("--horizon-ramp", type=int, default=750, help="dynamics steps over which the horizon grows to its maximum")
+    p.add_argument("--keypoints-from", help="reuse the encoder and renderer of this checkpoint (skips phase 1)")
+    p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate-model", help="VPT, keypoint and reward metrics of a model on held-out sequences")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a system name for the bundled model")
+    p.add_argument("--data", required=True, help="held-out data set (its sequences need start + horizon frames)")
+    p.add_argument("--json", help="write the full result here")
+    p.add_argument("--agent-steps", type=int, default=45)
+    p.add_argument("--start-frames", type=int, default=33, help="frames (physics interval) the start state is estimated from")
+    p.add_argument("--physics-frames", type=int, default=50, help="horizon of the physics-interval VPT")
+    p.add_argument("--max-sequences", type=int)
+    p.add_argument("--no-references", action="store_true", help="skip the true-simulator reference")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_evaluate_model)
     return parser
 
 

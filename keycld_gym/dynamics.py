@@ -38,6 +38,11 @@ class DynamicsConfig:
         init_std: std of the MLPs' initial weights (small, as in the authors' code).
         learn_damping: learn the dissipation D (else D = 0).
         init_damping: initial damping per keypoint (near zero: standard cartpole has ~0).
+        rail_walls: add a learned stiff wall at each end of the rail of every keypoint that
+            runs on one (a `fixed_height` constraint): the standard cartpole's rail stops are
+            stiff contacts that no smooth potential MLP fits (DESIGN.md section 6).
+        wall_init: initial wall position |x| in image units (inside the data, so it gets a gradient).
+        wall_stiffness: initial stiffness of the walls (learned, log-parametrised).
     """
 
     kind: str = "constrained"
@@ -46,6 +51,9 @@ class DynamicsConfig:
     init_std: float = 0.01
     learn_damping: bool = True
     init_damping: float = 1e-3
+    rail_walls: bool = True
+    wall_init: float = 1.0
+    wall_stiffness: float = 2000.0
 
     def __post_init__(self) -> None:
         if self.kind not in DYNAMICS_KINDS:
@@ -89,6 +97,13 @@ class Dynamics(nn.Module):
         self.damping_raw = nn.Parameter(
             torch.full((num_keypoints,), inv_softplus(config.init_damping)), requires_grad=config.learn_damping
         )
+        rails = sorted({c.a for c in (constraints.constraints if constraints else ()) if c.kind == "fixed_height"})
+        self.rail_keypoints = rails if config.rail_walls else []
+        if self.rail_keypoints:
+            n_rail = len(self.rail_keypoints)
+            # walls[i] = (left, right) x positions of rail i's stops
+            self.walls = nn.Parameter(torch.tensor([[-config.wall_init, config.wall_init]] * n_rail))
+            self.log_wall_stiffness = nn.Parameter(torch.full((n_rail,), float(torch.tensor(config.wall_stiffness).log())))
 
     # -- energies and their parts ---------------------------------------------------------
     def mass_matrix(self) -> torch.Tensor:
@@ -103,8 +118,15 @@ class Dynamics(nn.Module):
         return nn.functional.softplus(self.damping_raw)
 
     def potential(self, q: torch.Tensor) -> torch.Tensor:
-        """V(q) `(...)` for keypoints `(..., K, 2)`."""
-        return self.potential_net(q.flatten(-2)).squeeze(-1)
+        """V(q) `(...)` for keypoints `(..., K, 2)` (the MLP plus any rail walls)."""
+        v = self.potential_net(q.flatten(-2)).squeeze(-1)
+        for i, k in enumerate(self.rail_keypoints):
+            x = q[..., k, 0]
+            left, right = self.walls[i, 0], self.walls[i, 1]
+            # quadratic beyond the stop, zero inside: a one-sided spring (C1, fine for RK4)
+            pen = torch.relu(x - right) ** 2 + torch.relu(left - x) ** 2
+            v = v + 0.5 * self.log_wall_stiffness[i].clamp(max=11.0).exp() * pen
+        return v
 
     def kinetic(self, qdot: torch.Tensor) -> torch.Tensor:
         """T = 1/2 qdot^T M qdot `(...)` for velocities `(..., K, 2)`."""

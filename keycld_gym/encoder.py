@@ -1,8 +1,18 @@
 """Keypoint encoder: frame -> K heatmaps -> spatial softmax -> keypoints in image units.
 
-CPU-practical design (DESIGN.md section 6 prototype, found cart and pole tip in ~1.5 min):
-a stride-2 conv to half resolution, a few 3x3 convs there, a 1x1 conv to K heatmaps, and a
-spatial softmax over the half-resolution grid.
+CPU-practical design (DESIGN.md section 6 prototype): a stride-2 conv to half resolution, a
+few 3x3 convs there, a 1x1 conv to K heatmaps, and a spatial softmax over the
+half-resolution grid.
+
+The softmax runs over the foreground only: pixels that differ from the scene's background
+(the data set's median image, a buffer of the model) by more than `foreground_threshold`
+in some channel. Measured on the standard cartpole at 64x128 (2026-11-25): without the
+mask, in nine runs with various losses, the second keypoint ended dead on the background or
+on the cart and the pole angle error stayed at chance (~1.7 rad); a heatmap peaked on a
+background feature only gets gradients near its peak, so it never travels to the thin pole.
+With the mask, cart and pole tip were found within 100 steps (pole angle 0.03-0.04 rad).
+The threshold 0.3 keeps the orange cart and pole and drops the floor shadows (at 0.1, 37%
+of the "foreground" was shadow).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ class EncoderConfig:
 
     channels: int = 32
     depth: int = 3
+    foreground_threshold: float = 0.3
 
 
 def image_grid(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -31,6 +42,24 @@ def image_grid(height: int, width: int, device: torch.device | None = None) -> t
         indexing="ij",
     )
     return pixels_to_image(torch.stack([cols, rows], -1), height, width)
+
+
+def foreground_mask(frames: torch.Tensor, background: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Pixels of frames `(B, H, W, 3)` (uint8 or [0, 1]) that differ from `background` `(H, W, 3)`: bool `(B, H, W)`."""
+    x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+    return (x - background).abs().amax(-1) > threshold
+
+
+def mask_heatmaps(heatmaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Heatmap logits `(B, K, h, w)` with cells outside the mask `(B, H, W)` (any resolution multiple) pushed to -1e4.
+
+    A frame without any foreground keeps its heatmaps as they are.
+    """
+    h, w = heatmaps.shape[-2:]
+    cells = torch.nn.functional.adaptive_max_pool2d(mask[:, None].float(), (h, w))  # (B, 1, h, w)
+    has_any = cells.flatten(1).amax(1) > 0
+    keep = (cells > 0) | ~has_any[:, None, None, None]
+    return torch.where(keep, heatmaps, heatmaps - 1e4)
 
 
 def spatial_softmax(heatmaps: torch.Tensor) -> torch.Tensor:

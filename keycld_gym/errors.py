@@ -19,3 +19,7 @@ class CorruptShardError(KeyCLDError, OSError):
 
 class ManifestMismatchError(KeyCLDError, ValueError):
     """A data set's manifest belongs to another system, spec, format version or command."""
+
+
+class CheckpointError(KeyCLDError, ValueError):
+    """A model or training checkpoint is missing, corrupt, or belongs to another system or version."""

@@ -1,3 +1,55 @@
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+import pytest  # noqa: E402
+
+from keycld_gym.dynamics import DynamicsConfig  # noqa: E402
+from keycld_gym.encoder import EncoderConfig  # noqa: E402
+from keycld_gym.model import ModelConfig  # noqa: E402
+from keycld_gym.renderer import RendererConfig  # noqa: E402
+
+# A tiny model: enough to check that every part trains, saves and evaluates, in seconds.
+TINY_MODEL = ModelConfig(
+    encoder=EncoderConfig(channels=8, depth=1),
+    renderer=RendererConfig(channels=8, background_channels=4),
+    dynamics=DynamicsConfig(hidden=16),
+    reward_hidden=16,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A real cartpole data set: 6 sequences x 48 frames of the standard task (about 4 s)."""
+    from keycld_gym.collect import CollectConfig, collect
+
+    root = tmp_path_factory.mktemp("tiny") / "cartpole"
+    collect(root, CollectConfig("cartpole", episodes=6, frames=48, seed=11, shard_size=3), progress=False, command="test")
+    return root
+
+
+def tiny_train_config(data, **kwargs):
+    """TrainConfig of the tiny model on `data`, a few steps of each phase."""
+    from keycld_gym.training import TrainConfig
+
+    defaults = dict(
+        system="cartpole", data=str(data), model=TINY_MODEL, keypoint_steps=6, keypoint_batch=8,
+        dynamics_steps=6, dynamics_batch=4, horizon_start=4, horizon_ramp_steps=4, val_fraction=0.2,
+        checkpoint_every_s=1e9,
+    )
+    defaults.update(kwargs)
+    return TrainConfig(**defaults)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_data, tmp_path_factory):
+    """A checkpoint folder trained by `Trainer` on `tiny_data`."""
+    import torch
+
+    from keycld_gym.training import Trainer
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_run")
+    Trainer(tiny_train_config(tiny_data), out, command="pytest", progress=False).run()
+    return out / "model"

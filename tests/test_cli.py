@@ -19,3 +19,22 @@ def test_clear_errors_exit_nonzero(tmp_path, capsys):
     assert "invalid choice: 'hopper'" in capsys.readouterr().err
     assert main(["preview", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x.png")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_train_resume_and_evaluate_model(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--system", "cartpole", "--data", str(tiny_data), "--out", str(out), "--keypoint-steps", "3",
+            "--dynamics-steps", "2", "--threads", "1", "--quiet"]
+    assert main(args) == 0
+    assert "trained cartpole (constrained)" in capsys.readouterr().out
+    assert main(args) == 2  # the folder holds a run: it says to resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0  # a finished run resumes to "done" at once
+    capsys.readouterr()
+    js = tmp_path / "eval.json"
+    assert main(["evaluate-model", "--checkpoint", str(out / "model"), "--data", str(tiny_data), "--json", str(js),
+                 "--start-frames", "9", "--agent-steps", "4", "--physics-frames", "10", "--no-references", "--threads", "1"]) in (0, 2)
+    report = capsys.readouterr()
+    assert js.exists() or "no held-out" in report.err
+    assert main(["evaluate-model", "--checkpoint", str(tmp_path / "nowhere"), "--data", str(tiny_data)]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -40,3 +40,31 @@ def test_encoder_and_renderer_shapes_ranges_and_gradients():
     assert out.shape == (3, 64, 128, 3) and (out >= 0).all() and (out <= 1).all()
     ((out - frames.float() / 255) ** 2).mean().backward()
     assert all(p.grad is not None for p in list(enc.parameters()) + list(ren.parameters()))
+
+
+def test_line_maps_draw_the_segment_between_linked_keypoints():
+    from keycld_gym.renderer import line_maps
+
+    q = torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]])
+    m = line_maps(q, [(0, 1)], 32, 64, 0.05)
+    assert m.shape == (1, 1, 32, 64)
+    grid = image_grid(32, 64)
+    on = (grid[..., 1].abs() < 0.04) & (grid[..., 0].abs() < 0.45)  # rows nearest the line
+    far = (grid[..., 1].abs() > 0.3) | (grid[..., 0].abs() > 0.8)
+    assert on.sum() > 0 and m[0, 0][on].min() > 0.75 and m[0, 0][far].max() < 1e-3
+
+
+def test_foreground_mask_keeps_keypoints_on_the_moving_parts():
+    from keycld_gym.encoder import foreground_mask, mask_heatmaps, spatial_softmax
+
+    background = torch.zeros(8, 16, 3)
+    frames = torch.zeros(2, 8, 16, 3, dtype=torch.uint8)
+    frames[0, 2:4, 12:14] = 200  # one bright object; frame 1 has none
+    mask = foreground_mask(frames, background, 0.3)
+    assert mask[0].sum() == 4 and mask[1].sum() == 0
+    heat = torch.zeros(2, 1, 4, 8)
+    heat[:, 0, 0, 0] = 5.0  # a peak on the background
+    q = spatial_softmax(mask_heatmaps(heat, mask))
+    expected = image_grid(8, 16)[2:4, 12:14].reshape(-1, 2).mean(0)
+    torch.testing.assert_close(q[0, 0], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(q[1], spatial_softmax(heat)[1])  # no foreground: unmasked

@@ -1,0 +1,178 @@
+"""Model checkpoints: weights in safetensors beside a JSON config; nothing is unpickled.
+
+A checkpoint is a folder:
+    model.safetensors   the model's tensors
+    config.json         format and version, system spec, model config, the weights' sha256,
+                        the data set (manifest checksum, regime, size) and how it was trained
+                        (exact command, seed, wall time).
+`load_model("cartpole")` loads the bundled weights shipped in `keycld_gym/weights/cartpole`;
+`load_model(path)` loads any checkpoint folder and checks all of the above.
+
+Nested state with tensors (optimizer state, for resuming training) is stored the same way by
+`save_state` / `load_state`: tensors in safetensors, the rest in JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from keycld_gym.collect import atomic_write_bytes, sha256_file, write_json
+from keycld_gym.errors import CheckpointError, UnknownSystemError
+from keycld_gym.model import KeyCLDModel, ModelConfig
+from keycld_gym.systems import SYSTEMS, get_system
+
+MODEL_FORMAT = "keycld-gym-model"
+MODEL_FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+BUNDLED_DIR = Path(__file__).parent / "weights"
+
+
+def bundled_path(system: str) -> Path:
+    """Folder of the bundled checkpoint of `system` (it may not exist yet)."""
+    return BUNDLED_DIR / get_system(system).name
+
+
+def save_checkpoint(path: str | Path, model: KeyCLDModel, meta: dict[str, Any] | None = None) -> Path:
+    """Write `model` to the checkpoint folder `path` (atomically per file); returns the folder."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path / WEIGHTS, lambda f: f.write(save(tensors)))
+    from keycld_gym import __version__
+
+    config = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "package_version": __version__,
+        "system": model.spec.name,
+        "spec": model.spec.to_dict(),
+        "model": model.config.to_dict(),
+        "action_dim": model.action_dim,
+        "weights_sha256": sha256_file(path / WEIGHTS),
+        **(meta or {}),
+    }
+    write_json(path / CONFIG, config)
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The checked `config.json` of a checkpoint folder."""
+    path = Path(path)
+    cfg_path = path / CONFIG
+    if not cfg_path.exists():
+        raise CheckpointError(
+            f"{path} is not a keycld-gym checkpoint (no {CONFIG}): pass a folder written by `keycld-gym train`"
+        )
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{cfg_path} is corrupt ({err}); retrain or restore the checkpoint") from err
+    if config.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{cfg_path} is not a keycld-gym model config (format {config.get('format')!r})")
+    if config.get("format_version") != MODEL_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has model format version {config.get('format_version')!r}; this keycld-gym reads "
+            f"version {MODEL_FORMAT_VERSION}: retrain it with this version's `keycld-gym train`"
+        )
+    name = config.get("system")
+    if name not in SYSTEMS:
+        raise CheckpointError(f"{path} is a model of unknown system {name!r}; known: {', '.join(sorted(SYSTEMS))}")
+    current = json.loads(json.dumps(get_system(name).to_dict()))
+    if config.get("spec") != current:
+        differ = sorted(k for k in current if config.get("spec", {}).get(k) != current[k])
+        raise CheckpointError(
+            f"{path} was trained for another spec of {name!r} (differs in: {', '.join(differ)}); "
+            "retrain it with this version's `keycld-gym train`"
+        )
+    return config
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> KeyCLDModel:
+    """A model in eval mode from a system name (bundled weights) or a checkpoint folder."""
+    path = Path(name_or_path)
+    if isinstance(name_or_path, str) and not path.exists() and "/" not in name_or_path:
+        try:
+            path = bundled_path(name_or_path)
+        except UnknownSystemError as err:
+            raise CheckpointError(f"{name_or_path!r} is neither a checkpoint folder nor a system: {err}") from err
+        if not (path / CONFIG).exists():
+            raise CheckpointError(
+                f"no bundled weights for {name_or_path!r} yet: train a model with `keycld-gym collect` and "
+                f"`keycld-gym train --system {name_or_path} ...`, then pass its folder as the checkpoint"
+            )
+    elif not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    config = read_config(path)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path / CONFIG} has an invalid model config ({err})") from err
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise CheckpointError(f"{weights} is missing: the checkpoint is incomplete")
+    if config.get("weights_sha256") and sha256_file(weights) != config["weights_sha256"]:
+        raise CheckpointError(f"{weights} fails its sha256 checksum (corrupt or truncated): retrain or restore it")
+    model = KeyCLDModel(config["system"], model_config, action_dim=int(config.get("action_dim", 1)))
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({err})") from err
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights} does not fit the model its config describes: {err}") from err
+    model.checkpoint_config = config
+    return model.to(device).eval()
+
+
+# -- nested training state ------------------------------------------------------------------
+
+def _split(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().clone().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_split(k, f"{prefix}.k{i}", tensors), _split(v, f"{prefix}.{i}", tensors)]
+                             for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [_split(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
+    return obj
+
+
+def _join(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if isinstance(obj, dict) and "__dict__" in obj:
+        return {_join(k, tensors): _join(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, dict) and "__list__" in obj:
+        return [_join(v, tensors) for v in obj["__list__"]]
+    return obj
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Store nested state (dicts, lists, tensors, JSON scalars) as `path`.safetensors + `path`.json."""
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split(state, "s", tensors)
+    atomic_write_bytes(path.with_suffix(".safetensors"), lambda f: f.write(save(tensors)))
+    write_json(path.with_suffix(".json"), {"sha256": sha256_file(path.with_suffix(".safetensors")), "state": skeleton})
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Inverse of `save_state`; a missing or corrupt file raises CheckpointError."""
+    path = Path(path)
+    meta_path, weights = path.with_suffix(".json"), path.with_suffix(".safetensors")
+    try:
+        meta = json.loads(meta_path.read_text())
+        if sha256_file(weights) != meta["sha256"]:
+            raise CheckpointError(f"{weights} fails its checksum: delete {path.parent} to start over")
+        return _join(meta["state"], load_file(weights))
+    except (OSError, json.JSONDecodeError, KeyError, SafetensorError) as err:
+        raise CheckpointError(f"training state {path} is unreadable ({err}): delete it to start over") from err

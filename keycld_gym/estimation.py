@@ -1,0 +1,104 @@
+"""Start-state estimation: the keypoint state at the last of n >= 2 frames, by shooting.
+
+Finite differences or a polynomial fit of noisy keypoints give poor velocities (DESIGN.md
+section 6: a polynomial over 9 frames allows a VPT of 1 agent step; shooting over 9 / 17 / 33
+frames, 9.5 / 17 / 31). So: find the state at the window's first frame whose rollout through
+the model's own dynamics, under the window's actions, best matches the encoded keypoints of
+every frame; the state at the window's end is the estimate, on the constraint manifold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from keycld_gym.model import KeyCLDModel
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module):
+    """Turn off gradients of the model's parameters (restored afterwards)."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def initial_guess(keypoints: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start position and least-squares velocity over the first <= 5 frames of keypoints `(B, n, K, 2)`."""
+    n = min(5, keypoints.shape[1])
+    t = torch.arange(n, dtype=keypoints.dtype, device=keypoints.device) * dt
+    t = t - t.mean()
+    slope = (keypoints[:, :n] * t[None, :, None, None]).sum(1) / (t**2).sum()
+    # the fitted line at the first frame (t is centred, so t[0] < 0)
+    return keypoints[:, :n].mean(1) + slope * t[0], slope
+
+
+def fit_trajectory(
+    model: KeyCLDModel,
+    keypoints: torch.Tensor,
+    actions: torch.Tensor,
+    *,
+    stride: int = 1,
+    iterations: int = 20,
+    stages: tuple[int, ...] = (9, 17),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States at the frames of a window that best explain its keypoints: two `(B, n, K, 2)`.
+
+    Args:
+        keypoints: encoded keypoints `(B, n, K, 2)` of n frames, `stride` physics steps apart.
+        actions: physics-rate actions `(B, (n - 1) * stride, A)` between the frames.
+        iterations: L-BFGS iterations per stage.
+        stages: shorter prefixes (in frames) fitted first, coarse to fine, then the whole window.
+    """
+    if keypoints.dim() != 4 or keypoints.shape[1] < 2:
+        raise ValueError(f"keypoints must be (B, n >= 2, K, 2), got {tuple(keypoints.shape)}")
+    b, n = keypoints.shape[:2]
+    steps = (n - 1) * stride
+    if actions.dim() != 3 or actions.shape[:2] != (b, steps):
+        raise ValueError(
+            f"actions must be (B, (n - 1) * stride, A) = ({b}, {steps}, A) for {n} frames {stride} steps apart, "
+            f"got {tuple(actions.shape)}"
+        )
+    keypoints, actions = keypoints.detach(), actions.detach().to(keypoints.dtype)
+    q0, v0 = initial_guess(keypoints, model.dt * stride)
+    q0, v0 = q0.clone().requires_grad_(True), v0.clone().requires_grad_(True)
+    with frozen(model), torch.enable_grad():
+        for length in [s for s in stages if s < n] + [n]:
+            opt = torch.optim.LBFGS([q0, v0], lr=1, max_iter=iterations, line_search_fn="strong_wolfe")
+
+            def closure(length: int = length) -> torch.Tensor:
+                opt.zero_grad()
+                qs, _ = model.rollout(*model.project(q0, v0), actions[:, : (length - 1) * stride])
+                # summed over the batch: the windows are independent problems
+                loss = ((qs[:, ::stride] - keypoints[:, :length]) ** 2).mean((1, 2, 3)).sum()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        with torch.no_grad():
+            qs, vs = model.rollout(*model.project(q0.detach(), v0.detach()), actions)
+    return qs[:, ::stride], vs[:, ::stride]
+
+
+def estimate_state(model: KeyCLDModel, keypoints: torch.Tensor, actions: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state `(B, K, 2)` x2 at the last of the frames whose keypoints are `(B, n, K, 2)` (see `fit_trajectory`)."""
+    qs, vs = fit_trajectory(model, keypoints, actions, **kwargs)
+    return qs[:, -1], vs[:, -1]
+
+
+def estimate_state_from_frames(
+    model: KeyCLDModel, frames: torch.Tensor, actions: torch.Tensor, **kwargs
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The state at the last of n consecutive uint8 frames `(B, n, H, W, 3)` under actions `(B, n - 1, A)`."""
+    if frames.dim() != 5:
+        raise ValueError(f"frames must be (B, n, H, W, 3), got {tuple(frames.shape)}")
+    b, n = frames.shape[:2]
+    with torch.no_grad():
+        kp = model.encode(frames.flatten(0, 1)).reshape(b, n, -1, 2)
+    return estimate_state(model, kp, actions, **kwargs)

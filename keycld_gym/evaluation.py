@@ -1,0 +1,265 @@
+"""Evaluating a KeyCLD model on held-out real sequences (DESIGN.md section 4).
+
+- VPT: from the first `start_frames` frames of a sequence (physics interval, with their
+  actions) estimate the state, predict open loop under the recorded actions, and count the
+  predicted frames before the per-frame MSE to the real frame first exceeds epsilon (the
+  mean MSE between held-out frames and their mean image). At the agent interval (the env's
+  action repeat) and at the physics interval. References on the same sequences: holding the
+  last start frame, and the true simulator restarted from the true state plus noise.
+- How well the keypoints carry the state: rail keypoints' x against the true slider
+  position (correlation), link angles from keypoint pairs against the true joint angles
+  (RMS after fitting one offset and the mirror sign).
+- Reconstruction error, constraint violation over long rollouts, the reward head's error.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from keycld_gym.checkpoint import read_config
+from keycld_gym.collect import MANIFEST, sha256_file
+from keycld_gym.dataset import WindowDataset
+from keycld_gym.estimation import fit_trajectory
+from keycld_gym.model import KeyCLDModel, fit_circle
+from keycld_gym.systems import SystemSpec
+
+
+def valid_prediction_time(errors: np.ndarray, epsilon: float) -> np.ndarray:
+    """Predicted frames before the per-frame error first exceeds epsilon: `(S, N)` -> `(S,)`."""
+    bad = errors > epsilon
+    return np.where(bad.any(1), bad.argmax(1), errors.shape[1])
+
+
+def frame_mse(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Per-frame MSE of frames in [0, 1] `(..., H, W, 3)` -> `(...)`."""
+    a = torch.as_tensor(a, dtype=torch.float32)
+    b = torch.as_tensor(b, dtype=torch.float32)
+    return ((a - b) ** 2).mean((-3, -2, -1)).numpy()
+
+
+def mse_epsilon(frames: np.ndarray) -> float:
+    """VPT's threshold: mean MSE between frames uint8 `(N, H, W, 3)` and their mean image."""
+    x = torch.from_numpy(frames).float() / 255
+    return float(((x - x.mean(0)) ** 2).mean())
+
+
+def _wrap(a: np.ndarray) -> np.ndarray:
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
+def angle_rms(predicted: np.ndarray, true: np.ndarray) -> tuple[float, int]:
+    """RMS of wrapped angle error after fitting one offset and the mirror sign; returns (rms, sign)."""
+    best = (math.inf, 1)
+    for sign in (1, -1):
+        d = _wrap(sign * predicted - true)
+        offset = math.atan2(np.sin(d).mean(), np.cos(d).mean())
+        rms = float(np.sqrt((_wrap(d - offset) ** 2).mean()))
+        best = min(best, (rms, sign))
+    return best
+
+
+def keypoint_state_metrics(keypoints: np.ndarray, qpos: np.ndarray, spec: SystemSpec) -> dict[str, float]:
+    """How well keypoints `(N, K, 2)` carry the true state `(N, nq)`.
+
+    Rail keypoints (a `fixed_height` constraint) against the slider position; each distance
+    constraint's vector angle against the true angle of that link (joint angles summed down
+    the chain, in the order of the hinges in qpos).
+    """
+    out: dict[str, float] = {}
+    hinges = [i for i, n in enumerate(spec.qpos_names) if "slider" not in n]
+    sliders = [i for i, n in enumerate(spec.qpos_names) if "slider" in n]
+    link_angle = np.cumsum(qpos[:, hinges], 1)
+    links = 0
+    for c in spec.constraints:
+        if c.kind == "fixed_height" and sliders:
+            corr = np.corrcoef(keypoints[:, c.a, 0], qpos[:, sliders[0]])[0, 1]
+            out[f"keypoint{c.a}_x_vs_{spec.qpos_names[sliders[0]]}_corr"] = float(corr)
+        elif c.kind in ("fixed_pivot_distance", "fixed_distance") and links < len(hinges):
+            if c.kind == "fixed_distance":
+                d = keypoints[:, c.b] - keypoints[:, c.a]
+            else:  # around the keypoints' own fitted circle centre
+                centre = fit_circle(torch.from_numpy(keypoints[:, c.a])).numpy()
+                d = keypoints[:, c.a] - centre
+            rms, _ = angle_rms(np.arctan2(d[:, 0], d[:, 1]), link_angle[:, links])
+            out[f"link{links}_angle_rms_rad"] = rms
+            links += 1
+    return out
+
+
+def _render(model: KeyCLDModel, q: torch.Tensor, batch: int = 256) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([model.render(q[i:i + batch]).numpy() for i in range(0, len(q), batch)])
+
+
+def _encode(model: KeyCLDModel, frames: np.ndarray, batch: int = 256) -> np.ndarray:
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    with torch.no_grad():
+        kp = [model.encode(torch.from_numpy(flat[i:i + batch])).numpy() for i in range(0, len(flat), batch)]
+    return np.concatenate(kp).reshape(*frames.shape[:-3], -1, 2)
+
+
+def true_simulator_frames(spec: SystemSpec, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarray,
+                          times: list[int], noise: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """Frames of the real simulator restarted from noisy true states.
+
+    qpos, qvel: `(S, nq)`, `(S, nv)` true start states; actions `(S, N, A)` physics-rate;
+    times: physics steps after the start at which to render. Returns uint8 `(S, len(times), H, W, 3)`.
+    """
+    from keycld_gym.real_env import RealEnv
+
+    env = RealEnv(spec.name, "state", action_repeat=1)
+    env.reset(seed=0)
+    out = np.empty((len(qpos), len(times), *env.frame_shape), np.uint8)
+    want = {t: i for i, t in enumerate(times)}
+    for s in range(len(qpos)):
+        env.set_state(qpos[s] + rng.normal(0, noise[0], qpos[s].shape), qvel[s] + rng.normal(0, noise[1], qvel[s].shape))
+        for t in range(max(times) + 1):
+            if t in want:
+                out[s, want[t]] = env.camera.render()
+            if t < max(times):
+                env.step(actions[s, t])
+    env.close()
+    return out
+
+
+def evaluate_model(
+    model: KeyCLDModel,
+    data: str | Path,
+    *,
+    start_frames: int = 33,
+    agent_steps: int = 45,
+    physics_frames: int = 50,
+    noise: tuple[float, float] = (0.005, 0.035),
+    long_rollout: int = 1000,
+    max_sequences: int | None = None,
+    seed: int = 0,
+    references: bool = True,
+) -> dict[str, Any]:
+    """All model metrics on the sequences of data set `data` (see the module docstring)."""
+    t_start = time.monotonic()
+    model.eval()
+    spec = model.spec
+    repeat = spec.action_repeat
+    ckpt = getattr(model, "checkpoint_config", {}) or {}
+    manifest_sha = sha256_file(Path(data) / MANIFEST)
+    trained_on_it = ckpt.get("data", {}).get("manifest_sha256") == manifest_sha
+    split = "val" if trained_on_it else "all"
+    val_fraction = ckpt.get("data", {}).get("val_fraction", 0.1)
+    ds = WindowDataset(data, 1, split=split, val_fraction=val_fraction, system=spec.name)
+    d = ds.data
+    frames, actions, rewards = d["frames"], d["actions"].astype(np.float32), d["rewards"]
+    if max_sequences:
+        frames, actions, rewards = frames[:max_sequences], actions[:max_sequences], rewards[:max_sequences]
+    s_count, t_len = frames.shape[:2]
+    horizon = agent_steps * repeat
+    need = start_frames + max(horizon, physics_frames)
+    if t_len < need:
+        raise ValueError(
+            f"sequences in {data} have {t_len} frames; this evaluation needs {need} ({start_frames} start frames + "
+            f"{agent_steps} agent steps of {repeat}): collect with --frames {need} or more"
+        )
+    if s_count == 0:
+        raise ValueError(f"{data} has no held-out sequences to evaluate on")
+    last = start_frames - 1
+    agent_times = [repeat * (i + 1) for i in range(agent_steps)]  # physics steps after the last start frame
+    phys_times = list(range(1, physics_frames + 1))
+    times = sorted(set(agent_times) | set(phys_times))
+    col = {t: i for i, t in enumerate(times)}
+    real = frames[:, [last + t for t in times]]
+    epsilon = mse_epsilon(frames[:, ::10].reshape(-1, *frames.shape[2:]))
+
+    # model: estimate the state from the start window, predict open loop
+    kp_window = torch.from_numpy(_encode(model, frames[:, :start_frames]))
+    act = torch.from_numpy(actions)
+    qs_fit, vs_fit = fit_trajectory(model, kp_window, act[:, :last])
+    q, v = qs_fit[:, -1], vs_fit[:, -1]
+    pred_q = []
+    with torch.no_grad():
+        for t in range(1, max(times) + 1):
+            q, v = model.step(q, v, act[:, last + t - 1])
+            if t in col:
+                pred_q.append(q)
+    pred_q = torch.stack(pred_q, 1)  # (S, len(times), K, 2)
+    # where prediction errors come from: the start fit's residual, then the keypoint drift
+    kp_future = torch.from_numpy(_encode(model, frames[:, [last + t for t in agent_times]]))
+    drift = (pred_q[:, [col[t] for t in agent_times]] - kp_future).norm(dim=-1)  # (S, agent_steps, K)
+    residual = float((qs_fit - kp_window).norm(dim=-1).median())
+    pred = _render(model, pred_q.flatten(0, 1)).reshape(s_count, len(times), *frames.shape[2:])
+    err_model = frame_mse(pred, real.astype(np.float32) / 255)
+    err_hold = frame_mse(np.broadcast_to(frames[:, last:last + 1], real.shape).astype(np.float32) / 255, real.astype(np.float32) / 255)
+
+    def vpt_block(errors: np.ndarray) -> dict[str, Any]:
+        a = valid_prediction_time(errors[:, [col[t] for t in agent_times]], epsilon)
+        p = valid_prediction_time(errors[:, [col[t] for t in phys_times]], epsilon)
+        return {
+            "vpt_agent_median": float(np.median(a)), "vpt_agent_mean": float(a.mean()), "vpt_agent": a.tolist(),
+            "vpt_physics_median": float(np.median(p)), "vpt_physics_mean": float(p.mean()), "vpt_physics": p.tolist(),
+        }
+
+    result: dict[str, Any] = {
+        "system": spec.name,
+        "dynamics": model.config.dynamics.kind,
+        "data": str(data), "split": split, "sequences": int(s_count),
+        "start_frames": start_frames, "frame_interval_s": spec.physics_dt,
+        "agent_steps": agent_steps, "agent_interval_s": spec.agent_dt, "physics_frames": physics_frames,
+        "epsilon": epsilon,
+        "model": vpt_block(err_model),
+        "start_fit_residual_median": residual,
+        "keypoint_drift_median": {str(i + 1): float(drift[:, i].median()) for i in range(agent_steps)},
+        "hold_frame": vpt_block(err_hold),
+    }
+    if references:
+        qpos, qvel = d["qpos"][:s_count, last], d["qvel"][:s_count, last]
+        sim = true_simulator_frames(spec, qpos, qvel, actions[:, last:], times, noise, np.random.default_rng(seed))
+        result["true_simulator_noisy"] = vpt_block(frame_mse(sim.astype(np.float32) / 255, real.astype(np.float32) / 255))
+        result["true_simulator_noise"] = {"qpos_std": noise[0], "qvel_std": noise[1]}
+
+    # keypoints against the true state, and reconstruction, on every 5th frame
+    sub = frames[:, ::5].reshape(-1, *frames.shape[2:])
+    kp_sub = _encode(model, sub)
+    result["keypoints"] = keypoint_state_metrics(kp_sub, d["qpos"][:s_count, ::5].reshape(len(sub), -1), spec)
+    recon = _render(model, torch.from_numpy(kp_sub))
+    result["reconstruction_mse"] = float(frame_mse(recon, sub.astype(np.float32) / 255).mean())
+
+    # reward head on the fitted window states (reward t belongs to arriving at state t + 1)
+    with torch.no_grad():
+        r_pred = model.reward(qs_fit[:, 1:], vs_fit[:, 1:], act[:, :last]).numpy()
+    r_true = rewards[:, :last]
+    result["reward_rmse"] = float(np.sqrt(((r_pred - r_true) ** 2).mean()))
+    result["reward_std"] = float(r_true.std())
+
+    # long open-loop rollout under random actions: does the state stay on the constraints?
+    gen = torch.Generator().manual_seed(seed)
+    q, v = qs_fit[:, -1], vs_fit[:, -1]
+    worst, finite = 0.0, True
+    with torch.no_grad():
+        for _ in range(long_rollout):
+            u = torch.rand(s_count, actions.shape[-1], generator=gen) * 2 - 1
+            q, v = model.step(q, v, u)
+            finite = finite and bool(torch.isfinite(q).all() and torch.isfinite(v).all())
+            worst = max(worst, float(model.constraints.phi(q).abs().max()))
+    result["long_rollout"] = {"steps": long_rollout, "max_abs_constraint_violation": worst, "finite": finite}
+
+    # what the held-out sequences contain (so a VPT can be read against it)
+    if "hinge_1" in spec.qpos_names:
+        angle = d["qpos"][:s_count, last:last + horizon + 1, spec.qpos_names.index("hinge_1")]
+        result["sequences_reaching_upright"] = int((np.cos(angle) > np.cos(0.3)).any(1).sum())
+    result["explorers"] = {str(k): int(v) for k, v in zip(*np.unique(d["explorers"][:s_count], return_counts=True))}
+    result["checkpoint"] = {"data": ckpt.get("data"), "training": {k: v for k, v in ckpt.get("training", {}).items() if k != "config"}}
+    result["wall_time_s"] = round(time.monotonic() - t_start, 1)
+    return result
+
+
+def load_and_evaluate(checkpoint: str, data: str, **kwargs) -> dict[str, Any]:
+    """`evaluate_model` of a checkpoint folder (or bundled system name)."""
+    from keycld_gym.checkpoint import load_model
+
+    if Path(checkpoint).exists():
+        read_config(checkpoint)
+    return evaluate_model(load_model(checkpoint), data, **kwargs)

@@ -1,0 +1,59 @@
+"""Start-state estimation by shooting recovers the state of a trajectory from its noisy keypoints."""
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+from keycld_gym.estimation import estimate_state, estimate_state_from_frames, fit_trajectory, initial_guess
+from keycld_gym.model import KeyCLDModel
+
+
+def _model_with_gravity():
+    torch.manual_seed(0)
+    model = KeyCLDModel("cartpole", TINY_MODEL)
+    with torch.no_grad():
+        model.constraints.raw_length.fill_(0.54)  # length ~1
+        last = model.dynamics.potential_net[-1]
+        last.weight.mul_(100.0)  # a non-trivial potential
+    return model
+
+
+def test_shooting_recovers_the_end_state_far_better_than_differencing():
+    model = _model_with_gravity()
+    torch.manual_seed(1)
+    q0 = torch.tensor([[[0.1, 0.0], [0.6, 0.8]], [[-0.3, 0.0], [-0.3, -1.0]]])
+    v0 = torch.tensor([[[0.5, 0.0], [1.0, -0.5]], [[0.0, 0.0], [2.0, 0.0]]])
+    q0, v0 = model.project(q0, v0)
+    actions = torch.rand(2, 32, 1) * 2 - 1
+    with torch.no_grad():
+        qs, vs = model.rollout(q0, v0, actions)
+    noisy = qs + 0.01 * torch.randn_like(qs)  # ~0.3 px at 64 px height
+    q_end, v_end = estimate_state(model, noisy, actions)
+    diff_v = (noisy[:, -1] - noisy[:, -2]) / model.dt
+    err_shoot = (v_end - vs[:, -1]).norm(dim=-1).mean()
+    err_diff = (diff_v - vs[:, -1]).norm(dim=-1).mean()
+    assert (q_end - qs[:, -1]).abs().max() < 0.01
+    assert err_shoot < 0.1 * err_diff
+    assert model.constraints.phi(q_end).abs().max() < 1e-4
+
+
+def test_two_frames_are_enough_to_run_and_bad_shapes_are_refused():
+    model = _model_with_gravity()
+    kp = torch.zeros(1, 2, 2, 2)
+    kp[:, :, 1, 1] = 1.0
+    qs, vs = fit_trajectory(model, kp, torch.zeros(1, 1, 1))
+    assert qs.shape == (1, 2, 2, 2) and torch.isfinite(vs).all()
+    with pytest.raises(ValueError, match="n >= 2"):
+        estimate_state(model, torch.zeros(1, 1, 2, 2), torch.zeros(1, 0, 1))
+    with pytest.raises(ValueError, match="actions must be"):
+        estimate_state(model, torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 1))
+    with pytest.raises(ValueError, match="frames must be"):
+        estimate_state_from_frames(model, torch.zeros(4, 64, 128, 3, dtype=torch.uint8), torch.zeros(1, 3, 1))
+
+
+def test_initial_guess_is_a_line_fit():
+    t = torch.arange(6.0)[None, :, None, None] * 0.01
+    kp = 0.3 + 2.0 * t.expand(1, 6, 2, 2)
+    q, v = initial_guess(kp, 0.01)
+    torch.testing.assert_close(q, torch.full((1, 2, 2), 0.3))
+    torch.testing.assert_close(v, torch.full((1, 2, 2), 2.0))

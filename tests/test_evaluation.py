@@ -1,0 +1,67 @@
+"""Evaluation metrics: VPT, angle errors, keypoint probes, and a whole evaluation on real data."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+from keycld_gym.checkpoint import load_model
+from keycld_gym.evaluation import angle_rms, evaluate_model, keypoint_state_metrics, mse_epsilon, valid_prediction_time
+from keycld_gym.model import KeyCLDModel
+from keycld_gym.systems import get_system
+
+
+def test_valid_prediction_time_counts_frames_before_the_first_miss():
+    errors = np.array([[0.1, 0.2, 0.9, 0.1], [0.1, 0.1, 0.1, 0.1], [0.6, 0.1, 0.1, 0.1]])
+    assert valid_prediction_time(errors, 0.5).tolist() == [2, 4, 0]
+
+
+def test_angle_rms_fits_one_offset_and_the_mirror():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(-np.pi, np.pi, 500)
+    rms, sign = angle_rms(-(true + 0.7) + rng.normal(0, 0.05, 500), true)
+    assert sign == -1 and abs(rms - 0.05) < 0.01
+    rms, _ = angle_rms(rng.uniform(-np.pi, np.pi, 500), true)
+    assert rms > 1.4  # chance level is pi / sqrt(3) = 1.81
+
+
+def test_keypoint_probe_on_exact_cartpole_keypoints():
+    rng = np.random.default_rng(0)
+    qpos = np.stack([rng.uniform(-1.5, 1.5, 300), rng.uniform(-np.pi, np.pi, 300)], -1)
+    cart = np.stack([0.6 * qpos[:, 0], np.zeros(300)], -1)
+    tip = cart + 0.6 * np.stack([np.sin(qpos[:, 1]), np.cos(qpos[:, 1])], -1)
+    m = keypoint_state_metrics(np.stack([cart, tip], 1), qpos, get_system("cartpole"))
+    assert m["keypoint0_x_vs_slider_corr"] > 0.9999
+    assert m["link0_angle_rms_rad"] < 1e-6
+
+
+def test_epsilon_is_the_spread_around_the_mean_image():
+    frames = np.zeros((2, 4, 4, 3), np.uint8)
+    frames[1] = 255
+    assert math.isclose(mse_epsilon(frames), 0.25, rel_tol=1e-6)
+
+
+def test_whole_evaluation_on_real_sequences(tiny_data, tiny_model_dir):
+    torch.manual_seed(0)
+    model = KeyCLDModel("cartpole", TINY_MODEL)
+    r = evaluate_model(model, tiny_data, start_frames=9, agent_steps=4, physics_frames=10, long_rollout=50)
+    assert r["split"] == "all" and r["sequences"] == 6
+    for name in ("model", "hold_frame", "true_simulator_noisy"):
+        assert len(r[name]["vpt_agent"]) == 6 and 0 <= r[name]["vpt_agent_median"] <= 4
+        assert 0 <= r[name]["vpt_physics_median"] <= 10
+    # the true simulator restarted near the true state beats holding the frame
+    assert r["true_simulator_noisy"]["vpt_physics_mean"] >= r["hold_frame"]["vpt_physics_mean"]
+    assert r["long_rollout"]["finite"] and r["long_rollout"]["max_abs_constraint_violation"] < 1e-3
+    assert json.loads(json.dumps(r)) == r  # JSON-ready
+    with pytest.raises(ValueError, match="--frames"):
+        evaluate_model(model, tiny_data, start_frames=33, agent_steps=45)
+    # a model trained on this data set is evaluated on its held-out split only
+    trained = load_model(tiny_model_dir)
+    try:
+        assert evaluate_model(trained, tiny_data, start_frames=9, agent_steps=4, physics_frames=10,
+                              long_rollout=5, references=False)["split"] == "val"
+    except ValueError as err:  # no sequence of the tiny set fell in the validation split
+        assert "no held-out" in str(err)

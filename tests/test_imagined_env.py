@@ -1,0 +1,208 @@
+"""The imagined env: Gymnasium and SB3 checks, seeding, resets, bad input, batching, SB3 adapter."""
+
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import keycld_gym
+from keycld_gym import CheckpointError
+from keycld_gym.imagined_env import KeyCLDEnv, KeyCLDVectorEnv
+from keycld_gym.sb3 import SB3VecEnv
+from keycld_gym.start_bank import read_start_bank
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_model_dir):
+    return str(tiny_model_dir)
+
+
+@pytest.mark.parametrize("obs_type", ["pixels", "keypoints", "dict"])
+def test_gymnasium_and_sb3_checkers(ckpt, obs_type):
+    env = gym.make("KeyCLD-Cartpole-v0", checkpoint=ckpt, obs_type=obs_type)
+    check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(KeyCLDEnv("cartpole", ckpt, obs_type=obs_type), warn=False)
+
+
+def test_make_without_import_and_without_weights(ckpt):
+    code = ("import gymnasium as gym; e = gym.make('keycld_gym:KeyCLD-Cartpole-v0', checkpoint=%r); "
+            "o, _ = e.reset(seed=0); print(o.shape)" % ckpt)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "(64, 128, 3)" in out.stdout
+    with pytest.raises(CheckpointError, match="keycld-gym train --system acrobot"):
+        gym.make("KeyCLD-Acrobot-v0")
+    with pytest.raises(CheckpointError, match="not 'pendulum'"):
+        KeyCLDEnv("pendulum", ckpt)
+
+
+def test_spaces_equal_the_real_env(ckpt):
+    real = keycld_gym.make_real_env("cartpole", "pixels")
+    env = KeyCLDEnv("cartpole", ckpt)
+    assert env.observation_space == real.observation_space
+    assert env.action_space == real.action_space
+    assert KeyCLDEnv("cartpole", ckpt, obs_type="keypoints").observation_space.shape == (8,)
+    real.close()
+
+
+def test_seeding_is_deterministic_and_episodes_last_1000_physics_steps(ckpt):
+    env = KeyCLDEnv("cartpole", ckpt, obs_type="keypoints")
+    a, _ = env.reset(seed=3)
+    b, _ = env.reset(seed=3)
+    np.testing.assert_array_equal(a, b)
+    starts = {env.reset(seed=s)[0].tobytes() for s in range(8)}
+    assert len(starts) > 1  # different seeds pick different real start windows
+    env.reset(seed=0)
+    n = 0
+    while True:
+        _, r, term, trunc, info = env.step(np.array([0.3], np.float32))
+        n += 1
+        assert 0.0 <= r <= env.action_repeat and not term
+        if trunc:
+            break
+    assert n == 1000 // env.action_repeat and info["physics_steps"] == 1000
+
+
+def test_reset_from_frames_and_from_a_state(ckpt):
+    # a model without forces: frames of a system at rest (just after the task's reset) must
+    # give their own keypoints back, as far as the constraints allow, and no velocity
+    model = keycld_gym.load_model(ckpt)
+    with torch.no_grad():
+        model.dynamics.potential_net[-1].weight.zero_()
+        model.dynamics.input_net[-1].weight.zero_()
+        model.dynamics.input_net[-1].bias.zero_()
+    env = KeyCLDEnv("cartpole", model, obs_type="keypoints")
+    bank = read_start_bank(ckpt)
+    frames = bank["frames"][0]
+    _, info = env.reset(options={"frames": frames, "frame_dt": env.system.physics_dt})
+    with torch.no_grad():
+        encoded = env.model.encode(torch.from_numpy(frames)).mean(0, keepdim=True)  # at rest: one place, jittered
+        on_manifold = env.model.project(encoded, torch.zeros_like(encoded), iterations=20)[0][0].numpy()
+    # the start lands on the frames' encoded keypoints as far as the constraints allow: at least
+    # as close to them as a projection of them onto the constraints
+    enc = encoded[0].numpy()
+    assert np.linalg.norm(info["keypoints"] - enc) <= np.linalg.norm(on_manifold - enc) + 1e-3
+    assert abs(info["keypoints"][0, 0] - enc[0, 0]) < 0.02  # the cart's free coordinate
+    assert np.abs(info["velocities"]).max() < 0.5
+    state = np.arange(8, dtype=np.float32) / 10
+    obs, info = env.reset(options={"state": state})
+    assert info["constraint_violation"] < 1e-4  # projected onto the constraints
+    obs2, _ = env.reset(options={"frames": bank["frames"][1][::4], "frame_dt": 4 * env.system.physics_dt})
+    assert np.all(np.isfinite(obs2))
+    with pytest.raises(ValueError, match="frames"):
+        env.reset(options={"frames": frames[:1]})
+    with pytest.raises(ValueError, match="frame_dt"):
+        env.reset(options={"frames": frames, "frame_dt": 0.015})
+    with pytest.raises(ValueError, match="actions"):
+        env.reset(options={"frames": frames, "actions": np.zeros((2, 1))})
+    with pytest.raises(ValueError, match="state"):
+        env.reset(options={"state": [np.nan] * 8})
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"qpos": [0, 0]})
+
+
+def test_bad_and_out_of_range_actions(ckpt):
+    env = KeyCLDEnv("cartpole", ckpt, obs_type="keypoints")
+    env.reset(seed=0)
+    for bad in (np.array([np.nan]), np.array([np.inf]), np.zeros(3), np.zeros((2, 2))):
+        with pytest.raises(ValueError, match="action must"):
+            env.step(bad)
+    env.reset(seed=1)
+    high = env.step(np.array([7.0]))[0]
+    env.reset(seed=1)
+    np.testing.assert_array_equal(high, env.step(np.array([1.0]))[0])
+
+
+def test_divergence_truncates_with_finite_output(ckpt):
+    env = KeyCLDEnv("cartpole", ckpt, obs_type="dict")
+    env.reset(options={"state": np.array([0, 0, 0, 0.5, 1e4, 0, 0, 0], np.float32)})
+    obs, r, term, trunc, info = env.step(np.zeros(1))
+    assert trunc and info["diverged"] and np.isfinite(r)
+    assert np.all(np.isfinite(obs["keypoints"]))
+
+
+def test_vector_env_equals_single_envs_and_stays_finite(ckpt):
+    n = 3
+    made = gym.make_vec("KeyCLD-Cartpole-v0", num_envs=n, vectorization_mode="vector_entry_point",
+                        checkpoint=ckpt, obs_type="keypoints")
+    assert isinstance(made.unwrapped, KeyCLDVectorEnv) and made.num_envs == n
+    venv = KeyCLDVectorEnv(n, "cartpole", ckpt, obs_type="keypoints")
+    singles = [KeyCLDEnv("cartpole", ckpt, obs_type="keypoints") for _ in range(n)]
+    rng = np.random.default_rng(0)
+    obs, _ = venv.reset(seed=5)
+    for i in range(n):  # the single envs start where the batch's envs started
+        singles[i].reset(options={"state": obs[i]})
+    for _ in range(20):
+        actions = rng.uniform(-1, 1, (n, 1)).astype(np.float32)
+        obs, rew, _, trunc, _ = venv.step(actions)
+        assert not trunc.any()
+        for i in range(n):
+            o, r, *_ = singles[i].step(actions[i])
+            np.testing.assert_allclose(obs[i], o, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(rew[i], r, rtol=1e-4, atol=1e-5)
+    # 10,000 random steps: no non-finite value anywhere, autoreset in the same step
+    big = KeyCLDVectorEnv(100, "cartpole", ckpt, obs_type="keypoints", action_repeat=50)
+    obs, _ = big.reset(seed=0)
+    ends = 0
+    for _ in range(100):
+        obs, rew, term, trunc, infos = big.step(rng.uniform(-1, 1, (100, 1)).astype(np.float32))
+        assert np.all(np.isfinite(obs)) and np.all(np.isfinite(rew))
+        if trunc.any():
+            ends += int(trunc.sum())
+            assert all(np.all(np.isfinite(infos["final_obs"][i])) for i in np.flatnonzero(trunc))
+            assert np.all(infos["physics_steps"][trunc] == 0)
+    assert ends >= 100 * 100 * 50 // 1000
+
+
+def test_sb3_learns_on_the_batched_env(ckpt):
+    from stable_baselines3 import PPO
+
+    venv = SB3VecEnv(KeyCLDVectorEnv(4, "cartpole", ckpt, obs_type="keypoints", action_repeat=100))
+    obs = venv.reset()
+    assert obs.shape == (4, 8)
+    for _ in range(10):
+        obs, rew, dones, infos = venv.step(np.zeros((4, 1), np.float32))
+    assert dones.all() and all("terminal_observation" in i and i["TimeLimit.truncated"] for i in infos)
+    model = PPO("MlpPolicy", venv, n_steps=16, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    model.learn(64)
+    assert model.num_timesteps >= 64
+
+
+def test_real_keypoint_twin_has_the_imagined_spaces_and_full_returns(ckpt):
+    model = keycld_gym.load_model(ckpt)
+    real = keycld_gym.make_real_env("cartpole", "keypoints", model=model, action_repeat=100)
+    imagined = KeyCLDEnv("cartpole", ckpt, obs_type="keypoints", action_repeat=100)
+    assert real.observation_space == imagined.observation_space and real.action_space == imagined.action_space
+    obs, _ = real.reset(seed=0)
+    assert real.observation_space.contains(obs)
+    steps, total = 0, 0.0
+    while True:
+        obs, r, term, trunc, info = real.step(real.action_space.sample())
+        steps, total = steps + 1, total + r
+        assert np.all(np.isfinite(obs))
+        if term or trunc:
+            break
+    assert steps == 10 and 0 < total <= 1000  # 1000 physics steps, window steps included
+    with pytest.raises(ValueError, match="needs model"):
+        keycld_gym.make_real_env("cartpole", "keypoints")
+
+
+def test_bundled_cartpole_model_and_default_env():
+    model = keycld_gym.load_model("cartpole")
+    cfg = model.checkpoint_config
+    assert cfg["training"]["phase"] == "done" and cfg["data"]["regime"] == "task"
+    assert "keycld-gym train" in cfg["training"]["command"] and cfg["training"]["seed"] == 0
+    env = gym.make("KeyCLD-Cartpole-v0", render_mode="rgb_array")
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (64, 128, 3) and obs.dtype == np.uint8
+    # the start comes from real frames of the task's reset: pole hanging below the cart
+    kp = info["keypoints"]
+    assert kp[1, 1] < kp[0, 1] - 0.3
+    for _ in range(5):
+        obs, r, term, trunc, info = env.step(env.action_space.sample())
+    assert env.render().shape == (256, 512, 3)

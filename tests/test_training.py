@@ -1,0 +1,111 @@
+"""Training: both phases run on real data, losses fall, an interrupted run resumes exactly."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_train_config
+from keycld_gym import CheckpointError
+from keycld_gym.checkpoint import load_model
+from keycld_gym.training import Trainer, foreground_weights, heatmap_sharpness_loss
+
+
+def _column(path, name):
+    with open(path) as f:
+        return [float(r[name]) for r in csv.DictReader(f)]
+
+
+def test_keypoint_phase_loss_falls(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    cfg = tiny_train_config(tiny_data, keypoint_steps=80, dynamics_steps=0, log_every=5, keypoint_lr=3e-3)
+    Trainer(cfg, tmp_path, progress=False).run()
+    loss = _column(tmp_path / "log_keypoints.csv", "recon_weighted")
+    assert len(loss) == 16
+    assert np.mean(loss[-3:]) < 0.5 * np.mean(loss[:2])
+
+
+def true_keypoints(qpos):
+    """Cart and pole tip of the standard cartpole in image units of its `fixed` camera `(S, T, 2, 2)`."""
+    scale = 0.6036  # image units per metre at the cart's depth (ObservationCamera.project)
+    x, theta = qpos[..., 0], qpos[..., 1]
+    cart = np.stack([scale * x, np.zeros_like(x)], -1)
+    tip = cart + scale * np.stack([np.sin(theta), np.cos(theta)], -1)
+    return torch.from_numpy(np.stack([tip, cart], -2)).float()  # pole first: the trainer must reorder
+
+
+def test_dynamics_phase_learns_real_motion_and_orders_keypoints(tiny_data, tiny_model_dir, tmp_path, monkeypatch):
+    """On the real system's keypoint trajectories the dynamics loss falls and constraints are measured."""
+    torch.manual_seed(0)
+    cfg = tiny_train_config(tiny_data, keypoints_from=str(tiny_model_dir), keypoint_steps=0, dynamics_steps=60,
+                            horizon_start=12, horizon_ramp_steps=0, log_every=5, dynamics_batch=5)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    truth = true_keypoints(trainer.train.data["qpos"])
+    monkeypatch.setattr(trainer, "encode_sequences", lambda frames: truth)
+    trainer.run()
+    loss = _column(tmp_path / "log_dynamics.csv", "dynamics_mse")
+    assert np.mean(loss[-3:]) < 0.5 * np.mean(loss[:2])
+    model = load_model(tmp_path / "model")
+    # reordered so that keypoint 0 is the one on the rail (the tip hangs ~0.6 below it), and
+    # the constants start at the truth and stay near it
+    assert abs(model.constraints.height[0].item()) < 0.1
+    assert abs(model.constraints.length[1].item() - 0.6036) < 0.05
+    assert model.checkpoint_config["training"]["phase"] == "done"
+    assert model.checkpoint_config["data"]["regime"] == "task"
+
+
+def test_interrupted_run_resumes_exactly(tiny_data, tmp_path):
+    cfg = tiny_train_config(tiny_data, keypoint_steps=5, dynamics_steps=5)
+    torch.manual_seed(0)
+    straight = Trainer(cfg, tmp_path / "a", progress=False).run()
+    torch.manual_seed(0)
+    Trainer(cfg, tmp_path / "b", progress=False).run(stop_after=3)  # stopped inside phase 1
+    torch.manual_seed(123)  # a resumed process starts from another RNG state
+    t = Trainer(cfg, tmp_path / "b", progress=False)
+    t.run(resume=True, stop_after=4)  # stopped inside phase 2
+    resumed = Trainer(cfg, tmp_path / "b", progress=False).run(resume=True)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_existing_run_needs_resume_and_the_same_settings(tiny_data, tmp_path):
+    cfg = tiny_train_config(tiny_data, keypoint_steps=2, dynamics_steps=1)
+    Trainer(cfg, tmp_path, progress=False).run(stop_after=1)
+    with pytest.raises(CheckpointError, match="--resume"):
+        Trainer(cfg, tmp_path, progress=False).run()
+    with pytest.raises(CheckpointError, match="keypoint_steps"):
+        Trainer(tiny_train_config(tiny_data, keypoint_steps=3, dynamics_steps=1), tmp_path, progress=False)
+
+
+def test_foreground_weights_and_heatmap_term():
+    median = torch.zeros(4, 6, 3)
+    frames = torch.zeros(2, 4, 6, 3)
+    frames[0, 1, 2] = 0.5
+    w = foreground_weights(frames, median, 20.0, 0.1)
+    assert w.shape == (2, 4, 6, 1) and w[0, 1, 2, 0] == 21 and w.sum() == 2 * 24 + 20
+    heat = torch.randn(3, 2, 8, 16, requires_grad=True)
+    kp = torch.zeros(3, 2, 2)
+    loss = heatmap_sharpness_loss(heat, kp, 0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and heat.grad.abs().sum() > 0
+
+
+def test_coverage_pulls_a_link_along_the_foreground_and_liveness_penalties():
+    from keycld_gym.training import coverage_loss, keypoint_liveness
+
+    fg = torch.zeros(1, 32, 64)
+    fg[0, 16, 32:44] = 1  # a horizontal bar from x = 0 to about 0.7
+    q = torch.tensor([[[0.0, 0.0], [0.2, 0.0]]], requires_grad=True)
+    loss = coverage_loss(q, fg, [(0, 1)], 1.0)
+    loss.backward()
+    assert q.grad[0, 1, 0] < 0  # the free end is pulled outwards along the bar
+    far = coverage_loss(torch.tensor([[[0.0, 0.0], [0.7, 0.0]]]), fg, [(0, 1)], 1.0)
+    assert far < loss
+    still = torch.zeros(8, 2, 2)
+    spread, close = keypoint_liveness(still, 0.05, 0.1)
+    assert spread > 0 and close > 0.99
+    moving = torch.randn(8, 2, 2)
+    moving[:, 1] += 3.0
+    spread, close = keypoint_liveness(moving, 0.05, 0.1)
+    assert spread == 0 and close < 1e-3
