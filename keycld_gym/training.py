@@ -4,8 +4,11 @@ Two phases, both inside one `keycld-gym train` run (CPU-practical; the authors' 
 training costs ~20 h on 2 cores):
 
 1. keypoints: encoder + renderer on single frames, reconstruction MSE with the foreground
-   (pixels that differ from the data set's median image) weighted up, optionally plus a
-   heatmap-sharpness BCE. Without the weight the thin pole is ignored (DESIGN.md section 6).
+   (pixels that differ from the data set's median image) weighted up (without the weight the
+   thin pole is ignored, DESIGN.md section 6), plus small terms against dead and doubled
+   keypoints (`keypoint_liveness`) and for covering the foreground with the keypoints and
+   their links (`coverage_loss`), optionally a heatmap-sharpness BCE. The encoder's softmax
+   runs over the foreground only (see `keycld_gym.encoder`): that is what finds the pole.
 2. dynamics: the frozen encoder turns every training sequence into keypoints; the keypoints
    are put in the order the constraints name (`keypoint_order`), the constraint constants
    start at their measured values, and the dynamics and reward head learn from multi-step
