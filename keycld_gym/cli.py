@@ -66,7 +66,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
-    import json
+    from pathlib import Path
 
     import torch
 
@@ -75,10 +75,9 @@ def _evaluate_model(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     result = load_and_evaluate(args.checkpoint, args.data, agent_steps=args.agent_steps, start_frames=args.start_frames,
-                               physics_frames=args.physics_frames, max_sequences=args.max_sequences, seed=args.seed, references=not args.no_references)
+                               physics_frames=args.physics_frames, max_sequences=args.max_sequences,
+                               seed=args.seed, references=not args.no_references)
     if args.json:
-        from pathlib import Path
-
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), result)
     print(format_model_report(result))
