@@ -84,9 +84,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
     name = config.get("system")
     if name not in SYSTEMS:
         raise CheckpointError(f"{path} is a model of unknown system {name!r}; known: {', '.join(sorted(SYSTEMS))}")
-    current = json.loads(json.dumps(get_system(name).to_dict()))
-    if config.get("spec") != current:
-        differ = sorted(k for k in current if config.get("spec", {}).get(k) != current[k])
+    differ = get_system(name).differences(config.get("spec"))
+    if differ:
         raise CheckpointError(
             f"{path} was trained for another spec of {name!r} (differs in: {', '.join(differ)}); "
             "retrain it with this version's `keycld-gym train`"

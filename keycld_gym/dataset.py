@@ -42,9 +42,8 @@ def load_manifest(root: str | Path, system: str | None = None, *, require_comple
     name = manifest.get("system")
     if system is not None and name != get_system(system).name:
         raise ManifestMismatchError(f"{root} holds {name!r} data, but {system!r} data was asked for")
-    current = json.loads(json.dumps(get_system(name).to_dict()))
-    if manifest.get("spec") != current:
-        differ = sorted(k for k in current if manifest.get("spec", {}).get(k) != current[k])
+    differ = get_system(name).differences(manifest.get("spec"))
+    if differ:
         raise ManifestMismatchError(
             f"{root} was collected with another spec of {name!r} (differs in: {', '.join(differ)}); "
             "recollect it with this version's `keycld-gym collect`"

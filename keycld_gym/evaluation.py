@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from keycld_gym.checkpoint import read_config
 from keycld_gym.collect import MANIFEST, sha256_file
 from keycld_gym.dataset import WindowDataset
 from keycld_gym.estimation import fit_trajectory
@@ -97,11 +96,8 @@ def _render(model: KeyCLDModel, q: torch.Tensor, batch: int = 256) -> np.ndarray
         return np.concatenate([model.render(q[i:i + batch]).numpy() for i in range(0, len(q), batch)])
 
 
-def _encode(model: KeyCLDModel, frames: np.ndarray, batch: int = 256) -> np.ndarray:
-    flat = frames.reshape(-1, *frames.shape[-3:])
-    with torch.no_grad():
-        kp = [model.encode(torch.from_numpy(flat[i:i + batch])).numpy() for i in range(0, len(flat), batch)]
-    return np.concatenate(kp).reshape(*frames.shape[:-3], -1, 2)
+def _encode(model: KeyCLDModel, frames: np.ndarray) -> np.ndarray:
+    return model.encode_frames(frames).numpy()
 
 
 def true_simulator_frames(spec: SystemSpec, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarray,
@@ -260,6 +256,4 @@ def load_and_evaluate(checkpoint: str, data: str, **kwargs) -> dict[str, Any]:
     """`evaluate_model` of a checkpoint folder (or bundled system name)."""
     from keycld_gym.checkpoint import load_model
 
-    if Path(checkpoint).exists():
-        read_config(checkpoint)
     return evaluate_model(load_model(checkpoint), data, **kwargs)

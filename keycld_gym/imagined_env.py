@@ -29,7 +29,7 @@ from keycld_gym.checkpoint import bundled_path, load_model
 from keycld_gym.errors import CheckpointError
 from keycld_gym.imagination import Imagination
 from keycld_gym.model import KeyCLDModel
-from keycld_gym.start_bank import read_start_bank
+from keycld_gym.start_bank import START_BANK, read_start_bank
 from keycld_gym.systems import get_system
 
 OBS_TYPES = ("pixels", "keypoints", "dict")
@@ -53,7 +53,18 @@ def _load(system: str, checkpoint: str | Path | KeyCLDModel | None, device: str)
 
 
 class _Spaces:
-    """Observation/action spaces and observation assembly shared by the single and vector env."""
+    """Set-up, spaces and observation assembly shared by the single and vector env."""
+
+    def _setup(self, system: str, checkpoint: str | Path | KeyCLDModel | None, obs_type: str,
+               action_repeat: int | None, device: str, num_envs: int) -> None:
+        self.model, path = _load(system, checkpoint, device)
+        self.system = self.model.spec
+        self.obs_type = obs_type
+        self.action_repeat = self.system.checked_action_repeat(action_repeat)
+        self.sim = Imagination(self.model, num_envs, self.action_repeat, device)
+        self.bank = read_start_bank(path) if path is not None and (path / START_BANK).exists() else None
+        self._init_spaces(obs_type)
+        self._steps = np.zeros(num_envs, np.int64)
 
     def _init_spaces(self, obs_type: str) -> None:
         if obs_type not in OBS_TYPES:
@@ -118,19 +129,12 @@ class KeyCLDEnv(_Spaces, gym.Env):
     def __init__(self, system: str = "cartpole", checkpoint: str | Path | KeyCLDModel | None = None,
                  obs_type: str = "pixels", action_repeat: int | None = None, device: str = "cpu",
                  render_mode: str | None = None, draw_keypoints: bool = True):
-        self.model, path = _load(system, checkpoint, device)
-        self.system = self.model.spec
-        self.obs_type = obs_type
-        self.action_repeat = _repeat(self.system, action_repeat)
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs=1)
         self.render_mode, self.draw_keypoints = render_mode, draw_keypoints
-        self.sim = Imagination(self.model, 1, self.action_repeat, device)
-        self.bank = read_start_bank(path) if path is not None and (path / "start_frames.npz").exists() else None
-        self._init_spaces(obs_type)
         self.observation_space, self.action_space = self._obs_space, self._act_space
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / (self.action_repeat * self.system.physics_dt)))}
-        self._steps = np.zeros(1, np.int64)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
         super().reset(seed=seed)
@@ -172,18 +176,11 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
                  render_mode: str | None = None, **_: Any):
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
-        self.model, path = _load(system, checkpoint, device)
-        self.system = self.model.spec
-        self.num_envs, self.obs_type = num_envs, obs_type
-        self.action_repeat = _repeat(self.system, action_repeat)
-        self.render_mode = None
-        self.sim = Imagination(self.model, num_envs, self.action_repeat, device)
-        self.bank = read_start_bank(path) if path is not None and (path / "start_frames.npz").exists() else None
-        self._init_spaces(obs_type)
+        self.num_envs, self.render_mode = num_envs, None
+        self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs)
         self.single_observation_space, self.single_action_space = self._obs_space, self._act_space
         self.observation_space = batch_space(self._obs_space, num_envs)
         self.action_space = batch_space(self._act_space, num_envs)
-        self._steps = np.zeros(num_envs, np.int64)
         self._rng = np.random.default_rng()
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
@@ -218,13 +215,6 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
 
     def _infos(self) -> dict:
         return self.sim.info() | {"physics_steps": self._steps.copy()}
-
-
-def _repeat(spec, action_repeat: int | None) -> int:
-    repeat = spec.action_repeat if action_repeat is None else int(action_repeat)
-    if repeat < 1 or spec.episode_steps % repeat:
-        raise ValueError(f"action_repeat must be a positive divisor of {spec.episode_steps}, got {action_repeat!r}")
-    return repeat
 
 
 def _first(obs: Any) -> Any:

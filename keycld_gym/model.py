@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,6 +99,13 @@ class KeyCLDModel(nn.Module):
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Keypoints `(B, K, 2)` of frames uint8 `(B, H, W, 3)`."""
         return spatial_softmax(self.heatmaps(frames))
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
+        """Keypoints `(..., K, 2)` of uint8 frames `(..., H, W, 3)` of any leading shape, in batches."""
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        kp = [self.encode(torch.from_numpy(flat[i:i + batch])) for i in range(0, len(flat), batch)]
+        return torch.cat(kp).reshape(*frames.shape[:-3], self.spec.num_keypoints, 2)
 
     def render(self, q: torch.Tensor) -> torch.Tensor:
         """Frames `(B, H, W, 3)` in [0, 1] of keypoints `(B, K, 2)`."""

@@ -62,11 +62,7 @@ class RealEnv(gym.Env):
             raise ValueError(f"obs_type must be one of {OBS_TYPES}, got {obs_type!r}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        repeat = spec.action_repeat if action_repeat is None else int(action_repeat)
-        if repeat < 1 or spec.episode_steps % repeat:
-            raise ValueError(
-                f"action_repeat must be a positive divisor of {spec.episode_steps}, got {action_repeat!r}"
-            )
+        repeat = spec.checked_action_repeat(action_repeat)
         camera = spec.camera
         if image_size is not None:
             height, width = (int(s) for s in image_size)

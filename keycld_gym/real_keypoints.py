@@ -34,9 +34,7 @@ class RealKeypointEnv(gym.Env):
         self.model = model.eval()
         self.env = RealEnv(system, "pixels", action_repeat=1, render_mode=render_mode)
         self.system = self.env.system
-        self.action_repeat = self.system.action_repeat if action_repeat is None else int(action_repeat)
-        if self.action_repeat < 1 or self.system.episode_steps % self.action_repeat:
-            raise ValueError(f"action_repeat must be a positive divisor of {self.system.episode_steps}")
+        self.action_repeat = self.system.checked_action_repeat(action_repeat)
         if window < 2:
             raise ValueError(f"window must be at least 2 frames, got {window}")
         self.window, self.render_mode = window, render_mode

@@ -7,6 +7,7 @@ constraint: every module reads them from the `SystemSpec` returned by `get_syste
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 from keycld_gym.errors import UnknownSystemError
@@ -130,6 +131,19 @@ class SystemSpec:
     def to_dict(self) -> dict:
         """A JSON-ready dict of the spec (stored in manifests and checkpoints)."""
         return dataclasses.asdict(self)
+
+    def differences(self, saved: dict | None) -> list[str]:
+        """Fields in which a stored spec dict (a manifest's, a checkpoint's) differs from this spec."""
+        current = json.loads(json.dumps(self.to_dict()))
+        saved = saved or {}
+        return sorted(k for k in current if saved.get(k) != current[k])
+
+    def checked_action_repeat(self, action_repeat: int | None) -> int:
+        """The action repeat to use: the spec's by default; else a positive divisor of the episode."""
+        repeat = self.action_repeat if action_repeat is None else int(action_repeat)
+        if repeat < 1 or self.episode_steps % repeat:
+            raise ValueError(f"action_repeat must be a positive divisor of {self.episode_steps}, got {action_repeat!r}")
+        return repeat
 
 
 _TWO_PI = 6.283185307179586

@@ -411,13 +411,9 @@ class Trainer:
         return float(((self.model.render(self.model.encode(frames)) - target) ** 2).mean())
 
     # phase 2 ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_sequences(self, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
+    def encode_sequences(self, frames: np.ndarray) -> torch.Tensor:
         """Keypoints `(S, T, K, 2)` of uint8 frames `(S, T, H, W, 3)`."""
-        s, t = frames.shape[:2]
-        flat = frames.reshape(s * t, *frames.shape[2:])
-        out = [self.model.encode(torch.from_numpy(flat[i:i + batch])) for i in range(0, len(flat), batch)]
-        return torch.cat(out).reshape(s, t, self.model.spec.num_keypoints, 2)
+        return self.model.encode_frames(frames)
 
     def _prepare_dynamics(self) -> None:
         """Order keypoints by the constraints, start constraint constants and start states."""
