@@ -103,6 +103,96 @@ def format_model_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _fit_reward(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from keycld_gym.checkpoint import bundled_path, load_model, save_checkpoint
+    from keycld_gym.collect import default_command
+    from keycld_gym.observation_noise import NOISE_FILE
+    from keycld_gym.reward_fit import fit_reward_head
+    from keycld_gym.start_bank import START_BANK
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    source = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else bundled_path(args.checkpoint)
+    model = load_model(source)
+    result = fit_reward_head(model, args.data, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    result["command"] = default_command()
+    meta = {k: v for k, v in model.checkpoint_config.items()
+            if k not in ("format", "format_version", "package_version", "system", "spec", "model", "action_dim", "weights_sha256")}
+    save_checkpoint(args.out, model, {**meta, "reward_head": result})
+    for name in (START_BANK, NOISE_FILE):  # neither depends on the reward head
+        if (source / name).exists():
+            shutil.copy2(source / name, Path(args.out) / name)
+    b, a = result["rmse_before"], result["rmse_after"]
+    print(f"reward head refit on {result['samples']['train']} samples: RMSE per physics step train {b['train']:.4f} -> "
+          f"{a['train']:.4f}, validation sequences {b['val']:.4f} -> {a['val']:.4f} ({result['wall_time_s']:.0f} s) -> {args.out}")
+    return 0
+
+
+def _train_agent(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from keycld_gym.agent_training import AgentTrainConfig, train_agent
+    from keycld_gym.collect import default_command
+
+    torch.set_num_threads(args.threads)
+    config = AgentTrainConfig(
+        system=args.system, obs_type=args.obs, algo=args.algo, seed=args.seed, checkpoint=args.checkpoint,
+        total_steps=args.steps, budget_s=None if args.budget is None else args.budget * 60,
+        observation_noise=args.noise, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+        real_eval_every=args.real_eval_every, real_eval_episodes=args.real_eval_episodes,
+        checkpoint_every_s=args.checkpoint_every,
+    )
+    state = train_agent(config, args.out, resume=args.resume, progress=not args.quiet, command=default_command())
+    last = state["curve"][-1]
+    print(f"trained {args.algo} on {args.obs} in imagination: {state['steps']} steps in {state['wall_s'] / 60:.1f} min, "
+          f"imagined return {last['imagined_return']:.1f} -> {Path(args.out) / 'agent'}")
+    return 0
+
+
+def _evaluate_agent(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from keycld_gym.agent import load_agent
+    from keycld_gym.agent_evaluation import evaluate_agent
+    from keycld_gym.collect import write_json
+
+    torch.set_num_threads(args.threads)
+    agent = load_agent(args.agent, args.system, args.obs)
+    result = evaluate_agent(agent, episodes=args.episodes, seed=args.seed, checkpoint=args.checkpoint,
+                            imagined=not args.no_imagined, workers=args.workers)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.json), result)
+    line = f"{result['system']} {result['obs_type']} {result['algo']} agent {result['agent']}: real return " \
+           f"{result['real_return_mean']:.1f} ± {result['real_return_std']:.1f} over {result['episodes']} episodes (seeds {result['seed']}+)"
+    if "imagined_return_mean" in result:
+        line += f"; imagined {result['imagined_return_mean']:.1f} ± {result['imagined_return_std']:.1f}; gap {100 * result['gap']:+.1f}%"
+    print(line + f"; model learned from {result['model_real_frames']} real frames ({result['model_data_regime']}), the policy from none")
+    return 0
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    import torch
+
+    from keycld_gym.benchmark import run_benchmark
+    from keycld_gym.collect import default_command
+
+    torch.set_num_threads(args.threads)
+    run_benchmark(args.system, args.out, budget_min=args.budget, seed=args.seed, episodes=args.episodes,
+                  checkpoint=args.checkpoint, total_steps=args.steps, video=not args.no_video, workers=args.workers,
+                  progress=not args.quiet, command=default_command())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `keycld-gym`."""
     parser = argparse.ArgumentParser(prog="keycld-gym", description=__doc__)
@@ -160,6 +250,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_evaluate_model)
+
+    p = sub.add_parser("fit-reward", help="refit a model's reward head on states estimated from its training data")
+    p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
+    p.add_argument("--data", required=True, action="append", help="data set(s) the model was trained on (repeatable)")
+    p.add_argument("--out", required=True, help="folder for the new checkpoint")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_fit_reward)
+
+    p = sub.add_parser("train-agent", help="train an SB3 agent in a model's imagination only (resumable)")
+    p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+    p.add_argument("--obs", choices=("keypoints", "pixels"), default="keypoints")
+    p.add_argument("--algo", choices=("sac", "ppo"), default="sac")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, logs, learning curve; the agent lands in OUT/agent")
+    p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
+    p.add_argument("--steps", type=int, help="imagined agent steps (default: the recipe's budget in agents/)")
+    p.add_argument("--budget", type=float, help="stop after this many minutes of training")
+    p.add_argument("--noise", choices=("measured", "none"), help="keypoint observation noise (default: the recipe's)")
+    p.add_argument("--eval-every", type=int, default=5000, help="agent steps between learning-curve points")
+    p.add_argument("--eval-episodes", type=int, default=16, help="imagined episodes per learning-curve point")
+    p.add_argument("--real-eval-every", type=int, default=0,
+                   help="every n-th learning-curve point also measured in the real task (0: never); it never learns from it")
+    p.add_argument("--real-eval-episodes", type=int, default=2)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train_agent)
+
+    p = sub.add_parser("evaluate-agent", help="an agent's return in the real task and in imagination")
+    p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), or 'bundled'")
+    p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+    p.add_argument("--obs", choices=("keypoints", "pixels"), help="check the agent acts on these observations")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=100_000, help="episode i of the real task is reset with seed + i")
+    p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
+    p.add_argument("--json", help="write the result here")
+    p.add_argument("--no-imagined", action="store_true", help="skip the imagined episodes")
+    p.add_argument("--workers", type=int, default=2, help="processes running real episodes side by side")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_evaluate_agent)
+
+    p = sub.add_parser("benchmark", help="the main job: train in imagination, evaluate in the real task, report")
+    p.add_argument("--system", default="cartpole", choices=sorted(SYSTEMS))
+    p.add_argument("--out", default="benchmark", help="report folder (rerun to resume an interrupted run)")
+    p.add_argument("--budget", type=float, default=12.0, help="minutes of training in imagination")
+    p.add_argument("--steps", type=int, help="imagined agent steps at most (default: the recipe's)")
+    p.add_argument("--episodes", type=int, default=10, help="real evaluation episodes")
+    p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-video", action="store_true")
+    p.add_argument("--workers", type=int, default=2, help="processes running real evaluation episodes side by side")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_benchmark)
     return parser
 
 

@@ -47,6 +47,7 @@ def fit_trajectory(
     stride: int = 1,
     iterations: int = 20,
     stages: tuple[int, ...] = (9, 17),
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """States at the frames of a window that best explain its keypoints: two `(B, n, K, 2)`.
 
@@ -55,6 +56,8 @@ def fit_trajectory(
         actions: physics-rate actions `(B, (n - 1) * stride, A)` between the frames.
         iterations: L-BFGS iterations per stage.
         stages: shorter prefixes (in frames) fitted first, coarse to fine, then the whole window.
+        init: a guess `(B, K, 2)` x2 of the state at the window's first frame (a tracker's
+            previous fit): the stages are skipped and the whole window is refined from it.
     """
     if keypoints.dim() != 4 or keypoints.shape[1] < 2:
         raise ValueError(f"keypoints must be (B, n >= 2, K, 2), got {tuple(keypoints.shape)}")
@@ -66,10 +69,15 @@ def fit_trajectory(
             f"got {tuple(actions.shape)}"
         )
     keypoints, actions = keypoints.detach(), actions.detach().to(keypoints.dtype)
-    q0, v0 = initial_guess(keypoints, model.dt * stride)
+    if init is None:
+        q0, v0 = initial_guess(keypoints, model.dt * stride)
+        lengths = [s for s in stages if s < n] + [n]
+    else:
+        q0, v0 = (x.detach().to(keypoints) for x in init)
+        lengths = [n]
     q0, v0 = q0.clone().requires_grad_(True), v0.clone().requires_grad_(True)
     with frozen(model), torch.enable_grad():
-        for length in [s for s in stages if s < n] + [n]:
+        for length in lengths:
             opt = torch.optim.LBFGS([q0, v0], lr=1, max_iter=iterations, line_search_fn="strong_wolfe")
 
             def closure(length: int = length) -> torch.Tensor:
@@ -83,6 +91,63 @@ def fit_trajectory(
             opt.step(closure)
         with torch.no_grad():
             qs, vs = model.rollout(*model.project(q0.detach(), v0.detach()), actions)
+    return qs[:, ::stride], vs[:, ::stride]
+
+
+@torch.no_grad()
+def refine_trajectory(
+    model: KeyCLDModel,
+    keypoints: torch.Tensor,
+    actions: torch.Tensor,
+    init: tuple[torch.Tensor, torch.Tensor],
+    *,
+    stride: int = 1,
+    iterations: int = 3,
+    eps: float = 1e-3,
+    rtol: float = 1e-2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fit_trajectory` from a close guess `(B, K, 2)` x2, by Gauss-Newton: two `(B, n, K, 2)`.
+
+    A tracker's guess (the previous window's fit) is already near the optimum, where
+    Gauss-Newton converges in a few steps. The Jacobian of the window's keypoints with
+    respect to the 4K start-state numbers is taken by finite differences, all 4K + 1
+    rollouts in one batch, so a step costs about one rollout and no backward pass. The
+    constraints make some directions void (they are projected away): the pseudo-inverse
+    drops them, which needs velocities scaled by the window's duration so that every real
+    direction has a singular value of the same order. The best start seen (guess included)
+    is kept, so a step never makes it worse.
+    """
+    b, n = keypoints.shape[:2]
+    shape = init[0].shape[1:]  # (K, 2)
+    span = (n - 1) * stride * model.dt  # velocities in units per window
+    x = torch.cat([init[0].flatten(1), init[1].flatten(1) * span], 1).to(keypoints)  # (B, D)
+    d = x.shape[1]
+    probe = torch.cat([torch.zeros(1, d), eps * torch.eye(d)]).to(x)  # (D + 1, D)
+    actions = actions.to(keypoints)
+    acts = actions.repeat_interleave(d + 1, 0)
+    target = keypoints.flatten(1)  # (B, M)
+
+    def start(xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return model.project(xs[:, : d // 2].reshape(-1, *shape), xs[:, d // 2:].reshape(-1, *shape) / span)
+
+    best_x, best_cost = x, torch.full((b,), float("inf")).to(x)
+    for _ in range(iterations):
+        qs, _ = model.rollout(*start((x[:, None] + probe).flatten(0, 1)), acts)
+        r = qs[:, ::stride].flatten(1).reshape(b, d + 1, -1)
+        r0 = r[:, 0] - target  # (B, M)
+        cost = (r0**2).sum(1)
+        better = cost < best_cost
+        best_x, best_cost = torch.where(better[:, None], x, best_x), torch.where(better, cost, best_cost)
+        jac = (r[:, 1:] - r[:, :1]) / eps  # (B, D, M)
+        step = torch.linalg.pinv(jac.transpose(1, 2), rtol=rtol) @ r0[..., None]
+        # from an improvement, a Gauss-Newton step; after a worse point, halve the last step
+        x = torch.where(better[:, None], x - step[..., 0].nan_to_num(0.0), best_x + 0.5 * (x - best_x))
+    qs, vs = model.rollout(*start(x), actions)
+    cost = ((qs[:, ::stride].flatten(1) - target) ** 2).sum(1)
+    worse = ~(cost <= best_cost)
+    if worse.any():
+        q2, v2 = model.rollout(*start(best_x[worse]), actions[worse])
+        qs[worse], vs[worse] = q2, v2
     return qs[:, ::stride], vs[:, ::stride]
 
 

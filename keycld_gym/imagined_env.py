@@ -58,6 +58,7 @@ class _Spaces:
     def _setup(self, system: str, checkpoint: str | Path | KeyCLDModel | None, obs_type: str,
                action_repeat: int | None, device: str, num_envs: int) -> None:
         self.model, path = _load(system, checkpoint, device)
+        self.checkpoint_path = path  # the model folder (None for a model passed in)
         self.system = self.model.spec
         self.obs_type = obs_type
         self.action_repeat = self.system.checked_action_repeat(action_repeat)

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from keycld_gym.checkpoint import CONFIG, WEIGHTS, bundled_path, load_model
+from keycld_gym.observation_noise import NOISE_FILE
 from keycld_gym.start_bank import START_BANK
 
 
@@ -41,6 +42,15 @@ def model_card(config: dict, result: dict | None) -> str:
         f"- package version {config['package_version']}; weights sha256 `{config['weights_sha256']}`",
         f"- `{START_BANK}`: real start windows from the task's own reset (reset seeds 10000+), used by the env's reset",
     ]
+    r = config.get("reward_head")
+    if r:
+        lines += [
+            f"- reward head refit on estimated states ({r['samples']['train']} samples of "
+            f"{', '.join(d['path'] for d in r['data'])}; {r['wall_time_s']:.0f} s): `{r['command']}`; RMSE per physics "
+            f"step on the validation sequences {r['rmse_before']['val']:.4f} -> {r['rmse_after']['val']:.4f}",
+        ]
+    lines.append(f"- `{NOISE_FILE}`: the real 17-frame state estimate's error per keypoint coordinate, measured on "
+                 "held-out real sequences by `python scripts/observation_noise.py`; agents train with it as noise")
     if result:
         m, h = result["model"], result["hold_frame"]
         lines += [
@@ -69,8 +79,9 @@ def main() -> None:
         raise SystemExit(f"{args.model} is from an unfinished run (phase {config['training'].get('phase')!r})")
     dest = bundled_path(config["system"])
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS, CONFIG, START_BANK):
-        shutil.copy2(Path(args.model) / name, dest / name)
+    for name in (WEIGHTS, CONFIG, START_BANK, NOISE_FILE):
+        if (Path(args.model) / name).exists():
+            shutil.copy2(Path(args.model) / name, dest / name)
     result = json.loads(Path(args.eval).read_text()) if args.eval else None
     (dest / "README.md").write_text(model_card(config, result))
     print(f"bundled {args.model} -> {dest}")

@@ -1,0 +1,60 @@
+"""`AgentRecipe`: everything that defines how an agent is trained in imagination."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ALGOS = ("sac", "ppo")
+OBS_TYPES = ("keypoints", "pixels")
+NOISES = ("measured", "none")
+
+
+@dataclass(frozen=True)
+class AgentRecipe:
+    """One stable-baselines3 agent for one system and observation type.
+
+    `hyperparams` go to the SB3 algorithm's constructor as they are; `total_steps` is the
+    default training budget in imagined agent steps, summed over `num_envs` batched envs.
+    """
+
+    system: str
+    obs_type: str
+    algo: str
+    policy: str
+    total_steps: int
+    num_envs: int
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    policy_kwargs: dict[str, Any] = field(default_factory=dict)
+    frame_stack: int = 1  # pixels: the last n frames, stacked on the channel axis
+    # keypoints: Gaussian noise of the model's measured real estimation error on the
+    # imagined observations (observation_noise.json beside the weights), or none
+    observation_noise: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {ALGOS}")
+        if self.obs_type not in OBS_TYPES:
+            raise ValueError(f"unknown observation type {self.obs_type!r}; choose one of {OBS_TYPES}")
+        if self.observation_noise not in NOISES:
+            raise ValueError(f"observation_noise must be one of {NOISES}, got {self.observation_noise!r}")
+        if self.observation_noise != "none" and self.obs_type != "keypoints":
+            raise ValueError("observation noise applies to keypoint observations only")
+        if self.total_steps < 1 or self.num_envs < 1 or self.frame_stack < 1:
+            raise ValueError(f"total_steps, num_envs and frame_stack must be positive: {self}")
+
+    def replace(self, **changes: Any) -> "AgentRecipe":
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AgentRecipe":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown recipe fields {sorted(unknown)}")
+        return cls(**d)

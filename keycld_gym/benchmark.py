@@ -1,0 +1,145 @@
+"""The main job, `keycld-gym benchmark`: train in imagination, evaluate in the real task, report.
+
+On a world model (default: the bundled one) a keypoint SAC agent is trained only in the
+imagined env within a wall-time budget, then evaluated on real episodes of the standard
+dm_control task. The report folder holds `benchmark.json`, `learning_curve.png` (imagined
+and real return against training steps) and `side_by_side.gif` (the same policy in
+imagination and in the real task, from the same reset seed); a table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keycld_gym.agent import AGENT_CONFIG, bundled_agent_path, load_agent
+from keycld_gym.agent_evaluation import evaluate_agent, random_returns
+from keycld_gym.agent_training import AgentTrainConfig, train_agent
+from keycld_gym.checkpoint import bundled_path, load_model
+from keycld_gym.collect import write_json
+
+EVAL_SEED = 100_000  # real episodes of the final evaluation: seeds never used in training
+
+
+def learning_curve_plot(curve: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """Imagined and real return against training steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    steps = [p["steps"] for p in curve]
+    ax.plot(steps, [p["imagined_return"] for p in curve], "-o", ms=3, label="imagined return")
+    real = [(p["steps"], p["real_return"]) for p in curve if p.get("real_return") is not None]
+    if real:
+        ax.plot(*zip(*real), "s--", ms=5, label="real return")
+    ax.set_xlabel("agent steps in imagination")
+    ax.set_ylabel("episode return")
+    ax.set_ylim(0, 1000)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def side_by_side(agent: Any, checkpoint: str | Path, seed: int, path: Path, scale: int = 2, max_steps: int | None = None) -> Path:
+    """A GIF of one episode of `agent` in imagination (left) and in the real task (right), both reset with `seed`."""
+    import imageio.v3 as iio
+
+    from keycld_gym.imagined_env import KeyCLDEnv, upscale_with_keypoints
+    from keycld_gym.real_keypoints import RealKeypointEnv
+
+    recipe = agent.recipe
+    if recipe.obs_type != "keypoints":
+        raise ValueError(f"the side-by-side video shows keypoint agents, this one acts on {recipe.obs_type!r}")
+    model = load_model(checkpoint)
+    imagined = KeyCLDEnv(recipe.system, checkpoint, obs_type="keypoints")
+    real = RealKeypointEnv(recipe.system, model)
+    frames: dict[str, list[np.ndarray]] = {"imagined": [], "real": []}
+    for name, env in (("imagined", imagined), ("real", real)):
+        obs, _ = env.reset(seed=seed)
+        done, steps = False, 0
+        while not done and (max_steps is None or steps < max_steps):
+            if name == "imagined":
+                frame, q = env.sim.pixels(slice(0, 1))[0], env.sim.q[0].cpu().numpy()
+            else:
+                frame, q = env.last_frame, env.last_state[0].numpy()
+            frames[name].append(upscale_with_keypoints(frame, q, scale))
+            obs, _, term, trunc, _ = env.step(agent.act(obs[None])[0])
+            done, steps = term or trunc, steps + 1
+        env.close()
+    n = min(len(v) for v in frames.values())
+    gap = np.full((frames["real"][0].shape[0], 4, 3), 255, np.uint8)
+    video = np.stack([np.concatenate([frames["imagined"][i], gap, frames["real"][i]], 1) for i in range(n)])
+    iio.imwrite(path, video, duration=1000 * model.spec.agent_dt, loop=0)
+    return path
+
+
+def run_benchmark(
+    system: str = "cartpole", out: str | Path = "benchmark", *, budget_min: float = 12.0, seed: int = 0,
+    episodes: int = 10, eval_seed: int = EVAL_SEED, checkpoint: str | Path | None = None, total_steps: int | None = None,
+    real_curve_points: int = 3, workers: int = 2, video: bool = True, video_steps: int | None = None, progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train a keypoint SAC agent in imagination within `budget_min` minutes, evaluate it for real, write the report."""
+    t0 = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = bundled_path(system) if checkpoint is None else Path(checkpoint)
+    config = AgentTrainConfig(
+        system=system, obs_type="keypoints", algo="sac", seed=seed, checkpoint=str(model_path),
+        total_steps=total_steps, budget_s=budget_min * 60, eval_every=4000, eval_episodes=16,
+        real_eval_every=3, real_eval_episodes=1,
+    )
+    expected_points = (total_steps or config.recipe().total_steps) // config.eval_every + 1
+    config.real_eval_every = max(1, expected_points // real_curve_points) if real_curve_points > 0 else 0
+    train = out / "train"
+    state = train_agent(config, train, resume=(train / "state.json").exists(), progress=progress, command=command)
+    agent = load_agent(train / "agent")
+    result = evaluate_agent(agent, episodes=episodes, seed=eval_seed, checkpoint=model_path, workers=workers)
+    rand = random_returns(system, episodes, eval_seed)
+    bundled = None
+    bundled_folder = bundled_agent_path(system)
+    if (bundled_folder / AGENT_CONFIG).exists():
+        bundled = load_agent(bundled_folder).info.get("evaluation")
+    report: dict[str, Any] = {
+        "system": system, "budget_min": budget_min, "seed": seed, "command": command,
+        "trained": {"steps": state["steps"], "train_wall_s": state["wall_s"]},
+        "agent": result, "random": {"real_returns": [round(r, 2) for r in rand], "real_return_mean": float(np.mean(rand))},
+        "bundled_agent": bundled, "curve": state["curve"],
+    }
+    learning_curve_plot(state["curve"], out / "learning_curve.png",
+                        f"{system}: SAC on keypoints, trained in imagination only (model: {result['model_real_frames']} real frames)")
+    if video:
+        side_by_side(agent, model_path, eval_seed, out / "side_by_side.gif", max_steps=video_steps)
+    report["wall_s"] = round(time.time() - t0, 1)
+    write_json(out / "benchmark.json", report)
+    print(format_table(report))
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The benchmark's table as text."""
+    a = report["agent"]
+    rows = [("policy", "imagined return", "real return", "gap", "real frames (model / policy)")]
+    frames = f"{a['model_real_frames']} ({a['model_data_regime']}) / 0"
+    rows.append(("random", "-", f"{report['random']['real_return_mean']:.0f}", "-", "-"))
+    rows.append((f"this run ({report['trained']['steps']} steps)", f"{a['imagined_return_mean']:.0f} ± {a['imagined_return_std']:.0f}",
+                 f"{a['real_return_mean']:.0f} ± {a['real_return_std']:.0f}", f"{100 * a['gap']:+.0f}%", frames))
+    b = report.get("bundled_agent")
+    if b:
+        rows.append(("bundled agent (recorded)", f"{b['imagined_return_mean']:.0f} ± {b['imagined_return_std']:.0f}",
+                     f"{b['real_return_mean']:.0f} ± {b['real_return_std']:.0f}", f"{100 * b['gap']:+.0f}%", frames))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"{a['episodes']} real episodes (seeds {a['seed']}+), {report['system']}; training {report['trained']['train_wall_s'] / 60:.1f} min, "
+                 f"whole benchmark {report.get('wall_s', 0) / 60:.1f} min")
+    return "\n".join(lines)

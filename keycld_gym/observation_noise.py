@@ -1,0 +1,130 @@
+"""The real side's keypoint-estimate error, measured, and the same error put into imagination.
+
+In the real task a keypoint policy sees states estimated from the last 17 frames
+(`RealKeypointEnv`): positions carry the encoder's jitter and velocities the shooting fit's
+error. In imagination it would see exact states and learn to rely on a precision it will
+not have. `measure_estimation_error` measures the causal 17-frame estimate on held-out real
+sequences against a smoothed reference (the state at the middle of a 33-frame window, whose
+velocity is determined from both sides); `KeypointNoise` adds zero-mean Gaussian noise with
+those per-coordinate standard deviations to imagined keypoint observations. The
+measurement is stored beside the model's weights (`observation_noise.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import VectorEnv, VectorWrapper
+
+from keycld_gym.collect import MANIFEST, sha256_file
+from keycld_gym.dataset import load_manifest, load_shard
+from keycld_gym.errors import CheckpointError
+from keycld_gym.estimation import fit_trajectory
+from keycld_gym.model import KeyCLDModel
+from keycld_gym.real_keypoints import TRACKING_WINDOW
+
+NOISE_FILE = "observation_noise.json"
+
+
+def measure_estimation_error(
+    model: KeyCLDModel, data: str | Path, *, window: int = TRACKING_WINDOW, reference: int = 33, every: int = 8,
+    max_sequences: int | None = None,
+) -> dict[str, Any]:
+    """Error of the causal `window`-frame state estimate against a centred `reference`-frame fit on real sequences in `data`.
+
+    Returns per-coordinate `std` and `mean` of (estimate - reference) over the observation's
+    4K numbers (positions, then velocities), with what it was measured on.
+    """
+    if reference % 2 == 0 or reference <= window:
+        raise ValueError(f"reference must be an odd number of frames above window={window}, got {reference}")
+    manifest = load_manifest(data, model.spec.name)
+    half = reference // 2
+    kps, acts, used = [], [], 0
+    t0 = time.time()
+    for shard in manifest["shards"]:
+        z = load_shard(Path(data) / shard["file"], shard.get("sha256"))
+        for frames, actions in zip(z["frames"], z["actions"]):
+            if max_sequences is not None and used >= max_sequences:
+                break
+            kp = model.encode_frames(frames)  # (T, K, 2)
+            a = torch.from_numpy(actions.astype(np.float32))
+            # frame t's window ends at t; the reference is centred on t
+            for t in range(max(window - 1, half), len(frames) - half, every):
+                kps.append((kp[t - window + 1: t + 1], kp[t - half: t + half + 1]))
+                acts.append((a[t - window + 1: t], a[t - half: t + half]))
+            used += 1
+    if not kps:
+        raise ValueError(f"{data} has no sequence of at least {reference} frames to measure on")
+    causal_q, causal_v = fit_trajectory(model, torch.stack([k[0] for k in kps]), torch.stack([a[0] for a in acts]))
+    ref_q, ref_v = fit_trajectory(model, torch.stack([k[1] for k in kps]), torch.stack([a[1] for a in acts]))
+    estimate = torch.cat([causal_q[:, -1].flatten(1), causal_v[:, -1].flatten(1)], 1)
+    truth = torch.cat([ref_q[:, half].flatten(1), ref_v[:, half].flatten(1)], 1)
+    err = (estimate - truth).numpy()
+    return {
+        "std": err.std(0).round(6).tolist(),
+        "mean": err.mean(0).round(6).tolist(),
+        "window": window, "reference": reference, "every": every,
+        "samples": len(err), "sequences": used,
+        "data": str(data), "data_manifest_sha256": sha256_file(Path(data) / MANIFEST),
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def write_noise(folder: str | Path, measurement: dict[str, Any]) -> Path:
+    """Store a measurement beside a model's weights."""
+    path = Path(folder) / NOISE_FILE
+    path.write_text(json.dumps(measurement, indent=2) + "\n")
+    return path
+
+
+def read_noise(folder: str | Path) -> np.ndarray:
+    """The per-coordinate standard deviations `(4K,)` stored beside a model's weights."""
+    path = Path(folder) / NOISE_FILE
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} is missing: measure the model's estimation error with "
+            f"`python scripts/observation_noise.py --checkpoint {folder} --data HELD_OUT_DATA`, or train with noise 'none'"
+        )
+    try:
+        return np.asarray(json.loads(path.read_text())["std"], np.float32)
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"{path} is corrupt ({err}); measure it again with scripts/observation_noise.py") from err
+
+
+class KeypointNoise(VectorWrapper):
+    """Zero-mean Gaussian noise of per-coordinate std `(4K,)` on a vector env's keypoint observations.
+
+    Also on `info["final_obs"]` of envs that ended (gymnasium's observation wrappers refuse
+    SAME_STEP autoreset envs for want of that).
+    """
+
+    def __init__(self, env: VectorEnv, std: np.ndarray, seed: int | None = None):
+        super().__init__(env)
+        space = env.single_observation_space
+        std = np.asarray(std, np.float32)
+        if not isinstance(space, gym.spaces.Box) or space.shape != std.shape:
+            raise ValueError(f"noise std of shape {std.shape} does not fit observations {space}: use obs_type='keypoints'")
+        self.std = std
+        self.rng = np.random.default_rng(seed)
+
+    def _noisy(self, observations: np.ndarray) -> np.ndarray:
+        return (observations + self.rng.normal(size=observations.shape) * self.std).astype(np.float32)
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
+        obs, info = self.env.reset(**kwargs)
+        return self._noisy(obs), info
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        if "final_obs" in info:
+            final = info["final_obs"].copy()
+            for i in np.flatnonzero(info["_final_obs"]):
+                final[i] = self._noisy(final[i])
+            info = {**info, "final_obs": final}
+        return self._noisy(obs), reward, terminated, truncated, info

@@ -1,0 +1,171 @@
+"""Agents trained in imagination and evaluated in the real task: recipes, agent files, noise, training, evaluation."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from agents import RECIPES, AgentRecipe, get_recipe
+from keycld_gym.agent import AGENT_WEIGHTS, Agent, imagined_vec_env, load_agent
+from keycld_gym.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir, tiny_data, tmp_path_factory):
+    """The tiny model with its measured observation noise, as a recipe asking for it needs."""
+    from keycld_gym.checkpoint import load_model
+    from keycld_gym.observation_noise import measure_estimation_error, write_noise
+
+    folder = tmp_path_factory.mktemp("noisy") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    result = measure_estimation_error(load_model(folder), tiny_data, window=9, reference=17, every=16)
+    assert result["samples"] > 0 and len(result["std"]) == 8
+    write_noise(folder, result)
+    return folder
+
+
+def _tiny_sac(model_dir, steps=64):
+    from stable_baselines3 import SAC
+
+    recipe = get_recipe("cartpole", "keypoints", "sac")
+    venv = imagined_vec_env(recipe, 2, model_dir, seed=0)
+    algo = SAC("MlpPolicy", venv, learning_starts=16, batch_size=16, gradient_steps=1, seed=0, device="cpu",
+               policy_kwargs=recipe.policy_kwargs)
+    algo.learn(steps)
+    return recipe, algo
+
+
+def test_recipes_cover_every_system_and_check_their_fields():
+    for system in ("pendulum", "cartpole", "acrobot"):
+        for obs, algo, policy in (("keypoints", "sac", "MlpPolicy"), ("keypoints", "ppo", "MlpPolicy"),
+                                  ("pixels", "ppo", "CnnPolicy")):
+            r = get_recipe(system, obs, algo)
+            assert (r.system, r.obs_type, r.algo, r.policy) == (system, obs, algo, policy)
+            assert AgentRecipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    assert get_recipe("cartpole", "pixels", "ppo").frame_stack > 1
+    assert len(RECIPES) == 12
+    with pytest.raises(ValueError, match="no agent recipe"):
+        get_recipe("cartpole", "keypoints", "dqn")
+    with pytest.raises(ValueError, match="keypoint observations only"):
+        get_recipe("cartpole", "pixels", "ppo").replace(observation_noise="measured")
+    with pytest.raises(ValueError, match="unknown recipe fields"):
+        AgentRecipe.from_dict({**get_recipe("cartpole").to_dict(), "gamma": 0.9})
+
+
+def test_keypoint_noise_matches_its_std(model_dir):
+    from keycld_gym.imagined_env import KeyCLDVectorEnv
+    from keycld_gym.observation_noise import KeypointNoise, read_noise
+
+    std = read_noise(model_dir)
+    clean = KeyCLDVectorEnv(512, "cartpole", model_dir, obs_type="keypoints")
+    noisy = KeypointNoise(KeyCLDVectorEnv(512, "cartpole", model_dir, obs_type="keypoints"), std, seed=1)
+    a, _ = clean.reset(seed=3)
+    b, _ = noisy.reset(seed=3)
+    measured = (b - a).std(0)
+    np.testing.assert_allclose(measured, std, rtol=0.2, atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit"):
+        KeypointNoise(clean, std[:3])
+    with pytest.raises(ValueError, match="does not fit"):
+        KeypointNoise(KeyCLDVectorEnv(2, "cartpole", model_dir, obs_type="pixels"), std)
+
+
+def test_agent_file_round_trip_and_errors(model_dir, tmp_path):
+    recipe, algo = _tiny_sac(model_dir)
+    agent = Agent.from_algorithm(algo, recipe)
+    folder = agent.save(tmp_path / "agent", training={"seed": 0})
+    assert sorted(p.name for p in folder.iterdir()) == ["agent.json", "agent.safetensors"]  # no pickle
+    loaded = load_agent(folder, "cartpole", "keypoints")
+    obs = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    np.testing.assert_allclose(loaded.act(obs), agent.act(obs), atol=1e-6)
+    assert loaded.info["training"]["seed"] == 0
+
+    with pytest.raises(CheckpointError, match="trained for 'cartpole', not 'pendulum'"):
+        load_agent(folder, "pendulum")
+    with pytest.raises(CheckpointError, match="acts on 'keypoints' observations, not 'pixels'"):
+        load_agent(folder, "cartpole", "pixels")
+    with pytest.raises(CheckpointError, match="is missing"):
+        load_agent(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="no bundled pixels agent"):
+        load_agent("bundled", "cartpole", "pixels")
+    data = bytearray((folder / AGENT_WEIGHTS).read_bytes())
+    data[-10] ^= 0xFF
+    (folder / AGENT_WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_agent(folder)
+
+
+def test_learn_in_imagination_then_evaluate_in_the_real_task(model_dir):
+    """End to end: SB3 learns in the imagined env, the policy runs a real dm_control episode."""
+    from keycld_gym.agent_evaluation import evaluate_agent
+
+    recipe, algo = _tiny_sac(model_dir, steps=128)
+    agent = Agent.from_algorithm(algo, recipe, {"path": "test"})
+    result = evaluate_agent(agent, episodes=1, seed=5, checkpoint=model_dir)
+    for key in ("real_return_mean", "real_return_std", "real_returns", "imagined_return_mean", "imagined_return_std",
+                "imagined_returns", "episodes", "seed", "system", "obs_type", "agent", "model_data_regime",
+                "model_real_frames"):
+        assert key in result, key
+    assert result["episodes"] == 1 and len(result["real_returns"]) == 1 and len(result["imagined_returns"]) == 1
+    assert 0.0 <= result["real_return_mean"] <= 1000.0 and np.isfinite(result["imagined_return_mean"])
+    assert result["model_real_frames"] == 6 * 48 and result["model_data_regime"] == "task"
+    assert result["policy_real_frames"] == 0
+
+
+def test_train_agent_logs_checkpoints_and_resumes(model_dir, tmp_path):
+    from keycld_gym.agent_training import AgentTrainConfig, train_agent
+
+    torch.set_num_threads(1)
+    config = AgentTrainConfig(checkpoint=str(model_dir), total_steps=48, eval_every=24, eval_episodes=2,
+                              checkpoint_every_s=0.0, observation_noise="measured")
+    state = train_agent(config, tmp_path, progress=False, command="pytest")
+    assert state["status"] == "done" and state["steps"] >= 48
+    assert [p["steps"] for p in state["curve"]][0] < 24 and len(state["curve"]) >= 3
+    assert (tmp_path / "curve.csv").exists() and (tmp_path / "logs" / "progress.csv").exists()
+    assert any((tmp_path / "logs").glob("events.out.tfevents*"))
+    assert (tmp_path / "resume" / "model.zip").exists() and (tmp_path / "resume" / "replay_buffer.pkl").exists()
+    agent = load_agent(tmp_path / "agent", "cartpole", "keypoints")
+    assert agent.recipe.observation_noise == "measured"
+    assert agent.info["training"]["command"] == "pytest" and agent.info["model"]["model_real_frames"] == 6 * 48
+
+    # more steps continue the same run from its checkpoint
+    config.total_steps = 96
+    state = train_agent(config, tmp_path, resume=True, progress=False)
+    assert state["steps"] >= 96 and state["curve"][0]["steps"] < 24
+    config.seed = 1
+    with pytest.raises(ValueError, match="differs in: seed"):
+        train_agent(config, tmp_path, resume=True, progress=False)
+
+
+def test_cli_train_and_evaluate_agent_and_bad_inputs(model_dir, tmp_path, capsys):
+    from keycld_gym.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train-agent", "--system", "cartpole", "--out", str(run), "--checkpoint", str(model_dir),
+                 "--steps", "32", "--eval-every", "32", "--eval-episodes", "2", "--threads", "1", "--quiet"]) == 0
+    assert "trained sac on keypoints" in capsys.readouterr().out
+    out = tmp_path / "eval.json"
+    assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--episodes", "1",
+                 "--checkpoint", str(model_dir), "--no-imagined", "--json", str(out), "--threads", "1"]) == 0
+    result = json.loads(out.read_text())
+    assert result["episodes"] == 1 and result["system"] == "cartpole" and result["obs_type"] == "keypoints"
+
+    assert main(["evaluate-agent", "--agent", str(tmp_path / "missing"), "--system", "cartpole"]) == 2
+    assert "is missing" in capsys.readouterr().err
+    assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "acrobot"]) == 2
+    assert "trained for 'cartpole', not 'acrobot'" in capsys.readouterr().err
+    assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--obs", "pixels"]) == 2
+    assert "not 'pixels'" in capsys.readouterr().err
+
+
+def test_benchmark_writes_its_report(model_dir, tmp_path):
+    from keycld_gym.benchmark import run_benchmark
+
+    report = run_benchmark("cartpole", tmp_path, budget_min=5, total_steps=32, episodes=1, checkpoint=model_dir,
+                           real_curve_points=0, video_steps=6, progress=False, command="pytest")
+    for name in ("benchmark.json", "learning_curve.png", "side_by_side.gif"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert saved["agent"]["episodes"] == 1 and saved["random"]["real_return_mean"] >= 0
+    assert report["trained"]["steps"] >= 32 and saved["curve"][-1]["imagined_return"] >= 0
