@@ -17,14 +17,14 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
 from keycld_gym.agent import Agent, imagined_vec_env, real_vec_env
-from keycld_gym.checkpoint import bundled_path, load_model, read_config
+from keycld_gym.checkpoint import checkpoint_folder, load_model, read_config
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
 
 def model_data(checkpoint: str | Path | None, system: str) -> dict[str, Any]:
     """The real frames a model learned from and how they were collected (from its config)."""
-    config = read_config(bundled_path(system) if checkpoint is None else checkpoint)
+    config = read_config(checkpoint_folder(checkpoint, system))
     sets = [config.get("data") or {}]
     if config.get("keypoints_from"):
         sets.insert(0, config["keypoints_from"].get("data") or {})
@@ -62,7 +62,8 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     The real episodes run in `workers` processes (rendering and estimation are serial work).
     """
     recipe = agent.recipe
-    model = load_model(bundled_path(recipe.system) if checkpoint is None else checkpoint)
+    folder = checkpoint_folder(checkpoint, recipe.system)
+    model = load_model(folder)
     policy = agent.act
     t0 = time.time()
     venv = real_vec_env(recipe, model, workers=min(workers, episodes))
@@ -77,14 +78,14 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     result["real_return_mean"], result["real_return_std"] = _stats(real)
     if imagined:
         t1 = time.time()
-        imag = episode_returns(policy, imagined_vec_env(recipe, episodes, checkpoint, seed=seed), episodes, seed)
+        imag = episode_returns(policy, imagined_vec_env(recipe, episodes, folder, seed=seed), episodes, seed)
         result["imagined_returns"] = [round(r, 2) for r in imag]
         result["imagined_return_mean"], result["imagined_return_std"] = _stats(imag)
         result["gap"] = (result["imagined_return_mean"] - result["real_return_mean"]) / max(abs(result["real_return_mean"]), 1e-9)
         result["imagined_seconds"] = round(time.time() - t1, 1)
     result["real_seconds"] = round(real_s, 1)
-    result.update(model_data(checkpoint, recipe.system))
-    result["model"] = str(checkpoint or bundled_path(recipe.system))
+    result.update(model_data(folder, recipe.system))
+    result["model"] = str(folder)
     result["policy_real_frames"] = 0  # the policy learned in imagination only
     return result
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from agents import AgentRecipe, get_recipe
 from keycld_gym.agent import ALGORITHMS, Agent, imagined_vec_env, real_vec_env
 from keycld_gym.agent_evaluation import episode_returns, model_data
-from keycld_gym.checkpoint import bundled_path, load_model
+from keycld_gym.checkpoint import checkpoint_folder, load_model
 from keycld_gym.collect import write_json
 from keycld_gym.errors import CheckpointError
 
@@ -111,7 +111,7 @@ class _Trainer:
         self.config, self.out, self.command, self.progress = config, out, command, progress
         self.recipe = config.recipe()
         torch.manual_seed(config.seed)
-        self.model_path = bundled_path(config.system) if config.checkpoint is None else Path(config.checkpoint)
+        self.model_path = checkpoint_folder(config.checkpoint, config.system)
         self.model = load_model(self.model_path)
         self.venv = imagined_vec_env(self.recipe, self.recipe.num_envs, self.model_path, seed=config.seed)
         self.curve: list[dict[str, Any]] = []

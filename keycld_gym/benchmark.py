@@ -18,7 +18,7 @@ import numpy as np
 from keycld_gym.agent import AGENT_CONFIG, bundled_agent_path, load_agent
 from keycld_gym.agent_evaluation import evaluate_agent, random_returns
 from keycld_gym.agent_training import AgentTrainConfig, train_agent
-from keycld_gym.checkpoint import bundled_path, load_model
+from keycld_gym.checkpoint import checkpoint_folder, load_model
 from keycld_gym.collect import write_json
 
 EVAL_SEED = 100_000  # real episodes of the final evaluation: seeds never used in training
@@ -92,12 +92,12 @@ def run_benchmark(
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model_path = bundled_path(system) if checkpoint is None else Path(checkpoint)
+    model_path = checkpoint_folder(checkpoint, system)
     config = AgentTrainConfig(
         system=system, obs_type="keypoints", algo="sac", seed=seed, checkpoint=str(model_path),
-        total_steps=total_steps, budget_s=budget_min * 60, eval_every=4000, eval_episodes=16,
-        real_eval_every=3, real_eval_episodes=1,
+        total_steps=total_steps, budget_s=budget_min * 60, eval_every=4000, eval_episodes=16, real_eval_episodes=1,
     )
+    # the real return at about `real_curve_points` points of the learning curve
     expected_points = (total_steps or config.recipe().total_steps) // config.eval_every + 1
     config.real_eval_every = max(1, expected_points // real_curve_points) if real_curve_points > 0 else 0
     train = out / "train"

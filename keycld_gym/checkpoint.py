@@ -93,8 +93,12 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> KeyCLDModel:
-    """A model in eval mode from a system name (bundled weights) or a checkpoint folder."""
+def checkpoint_folder(name_or_path: str | Path | None, system: str | None = None) -> Path:
+    """The folder of a checkpoint given as a folder, a system name (its bundled weights), or None (`system`'s)."""
+    if name_or_path is None:
+        if system is None:
+            raise ValueError("no checkpoint given and no system to take the bundled weights of")
+        name_or_path = get_system(system).name
     path = Path(name_or_path)
     if isinstance(name_or_path, str) and not path.exists() and "/" not in name_or_path:
         try:
@@ -108,6 +112,12 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
             )
     elif not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> KeyCLDModel:
+    """A model in eval mode from a system name (bundled weights) or a checkpoint folder."""
+    path = checkpoint_folder(name_or_path)
     config = read_config(path)
     try:
         model_config = ModelConfig.from_dict(config["model"])

@@ -109,7 +109,7 @@ def _fit_reward(args: argparse.Namespace) -> int:
 
     import torch
 
-    from keycld_gym.checkpoint import bundled_path, load_model, save_checkpoint
+    from keycld_gym.checkpoint import checkpoint_folder, load_model, save_checkpoint
     from keycld_gym.collect import default_command
     from keycld_gym.observation_noise import NOISE_FILE
     from keycld_gym.reward_fit import fit_reward_head
@@ -117,7 +117,7 @@ def _fit_reward(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    source = Path(args.checkpoint) if Path(args.checkpoint).is_dir() else bundled_path(args.checkpoint)
+    source = checkpoint_folder(args.checkpoint)
     model = load_model(source)
     result = fit_reward_head(model, args.data, steps=args.steps, seed=args.seed, progress=not args.quiet)
     result["command"] = default_command()

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 
-from keycld_gym.checkpoint import bundled_path, load_model
+from keycld_gym.checkpoint import checkpoint_folder, load_model
 from keycld_gym.observation_noise import measure_estimation_error, write_noise
 
 
@@ -34,7 +33,7 @@ def main() -> None:
     k = model.spec.num_keypoints
     print(json.dumps({"position_std": result["std"][: 2 * k], "velocity_std": result["std"][2 * k:],
                       "samples": result["samples"], "seconds": result["seconds"]}))
-    folder = args.out or (args.checkpoint if Path(args.checkpoint).is_dir() else bundled_path(args.checkpoint))
+    folder = args.out or checkpoint_folder(args.checkpoint)
     path = write_noise(folder, result)
     print("wrote", path)
 
