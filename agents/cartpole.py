@@ -7,6 +7,9 @@ from agents.recipe import AgentRecipe
 # Observation noise of the measured real estimation error is available ("measured") but off:
 # on 10 real episodes it lowered the real return (284 +- 9 with it, 372 +- 86 without;
 # BENCHMARKS.md, sim-to-real).
+# Action gain randomisation (`action_gain=(0.8, 1.6)`: the bundled model gives 67% of the
+# true effect of an action upright, 90% hanging) is available but off: measured, it lowered
+# the real return (455 +- 15 with it, 585 +- 46 without; BENCHMARKS.md, sim-to-real).
 SAC_KEYPOINTS = AgentRecipe(
     system="cartpole", obs_type="keypoints", algo="sac", policy="MlpPolicy",
     total_steps=40_000, num_envs=8,

@@ -31,8 +31,16 @@ class AgentRecipe:
     # keypoints: Gaussian noise of the model's measured real estimation error on the
     # imagined observations (observation_noise.json beside the weights), or none
     observation_noise: str = "none"
+    # keypoints or pixels: each imagined episode's model pushes with gain * action, the gain
+    # drawn uniformly from this range (robustness to the model's error in the action's
+    # effect); None: gain 1
+    action_gain: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.action_gain is not None:
+            object.__setattr__(self, "action_gain", tuple(float(g) for g in self.action_gain))
+            if len(self.action_gain) != 2 or not 0 < self.action_gain[0] <= self.action_gain[1]:
+                raise ValueError(f"action_gain must be a range (low, high) with 0 < low <= high, got {self.action_gain}")
         if self.algo not in ALGOS:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {ALGOS}")
         if self.obs_type not in OBS_TYPES:

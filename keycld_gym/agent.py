@@ -62,7 +62,7 @@ def imagined_vec_env(recipe: AgentRecipe, num_envs: int, checkpoint: Any = None,
     from keycld_gym.observation_noise import KeypointNoise, read_noise
     from keycld_gym.sb3 import SB3VecEnv
 
-    venv = KeyCLDVectorEnv(num_envs, recipe.system, checkpoint, obs_type=recipe.obs_type)
+    venv = KeyCLDVectorEnv(num_envs, recipe.system, checkpoint, obs_type=recipe.obs_type, action_gain=recipe.action_gain)
     if noise and recipe.observation_noise == "measured":
         folder = venv.checkpoint_path
         if folder is None:

@@ -49,7 +49,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and saved.exists():
         config = TrainConfig.from_dict(json.loads(saved.read_text()))
     else:
-        dynamics = DynamicsConfig(kind=args.dynamics, rail_walls=not args.no_rail_walls)
+        dynamics = DynamicsConfig(kind=args.dynamics, rail_walls=not args.no_rail_walls, input_matrix=args.input_matrix,
+                                  linear_potential=args.linear_potential)
         config = TrainConfig(
             system=args.system, data=args.data, seed=args.seed,
             model=dataclasses.replace(ModelConfig(), dynamics=dynamics),
@@ -57,6 +58,7 @@ def _train(args: argparse.Namespace) -> int:
             keypoint_steps=0 if args.keypoints_from else args.keypoint_steps,
             dynamics_steps=args.dynamics_steps, checkpoint_every_s=args.checkpoint_every,
             max_horizon=args.max_horizon, horizon_ramp_steps=args.horizon_ramp,
+            **({"physics_lr": args.physics_lr} if args.physics_lr is not None else {}),
         )
     trainer = Trainer(config, args.out, command=default_command(), progress=not args.quiet)
     trainer.run(resume=args.resume)
@@ -231,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keypoint-steps", type=int, default=1500, help="phase 1 (encoder + renderer) steps")
     p.add_argument("--dynamics-steps", type=int, default=1500, help="phase 2 (dynamics + reward) steps")
     p.add_argument("--max-horizon", type=int, help="longest rollout in the dynamics loss, physics steps (default: whole sequences)")
+    p.add_argument("--input-matrix", choices=("state", "constant"), default="state",
+                   help="B(q) as an MLP, or one constant B (exact when the actuator pushes along a fixed direction: cartpole)")
+    p.add_argument("--linear-potential", action="store_true",
+                   help="a learned linear term (uniform gravity) beside the potential MLP")
+    p.add_argument("--physics-lr", type=float,
+                   help="learning rate of the physical constants: mass matrix, damping, walls, constraints (default 1e-2)")
     p.add_argument("--horizon-ramp", type=int, default=750, help="dynamics steps over which the horizon grows to its maximum")
     p.add_argument("--keypoints-from", help="reuse the encoder and renderer of this checkpoint (skips phase 1)")
     p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")

@@ -25,6 +25,7 @@ from torch import nn
 from keycld_gym.constraints import ConstraintSet, inv_softplus
 
 DYNAMICS_KINDS = ("constrained", "unconstrained", "neural_ode")
+INPUT_MATRICES = ("state", "constant")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,14 @@ class DynamicsConfig:
             stiff contacts that no smooth potential MLP fits (DESIGN.md section 6).
         wall_init: initial wall position |x| in image units (inside the data, so it gets a gradient).
         wall_stiffness: initial stiffness of the walls (learned, log-parametrised).
+        input_matrix: `"state"`, B(q) an MLP, or `"constant"`, one learned B for all states
+            (exact where the actuator pushes a keypoint along a fixed direction, as the
+            cartpole's cart).
+        linear_potential: add a learned linear term g.q to the potential MLP (uniform gravity).
+            Both priors aim at states where data are scarce (the MLPs gave 67% of the true
+            effect of an action upright, 90% hanging, and 64% of gravity 0.3 rad from
+            upright); measured on cartpole with equal training, together they lowered the
+            held-out VPT (median 4.0 against 6.5 agent steps), so both are off by default.
     """
 
     kind: str = "constrained"
@@ -54,10 +63,14 @@ class DynamicsConfig:
     rail_walls: bool = True
     wall_init: float = 1.0
     wall_stiffness: float = 2000.0
+    input_matrix: str = "state"
+    linear_potential: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in DYNAMICS_KINDS:
             raise ValueError(f"dynamics kind must be one of {DYNAMICS_KINDS}, got {self.kind!r}")
+        if self.input_matrix not in INPUT_MATRICES:
+            raise ValueError(f"input_matrix must be one of {INPUT_MATRICES}, got {self.input_matrix!r}")
 
 
 def mlp(n_in: int, n_out: int, hidden: int, layers: int, init_std: float) -> nn.Sequential:
@@ -93,7 +106,12 @@ class Dynamics(nn.Module):
         self.mass_offdiag = nn.Parameter(torch.zeros(num_keypoints, num_keypoints))
         self.mass_raw_diag = nn.Parameter(torch.full((num_keypoints,), inv_softplus(1.0)))
         self.potential_net = mlp(n, 1, h, l, s)
-        self.input_net = mlp(n, n * action_dim, h, l, s)
+        if config.linear_potential:
+            self.potential_linear = nn.Parameter(torch.zeros(n))
+        if config.input_matrix == "constant":
+            self.input_const = nn.Parameter(torch.randn(n * action_dim) * s)
+        else:
+            self.input_net = mlp(n, n * action_dim, h, l, s)
         self.damping_raw = nn.Parameter(
             torch.full((num_keypoints,), inv_softplus(config.init_damping)), requires_grad=config.learn_damping
         )
@@ -120,6 +138,8 @@ class Dynamics(nn.Module):
     def potential(self, q: torch.Tensor) -> torch.Tensor:
         """V(q) `(...)` for keypoints `(..., K, 2)` (the MLP plus any rail walls)."""
         v = self.potential_net(q.flatten(-2)).squeeze(-1)
+        if self.config.linear_potential:
+            v = v + q.flatten(-2) @ self.potential_linear
         for i, k in enumerate(self.rail_keypoints):
             x = q[..., k, 0]
             left, right = self.walls[i, 0], self.walls[i, 1]
@@ -141,6 +161,8 @@ class Dynamics(nn.Module):
 
     def input_matrix(self, q: torch.Tensor) -> torch.Tensor:
         """B(q) `(..., K, 2, A)`: generalised force per unit action."""
+        if self.config.input_matrix == "constant":
+            return self.input_const.reshape(q.shape[-2:] + (self.action_dim,)).expand(*q.shape, self.action_dim)
         return self.input_net(q.flatten(-2)).reshape(*q.shape, self.action_dim)
 
     def potential_gradient(self, q: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,9 @@ class Imagination:
         k = self.spec.num_keypoints
         self.q = torch.zeros(num_envs, k, 2, device=self.device)
         self.v = torch.zeros(num_envs, k, 2, device=self.device)
+        # per env: the model integrates gain * action (domain randomisation; the reward head
+        # and its control cost see the commanded action)
+        self.action_gain = torch.ones(num_envs, 1, device=self.device)
         h, w = self.spec.image_shape[:2]
         # a state is diverged once it is non-finite or a keypoint is far outside the frame
         self.bound = 2.0 * max(1.0, w / h) + 1.0
@@ -83,8 +86,9 @@ class Imagination:
         """Advance all N by one agent step under actions `(N, A)` in [-1, 1]; returns (reward `(N,)`, diverged `(N,)` bool)."""
         reward = torch.zeros(self.num_envs, device=self.device)
         q, v = self.q, self.v
+        pushed = actions * self.action_gain
         for _ in range(self.action_repeat):
-            q, v = self.model.step(q, v, actions)
+            q, v = self.model.step(q, v, pushed)
             reward += self.model.reward(q, v, actions).clamp(0.0, 1.0)  # the suite's rewards lie in [0, 1]
         diverged = ~(torch.isfinite(q).all((1, 2)) & torch.isfinite(v).all((1, 2)) & (q.abs() < self.bound).all((1, 2)))
         diverged |= ~torch.isfinite(reward)

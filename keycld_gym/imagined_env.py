@@ -66,6 +66,7 @@ class _Spaces:
         self.bank = read_start_bank(path) if path is not None and (path / START_BANK).exists() else None
         self._init_spaces(obs_type)
         self._steps = np.zeros(num_envs, np.int64)
+        self.action_gain_range: tuple[float, float] | None = None
 
     def _init_spaces(self, obs_type: str) -> None:
         if obs_type not in OBS_TYPES:
@@ -120,6 +121,10 @@ class _Spaces:
             pick = torch.from_numpy(rng.integers(0, len(bq), len(index)))
             self.sim.set_state(index, bq[pick], bv[pick])
         self._steps[index] = 0
+        if self.action_gain_range is not None:  # a new gain for each episode
+            low, high = self.action_gain_range
+            gains = rng.uniform(low, high, len(index)).astype(np.float32)
+            self.sim.action_gain[torch.from_numpy(np.asarray(index))] = torch.from_numpy(gains)[:, None].to(self.sim.device)
 
 
 class KeyCLDEnv(_Spaces, gym.Env):
@@ -174,11 +179,16 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
 
     def __init__(self, num_envs: int, system: str = "cartpole", checkpoint: str | Path | KeyCLDModel | None = None,
                  obs_type: str = "pixels", action_repeat: int | None = None, device: str = "cpu",
-                 render_mode: str | None = None, **_: Any):
+                 render_mode: str | None = None, action_gain: tuple[float, float] | None = None, **_: Any):
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
         self.num_envs, self.render_mode = num_envs, None
         self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs)
+        if action_gain is not None:
+            low, high = (float(g) for g in action_gain)
+            if not 0 < low <= high:
+                raise ValueError(f"action_gain must be a range (low, high) with 0 < low <= high, got {action_gain}")
+            self.action_gain_range = (low, high)
         self.single_observation_space, self.single_action_space = self._obs_space, self._act_space
         self.observation_space = batch_space(self._obs_space, num_envs)
         self.action_space = batch_space(self._act_space, num_envs)

@@ -50,7 +50,7 @@ def model_card(config: dict, result: dict | None) -> str:
             f"step on the validation sequences {r['rmse_before']['val']:.4f} -> {r['rmse_after']['val']:.4f}",
         ]
     lines.append(f"- `{NOISE_FILE}`: the real 17-frame state estimate's error per keypoint coordinate, measured on "
-                 "held-out real sequences by `python scripts/observation_noise.py`; agents train with it as noise")
+                 "held-out real sequences by `python scripts/observation_noise.py`; agents can train with it as noise (`--noise measured`)")
     if result:
         m, h = result["model"], result["hold_frame"]
         lines += [

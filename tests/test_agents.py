@@ -52,6 +52,8 @@ def test_recipes_cover_every_system_and_check_their_fields():
         get_recipe("cartpole", "pixels", "ppo").replace(observation_noise="measured")
     with pytest.raises(ValueError, match="unknown recipe fields"):
         AgentRecipe.from_dict({**get_recipe("cartpole").to_dict(), "gamma": 0.9})
+    with pytest.raises(ValueError, match="action_gain"):
+        get_recipe("cartpole").replace(action_gain=(0.0, 1.0))
 
 
 def test_keypoint_noise_matches_its_std(model_dir):

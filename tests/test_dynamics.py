@@ -158,3 +158,19 @@ def test_euler_and_rk4_agree_on_a_small_step():
     torch.testing.assert_close(qe, qr, atol=1e-7, rtol=0)
     with pytest.raises(ValueError, match="integrator"):
         rollout_step(dyn.acceleration, q, v, u, 0.01, method="leapfrog")
+
+
+def test_constant_input_matrix_and_linear_potential_are_the_same_everywhere():
+    """A rail actuator and uniform gravity: one B and one gradient for every state, learnable."""
+    cfg = DynamicsConfig(kind="unconstrained", input_matrix="constant", linear_potential=True, rail_walls=False)
+    dyn = Dynamics(2, 1, None, cfg)
+    with torch.no_grad():
+        dyn.potential_net[-1].weight.zero_()  # leave only the linear term
+        dyn.input_const.copy_(torch.tensor([3.0, 0.0, 0.0, 0.0]))  # push keypoint 0 along x
+        dyn.potential_linear.copy_(torch.tensor([0.0, 0.0, 0.0, 2.0]))  # weight on keypoint 1
+    q = torch.randn(5, 2, 2)
+    f = dyn.force(q, torch.zeros_like(q), torch.ones(5, 1))
+    torch.testing.assert_close(f, torch.tensor([[3.0, 0.0], [0.0, -2.0]]).expand(5, 2, 2))
+    assert {"input_const", "potential_linear"} <= {n for n, p in dyn.named_parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="input_matrix"):
+        DynamicsConfig(input_matrix="linear")

@@ -159,6 +159,25 @@ def test_vector_env_equals_single_envs_and_stays_finite(ckpt):
     assert ends >= 100 * 100 * 50 // 1000
 
 
+def test_action_gain_scales_what_the_model_integrates_per_episode(ckpt):
+    """Gain g with action a moves the model as gain 1 with g * a; each episode draws its gain."""
+    state = {"state": np.array([0.1, 0.0, 0.3, 0.5, 0.2, 0.0, -0.1, 0.4], np.float32)}
+    doubled = KeyCLDVectorEnv(3, "cartpole", ckpt, obs_type="keypoints", action_gain=(2.0, 2.0))
+    plain = KeyCLDVectorEnv(3, "cartpole", ckpt, obs_type="keypoints")
+    doubled.reset(seed=0, options=state)
+    plain.reset(seed=0, options=state)
+    a = np.array([[0.3], [-0.2], [0.45]], np.float32)
+    obs_doubled, *_ = doubled.step(a)
+    obs_plain, *_ = plain.step(2 * a)
+    np.testing.assert_allclose(obs_doubled, obs_plain, atol=1e-5)
+    ranged = KeyCLDVectorEnv(64, "cartpole", ckpt, obs_type="keypoints", action_gain=(0.8, 1.6))
+    ranged.reset(seed=1)
+    gains = ranged.sim.action_gain.numpy().ravel()
+    assert gains.min() >= 0.8 and gains.max() <= 1.6 and gains.std() > 0.1
+    with pytest.raises(ValueError, match="action_gain"):
+        KeyCLDVectorEnv(2, "cartpole", ckpt, obs_type="keypoints", action_gain=(1.5, 0.5))
+
+
 def test_sb3_learns_on_the_batched_env(ckpt):
     from stable_baselines3 import PPO
 

@@ -39,7 +39,7 @@ def test_dynamics_phase_learns_real_motion_and_orders_keypoints(tiny_data, tiny_
     """On the real system's keypoint trajectories the dynamics loss falls and constraints are measured."""
     torch.manual_seed(0)
     cfg = tiny_train_config(tiny_data, keypoints_from=str(tiny_model_dir), keypoint_steps=0, dynamics_steps=60,
-                            horizon_start=12, horizon_ramp_steps=0, log_every=5, dynamics_batch=5)
+                            horizon_start=12, horizon_ramp_steps=0, log_every=5, dynamics_batch=20)
     trainer = Trainer(cfg, tmp_path, progress=False)
     truth = true_keypoints(trainer.train.data["qpos"])
     monkeypatch.setattr(trainer, "encode_sequences", lambda frames: truth)
@@ -53,6 +53,28 @@ def test_dynamics_phase_learns_real_motion_and_orders_keypoints(tiny_data, tiny_
     assert abs(model.constraints.length[1].item() - 0.6036) < 0.05
     assert model.checkpoint_config["training"]["phase"] == "done"
     assert model.checkpoint_config["data"]["regime"] == "task"
+
+
+def test_rollouts_start_across_each_sequence_and_physical_constants_learn_faster(tiny_data, tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    """Start states sit every `start_stride` frames and all of them train; the mass matrix has its own rate."""
+    cfg = tiny_train_config(tiny_data, keypoints_from=str(tiny_model_dir), keypoint_steps=0, dynamics_steps=12,
+                            horizon_start=6, horizon_ramp_steps=0, start_stride=10, dynamics_batch=16)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(trainer, "encode_sequences", lambda frames: true_keypoints(trainer.train.data["qpos"]))
+    trainer._make_optimizer()
+    starts = trainer.start_frames()
+    assert starts.tolist() == [0, 10, 20, 30, 40]  # 48 frames: the last start still has 6 steps after it
+    sequences = trainer.train.num_sequences
+    assert trainer.start_q.shape == (sequences, len(starts), 2, 2)
+    before = trainer.start_q.detach().clone()
+    rates = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert rates[id(trainer.model.dynamics.mass_raw_diag)] == cfg.physics_lr
+    assert rates[id(trainer.model.dynamics.walls)] == cfg.physics_lr
+    assert rates[id(next(trainer.model.dynamics.potential_net.parameters()))] == cfg.dynamics_lr
+    trainer.run()
+    moved = (trainer.start_q.detach() - before).abs().flatten(2).amax(-1) > 0  # (S, G)
+    assert moved[:, -1].any() and moved[:, 0].any()
 
 
 def test_interrupted_run_resumes_exactly(tiny_data, tmp_path):

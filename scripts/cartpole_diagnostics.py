@@ -1,0 +1,159 @@
+"""Where a cartpole model and its agents lose, measured against the true simulator.
+
+Both checks map the true state into the model's keypoint space by an affine map fitted on
+held-out frames (cart and pole keypoints are affine in x, sin(theta), cos(theta) for the
+side camera).
+
+`response`: the true simulator is put in a set of states and stepped once with action 0
+and 1; its accelerations in keypoint space are set beside the model's from the same
+states. Also the mass matrix on the constraint manifold against the true one (cart + a
+uniform rod), as ratios (the Lagrangian's overall scale is free): total mass a, coupling b
+and pole inertia c in T = a xdot^2/2 + b l cos(theta) xdot thetadot + c l^2 thetadot^2/2
+(keypoint units).
+
+`oracle-agent`: an agent's real return when its keypoint observations are the true state
+mapped into keypoint space instead of the estimate from rendered frames (no rendering: 10
+episodes in seconds); `--velocity-noise` adds Gaussian noise to the tangent velocities.
+The gap to the agent's real return is what the state estimate costs.
+
+    python scripts/cartpole_diagnostics.py response --checkpoint cartpole --data data/cartpole-task-eval
+    python scripts/cartpole_diagnostics.py oracle-agent --agent bundled --checkpoint cartpole --data data/cartpole-task-eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from keycld_gym.agent import load_agent  # noqa: E402
+from keycld_gym.checkpoint import load_model  # noqa: E402
+from keycld_gym.dataset import load_manifest, load_shard  # noqa: E402
+from keycld_gym.real_env import RealEnv  # noqa: E402
+
+STATES = [(0.0, 0.0), (0.3, 0.0), (1.0, 0.0), (np.pi / 2, 0.0), (np.pi, 0.0), (0.0, 2.0)]  # (theta, thetadot)
+
+
+def state_to_keypoints(model, data: Path, every: int = 7) -> np.ndarray:
+    """Affine map `(4, 4)` from [1, x, sin, cos] of the true state to the model's keypoints, least squares."""
+    manifest = load_manifest(data, "cartpole")
+    feats, kps = [], []
+    for shard in manifest["shards"]:
+        a = load_shard(data / shard["file"], shard.get("sha256"))
+        frames, qpos = a["frames"][:, ::every], a["qpos"][:, ::every]
+        kps.append(model.encode_frames(frames).numpy().reshape(-1, 4))
+        x, th = qpos[..., 0].ravel(), qpos[..., 1].ravel()
+        feats.append(np.stack([np.ones_like(x), x, np.sin(th), np.cos(th)], 1))
+    w, *_ = np.linalg.lstsq(np.concatenate(feats), np.concatenate(kps), rcond=None)
+    return w
+
+
+def keypoint_state(w: np.ndarray, qpos: np.ndarray, qvel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keypoints and their velocities `(4,)` each of a true cartpole state."""
+    x, th, xd, thd = qpos[0], qpos[1], qvel[0], qvel[1]
+    return (np.array([1, x, np.sin(th), np.cos(th)]) @ w,
+            np.array([0, xd, np.cos(th) * thd, -np.sin(th) * thd]) @ w)
+
+
+def mass_ratios(m: np.ndarray) -> dict[str, float]:
+    """b/a and c/a of a keypoint mass matrix `(2, 2)` [cart, pole] on the cartpole's constraint manifold."""
+    a, b, c = m[0, 0] + 2 * m[0, 1] + m[1, 1], m[0, 1] + m[1, 1], m[1, 1]
+    return {"coupling_over_total": float(b / a), "inertia_over_total": float(c / a)}
+
+
+def response(args: argparse.Namespace, model, w: np.ndarray) -> dict:
+    """The model's accelerations beside the true simulator's, and the mass ratios."""
+    env = RealEnv("cartpole", "state", action_repeat=1)
+    env.reset(seed=0)
+    dt = env.system.physics_dt
+    rows = []
+    for th, thd in STATES:
+        row: dict = {"theta": th, "thetadot": thd}
+        for u in (0.0, 1.0):
+            env.set_state(np.array([0.0, th]), np.array([0.0, thd]))
+            q0, v0 = keypoint_state(w, env.physics.data.qpos.copy(), env.physics.data.qvel.copy())
+            env.step(np.array([u], np.float32))
+            _, v1 = keypoint_state(w, env.physics.data.qpos.copy(), env.physics.data.qvel.copy())
+            q, v = model.project(torch.tensor(q0, dtype=torch.float32).reshape(1, 2, 2),
+                                 torch.tensor(v0, dtype=torch.float32).reshape(1, 2, 2))
+            with torch.no_grad():
+                _, mv = model.step(q, v, torch.tensor([[u]]))
+            row[f"true_acc_u{u:g}"] = ((v1 - v0) / dt).round(3).tolist()
+            row[f"model_acc_u{u:g}"] = ((mv - v) / dt).reshape(-1).detach().numpy().round(3).tolist()
+        rows.append(row)
+    # the true system (dm_control cartpole.xml): cart 1 kg, pole about a uniform 0.1 kg rod of
+    # 1 m from the hinge; l is where the pole keypoint sits along it, in metres
+    l_metres = float((w[2, 2] + w[3, 3]) / 2 / w[1, 0])  # tip x = l sin(theta), tip y = l cos(theta)
+    truth = {"coupling_over_total": 0.1 * 0.5 / l_metres / 1.1, "inertia_over_total": 0.1 / 3 / l_metres**2 / 1.1}
+    m_model = model.dynamics.mass_matrix().detach().numpy()
+    result = {"checkpoint": str(args.checkpoint), "data": args.data, "states": rows,
+              "mass_ratios_model": mass_ratios(m_model), "mass_ratios_true": truth}
+    print(f"{'theta':>6} {'thdot':>5} | {'true acc, u=0 (cart x, tip x, tip y)':>36} {'model':>24} | "
+          f"{'true effect of u=1':>22} {'model':>22}")
+    for r in rows:
+        t0, m0 = np.array(r["true_acc_u0"]), np.array(r["model_acc_u0"])
+        t1, m1 = np.array(r["true_acc_u1"]) - t0, np.array(r["model_acc_u1"]) - m0
+        pick = [0, 2, 3]
+        print(f"{r['theta']:6.2f} {r['thetadot']:5.1f} | {np.array2string(t0[pick], precision=2):>36} "
+              f"{np.array2string(m0[pick], precision=2):>24} | {np.array2string(t1[pick], precision=2):>22} "
+              f"{np.array2string(m1[pick], precision=2):>22}")
+    print("mass on the constraint manifold, model:", {k: round(v, 4) for k, v in result["mass_ratios_model"].items()},
+          "true:", {k: round(v, 4) for k, v in truth.items()})
+    return result
+
+
+def oracle_agent(args: argparse.Namespace, model, w: np.ndarray) -> dict:
+    """Real returns of an agent acting on the true state mapped into keypoints (plus optional noise)."""
+    agent = load_agent(args.agent, "cartpole", "keypoints")
+    env = RealEnv("cartpole", "state")
+    rng = np.random.default_rng(args.seed)
+    returns = []
+    for i in range(args.episodes):
+        env.reset(seed=args.seed + i)
+        total, done = 0.0, False
+        while not done:
+            qpos, qvel = env.physics.data.qpos.copy(), env.physics.data.qvel.copy()
+            if args.velocity_noise:  # cart: image units/s -> m/s; pole: rad/s
+                qvel += rng.normal(0.0, args.velocity_noise, 2) * [1.0 / w[1, 0], 1.0]
+            q, v = keypoint_state(w, qpos, qvel)
+            _, reward, terminated, truncated, _ = env.step(agent.act(np.concatenate([q, v])[None].astype(np.float32))[0])
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+    print(f"oracle keypoints: real return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {args.episodes} episodes "
+          f"(seeds {args.seed}-{args.seed + args.episodes - 1}): {np.round(returns, 1).tolist()}")
+    return {"agent": str(args.agent), "checkpoint": str(args.checkpoint), "velocity_noise": args.velocity_noise,
+            "seed": args.seed, "episodes": args.episodes, "real_returns": returns,
+            "real_return_mean": float(np.mean(returns)), "real_return_std": float(np.std(returns))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("check", choices=("response", "oracle-agent"))
+    p.add_argument("--checkpoint", default="cartpole")
+    p.add_argument("--data", required=True, help="held-out cartpole data set (frames and true states)")
+    p.add_argument("--agent", default="bundled", help="oracle-agent: an agent folder or 'bundled'")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=100_000)
+    p.add_argument("--velocity-noise", type=float, default=0.0,
+                   help="oracle-agent: std of noise on the cart velocity (image units/s) and pole rate (rad/s)")
+    p.add_argument("--json")
+    args = p.parse_args()
+    model = load_model(args.checkpoint).eval()
+    if model.spec.name != "cartpole":
+        raise SystemExit(f"{args.checkpoint} is a {model.spec.name!r} model: these checks know the cartpole only")
+    w = state_to_keypoints(model, Path(args.data))
+    result = (response if args.check == "response" else oracle_agent)(args, model, w)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
