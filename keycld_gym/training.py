@@ -485,7 +485,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for group in self.optimizer.param_groups:
-            torch.nn.utils.clip_grad_value_(group["params"], c.grad_clip)
+            # an ablation leaves some groups without gradients (the neural ODE has no physical constants)
+            grads = [p for p in group["params"] if p.grad is not None]
+            if grads:
+                torch.nn.utils.clip_grad_value_(grads, c.grad_clip)
         self.optimizer.step()
         values = {"dynamics_mse": dyn.item(), "reward_mse": rew.item(), "horizon": float(h)}
         if not math.isfinite(loss.item()):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_train_config
+from conftest import TINY_MODEL, tiny_train_config
 from keycld_gym import CheckpointError
 from keycld_gym.checkpoint import load_model
 from keycld_gym.training import Trainer, foreground_weights, heatmap_sharpness_loss
@@ -75,6 +75,20 @@ def test_rollouts_start_across_each_sequence_and_physical_constants_learn_faster
     trainer.run()
     moved = (trainer.start_q.detach() - before).abs().flatten(2).amax(-1) > 0  # (S, G)
     assert moved[:, -1].any() and moved[:, 0].any()
+
+
+@pytest.mark.parametrize("kind", ["unconstrained", "neural_ode"])
+def test_ablations_train(tiny_data, tiny_model_dir, tmp_path, kind):
+    """The project page's ablations train with the same trainer (some optimizer groups get no gradient)."""
+    from dataclasses import replace
+
+    from keycld_gym.dynamics import DynamicsConfig
+
+    model = replace(TINY_MODEL, dynamics=DynamicsConfig(kind=kind))
+    cfg = tiny_train_config(tiny_data, model=model, keypoints_from=str(tiny_model_dir), keypoint_steps=0, dynamics_steps=3)
+    trained = Trainer(cfg, tmp_path, progress=False).run()
+    assert trained.config.dynamics.kind == kind
+    assert (tmp_path / "model").exists()
 
 
 def test_interrupted_run_resumes_exactly(tiny_data, tmp_path):
