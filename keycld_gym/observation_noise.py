@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv, VectorWrapper
 
-from keycld_gym.collect import MANIFEST, sha256_file
+from keycld_gym.collect import MANIFEST, sha256_file, write_json
 from keycld_gym.dataset import load_manifest, load_shard
 from keycld_gym.errors import CheckpointError
 from keycld_gym.estimation import fit_trajectory
@@ -79,7 +79,7 @@ def measure_estimation_error(
 def write_noise(folder: str | Path, measurement: dict[str, Any]) -> Path:
     """Store a measurement beside a model's weights."""
     path = Path(folder) / NOISE_FILE
-    path.write_text(json.dumps(measurement, indent=2) + "\n")
+    write_json(path, measurement)
     return path
 
 

@@ -23,7 +23,6 @@ The gap to the agent's real return is what the state estimate costs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch  # noqa: E402
 
 from keycld_gym.agent import load_agent  # noqa: E402
 from keycld_gym.checkpoint import load_model  # noqa: E402
+from keycld_gym.collect import write_json  # noqa: E402
 from keycld_gym.dataset import load_manifest, load_shard  # noqa: E402
 from keycld_gym.real_env import RealEnv  # noqa: E402
 
@@ -144,14 +144,14 @@ def main() -> int:
                    help="oracle-agent: std of noise on the cart velocity (image units/s) and pole rate (rad/s)")
     p.add_argument("--json")
     args = p.parse_args()
-    model = load_model(args.checkpoint).eval()
+    model = load_model(args.checkpoint)
     if model.spec.name != "cartpole":
         raise SystemExit(f"{args.checkpoint} is a {model.spec.name!r} model: these checks know the cartpole only")
     w = state_to_keypoints(model, Path(args.data))
     result = (response if args.check == "response" else oracle_agent)(args, model, w)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(Path(args.json), result)
     return 0
 
 
