@@ -50,7 +50,9 @@ def _train(args: argparse.Namespace) -> int:
         config = TrainConfig.from_dict(json.loads(saved.read_text()))
     else:
         dynamics = DynamicsConfig(kind=args.dynamics, rail_walls=not args.no_rail_walls, input_matrix=args.input_matrix,
-                                  linear_potential=args.linear_potential)
+                                  linear_potential=args.linear_potential, potential_mlp=not args.no_potential_mlp,
+                                  input_keypoints=args.input_keypoints,
+                                  **({} if args.wall_damping is None else {"wall_damping": args.wall_damping}))
         config = TrainConfig(
             system=args.system, data=args.data, seed=args.seed,
             model=dataclasses.replace(ModelConfig(), dynamics=dynamics),
@@ -237,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="B(q) as an MLP, or one constant B (exact when the actuator pushes along a fixed direction: cartpole)")
     p.add_argument("--linear-potential", action="store_true",
                    help="a learned linear term (uniform gravity) beside the potential MLP")
+    p.add_argument("--no-potential-mlp", action="store_true",
+                   help="with --linear-potential: no potential MLP (gravity and rail walls only; with --input-matrix "
+                        "constant the exact form of the cartpole, started by a least-squares fit)")
+    p.add_argument("--input-keypoints", type=int, nargs="+",
+                   help="the keypoints the actuators push (default all; cartpole: 0, the cart)")
+    p.add_argument("--wall-damping", type=float,
+                   help="initial damping of the rail walls past a stop (learned; default 0: undamped walls)")
     p.add_argument("--physics-lr", type=float,
                    help="learning rate of the physical constants: mass matrix, damping, walls, constraints (default 1e-2)")
     p.add_argument("--horizon-ramp", type=int, default=750, help="dynamics steps over which the horizon grows to its maximum")

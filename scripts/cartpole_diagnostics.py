@@ -16,7 +16,15 @@ mapped into keypoint space instead of the estimate from rendered frames (no rend
 episodes in seconds); `--velocity-noise` adds Gaussian noise to the tangent velocities.
 The gap to the agent's real return is what the state estimate costs.
 
+`true-physics`: the model's encoder, renderer and start-state estimation with the true
+cartpole's constants in place of the learned ones (cart 1 kg, a uniform 0.1 kg rod of 1 m,
+10 N per unit action, no damping, mapped into keypoint space by the same affine map; the
+learned rail walls kept), scored by `evaluate-model`'s VPT: about the best any learned
+dynamics can do behind this encoder. Needs a model with a constant input matrix and a
+linear potential.
+
     python scripts/cartpole_diagnostics.py response --checkpoint cartpole --data data/cartpole-task-eval
+    python scripts/cartpole_diagnostics.py true-physics --checkpoint cartpole --data data/cartpole-task-eval
     python scripts/cartpole_diagnostics.py oracle-agent --agent bundled --checkpoint cartpole --data data/cartpole-task-eval
 """
 
@@ -35,6 +43,8 @@ from keycld_gym.agent import load_agent  # noqa: E402
 from keycld_gym.checkpoint import load_model  # noqa: E402
 from keycld_gym.collect import write_json  # noqa: E402
 from keycld_gym.dataset import load_manifest, load_shard  # noqa: E402
+from keycld_gym.evaluation import evaluate_model  # noqa: E402
+from keycld_gym.physics_fit import PhysicsFit, apply_physics  # noqa: E402
 from keycld_gym.real_env import RealEnv  # noqa: E402
 
 STATES = [(0.0, 0.0), (0.3, 0.0), (1.0, 0.0), (np.pi / 2, 0.0), (np.pi, 0.0), (0.0, 2.0)]  # (theta, thetadot)
@@ -132,9 +142,29 @@ def oracle_agent(args: argparse.Namespace, model, w: np.ndarray) -> dict:
             "real_return_mean": float(np.mean(returns)), "real_return_std": float(np.std(returns))}
 
 
+def true_physics(args: argparse.Namespace, model, w: np.ndarray) -> dict:
+    """VPT of the model with the true cartpole's constants (see the module docstring)."""
+    if not model.config.dynamics.structured or model.config.dynamics.potential_mlp:
+        raise SystemExit("true-physics needs a model trained with --input-matrix constant --linear-potential --no-potential-mlp")
+    s, l = w[1, 0], (w[2, 2] + w[3, 3]) / 2  # image units per metre of cart travel; keypoint's distance along the pole
+    cart, pole, length, g, gear = 1.0, 0.1, 1.0, 9.81, 10.0  # dm_control cartpole.xml
+    # T = 1/2 a |c'|^2 + b c'.(p' - c') + 1/2 c |p' - c'|^2 on the manifold, as a form in (c', p')
+    a, b, c = (cart + pole) / s**2, pole * length / (2 * s * l), pole * length**2 / (3 * l**2)
+    mass = np.array([[a - 2 * b + c, b - c], [b - c, c]])
+    gravity = np.array([0.0, 0.0, 0.0, pole * g * length / (2 * l)])
+    push = np.array([[gear / s], [0.0], [0.0], [0.0]])
+    apply_physics(model.dynamics, PhysicsFit(mass / a, gravity / a, push / a, np.zeros(2), 0, 0.0))
+    with torch.no_grad():
+        model.dynamics.damping_raw.fill_(-30.0)  # softplus: ~1e-13
+    r = evaluate_model(model, args.data, references=False)["model"]
+    print(f"true physics behind {args.checkpoint}'s encoder: VPT agent median / mean {r['vpt_agent_median']:.1f} / "
+          f"{r['vpt_agent_mean']:.1f}, physics {r['vpt_physics_median']:.1f} / {r['vpt_physics_mean']:.1f}")
+    return {"checkpoint": str(args.checkpoint), "data": args.data, **{k: v for k, v in r.items() if k.startswith("vpt")}}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("response", "oracle-agent"))
+    p.add_argument("check", choices=("response", "oracle-agent", "true-physics"))
     p.add_argument("--checkpoint", default="cartpole")
     p.add_argument("--data", required=True, help="held-out cartpole data set (frames and true states)")
     p.add_argument("--agent", default="bundled", help="oracle-agent: an agent folder or 'bundled'")
@@ -148,7 +178,8 @@ def main() -> int:
     if model.spec.name != "cartpole":
         raise SystemExit(f"{args.checkpoint} is a {model.spec.name!r} model: these checks know the cartpole only")
     w = state_to_keypoints(model, Path(args.data))
-    result = (response if args.check == "response" else oracle_agent)(args, model, w)
+    check = {"response": response, "oracle-agent": oracle_agent, "true-physics": true_physics}[args.check]
+    result = check(args, model, w)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), result)

@@ -174,3 +174,16 @@ def test_constant_input_matrix_and_linear_potential_are_the_same_everywhere():
     assert {"input_const", "potential_linear"} <= {n for n, p in dyn.named_parameters() if p.requires_grad}
     with pytest.raises(ValueError, match="input_matrix"):
         DynamicsConfig(input_matrix="linear")
+
+
+def test_input_keypoints_confine_the_actuator_to_the_keypoints_it_pushes():
+    cfg = DynamicsConfig(kind="unconstrained", input_matrix="constant", input_keypoints=[0], rail_walls=False)
+    assert cfg.input_keypoints == (0,)
+    dyn = Dynamics(2, 1, None, cfg)
+    with torch.no_grad():
+        dyn.input_const.copy_(torch.tensor([3.0, 1.0, 2.0, 5.0]))
+    b = dyn.input_matrix(torch.randn(4, 2, 2))
+    torch.testing.assert_close(b[:, 0, :, 0], torch.tensor([3.0, 1.0]).expand(4, 2))
+    assert (b[:, 1] == 0).all()
+    with pytest.raises(ValueError, match="input_keypoints"):
+        Dynamics(2, 1, None, DynamicsConfig(kind="unconstrained", input_keypoints=(2,)))

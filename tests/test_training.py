@@ -38,8 +38,9 @@ def true_keypoints(qpos):
 def test_dynamics_phase_learns_real_motion_and_orders_keypoints(tiny_data, tiny_model_dir, tmp_path, monkeypatch):
     """On the real system's keypoint trajectories the dynamics loss falls and constraints are measured."""
     torch.manual_seed(0)
+    # line-fit start states only (no shooting refit), so the loss measures what the dynamics learn
     cfg = tiny_train_config(tiny_data, keypoints_from=str(tiny_model_dir), keypoint_steps=0, dynamics_steps=60,
-                            horizon_start=12, horizon_ramp_steps=0, log_every=5, dynamics_batch=20)
+                            horizon_start=12, horizon_ramp_steps=0, log_every=5, dynamics_batch=20, start_fit_frames=0)
     trainer = Trainer(cfg, tmp_path, progress=False)
     truth = true_keypoints(trainer.train.data["qpos"])
     monkeypatch.setattr(trainer, "encode_sequences", lambda frames: truth)
@@ -75,6 +76,32 @@ def test_rollouts_start_across_each_sequence_and_physical_constants_learn_faster
     trainer.run()
     moved = (trainer.start_q.detach() - before).abs().flatten(2).amax(-1) > 0  # (S, G)
     assert moved[:, -1].any() and moved[:, 0].any()
+
+
+def test_structured_dynamics_start_from_a_least_squares_fit_of_the_real_system(tiny_data, tiny_model_dir, tmp_path,
+                                                                              monkeypatch):
+    """Constant B on the cart, gravity and walls only: the fit puts the action's effect near the truth."""
+    import json
+    from dataclasses import replace
+
+    from keycld_gym.dynamics import DynamicsConfig
+
+    dyn = DynamicsConfig(input_matrix="constant", input_keypoints=(0,), linear_potential=True, potential_mlp=False)
+    cfg = tiny_train_config(tiny_data, model=replace(TINY_MODEL, dynamics=dyn), keypoints_from=str(tiny_model_dir),
+                            keypoint_steps=0, dynamics_steps=2)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(trainer, "encode_sequences", lambda frames: true_keypoints(trainer.train.data["qpos"]))
+    trainer.run()
+    fit = json.loads((tmp_path / "physics_fit.json").read_text())
+    assert fit["mass"][0][0] == 1.0 and fit["samples"] > 100
+    model = load_model(tmp_path / "model")
+    assert not hasattr(model.dynamics, "potential_net")
+    # hanging at rest: a full push accelerates the cart by 10 N / ~1.1 kg, 0.6036 image units per metre
+    q = torch.tensor([[[0.0, 0.0], [0.0, -0.6036]]])
+    q, v = model.project(q, torch.zeros_like(q), iterations=8)
+    with torch.no_grad():
+        push = model.dynamics.acceleration(q, v, torch.ones(1, 1)) - model.dynamics.acceleration(q, v, torch.zeros(1, 1))
+    assert abs(push[0, 0, 0].item() - 10 / 1.1 * 0.6036) < 0.15 * 10 / 1.1 * 0.6036, push
 
 
 @pytest.mark.parametrize("kind", ["unconstrained", "neural_ode"])
