@@ -93,7 +93,7 @@ def test_structured_dynamics_start_from_a_least_squares_fit_of_the_real_system(t
     monkeypatch.setattr(trainer, "encode_sequences", lambda frames: true_keypoints(trainer.train.data["qpos"]))
     trainer.run()
     fit = json.loads((tmp_path / "physics_fit.json").read_text())
-    assert fit["mass"][0][0] == 1.0 and fit["samples"] > 100
+    assert fit["mass"][0][0] == 1.0 and fit["samples"] > 20  # 6 short sequences, the rail ends left out
     model = load_model(tmp_path / "model")
     assert not hasattr(model.dynamics, "potential_net")
     # hanging at rest: a full push accelerates the cart by 10 N / ~1.1 kg, 0.6036 image units per metre
