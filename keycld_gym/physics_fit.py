@@ -74,7 +74,7 @@ def smoothed_derivatives(q: np.ndarray, actions: np.ndarray, dt: float, window: 
     return tuple(a[:, h:t - h] for a in smooth)
 
 
-def _design(dynamics: Dynamics, q: torch.Tensor, qd: torch.Tensor, qdd: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def _design(q: torch.Tensor, qd: torch.Tensor, qdd: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Columns `(N, 2K, P)` of M qddot + g - B u + D qdot for each unknown (upper M_K, g, B, d)."""
     n_samples, k, _ = q.shape
     n, a = 2 * k, u.shape[-1]
@@ -123,7 +123,7 @@ def fit_physics(dynamics: Dynamics, keypoints: torch.Tensor, actions: torch.Tens
         j = dynamics.constraints.jacobian(q)  # float64, like q
     c, n = j.shape[-2], j.shape[-1]
     basis = torch.linalg.svd(j, full_matrices=True).Vh[:, c:].transpose(-1, -2)  # (N, 2K, 2K - C)
-    columns = _design(dynamics, q, qd, qdd, u)  # (N, 2K, P)
+    columns = _design(q, qd, qdd, u)  # (N, 2K, P)
     k, a = dynamics.num_keypoints, u.shape[-1]
     n_mass = k * (k + 1) // 2
     if dynamics.config.input_keypoints is not None:

@@ -451,10 +451,11 @@ class Trainer:
             self.model.permute_keypoints(order)
             kp = kp[:, :, order]
         init_constraints_from(kp.flatten(0, 1), self.model)
+        self._kp = kp
         if self.model.projects and self.model.config.dynamics.structured:
             # the structured Lagrangian's constants from a least-squares fit of its equations of
             # motion: gradient steps from a small start took too long to reach them
-            acts = torch.from_numpy(self.train.data["actions"]).float()
+            _, acts, _ = self._dynamics_data()
             fit = fit_physics(self.model.dynamics, kp, acts, self.model.dt)
             apply_physics(self.model.dynamics, fit)
             write_json(self.out / "physics_fit.json", fit.to_dict())
@@ -462,7 +463,6 @@ class Trainer:
         guesses = [self.model.project(*initial_guess(kp[:, s:], self.model.dt)) for s in self.start_frames().tolist()]
         self.start_q = torch.stack([g[0] for g in guesses], 1).detach().clone()  # (S, G, K, 2)
         self.start_v = torch.stack([g[1] for g in guesses], 1).detach().clone()
-        self._kp = kp
         if self.config.start_fit_frames >= 2:
             self.refit_start_states(cold=True)
 

@@ -4,7 +4,7 @@ import torch
 
 from keycld_gym.constraints import ConstraintSet
 from keycld_gym.dynamics import Dynamics, DynamicsConfig
-from keycld_gym.physics_fit import apply_physics, fit_physics, smoothed_derivatives
+from keycld_gym.physics_fit import PhysicsFit, apply_physics, fit_physics, smoothed_derivatives
 from keycld_gym.systems import Constraint
 
 STRUCTURED = DynamicsConfig(input_matrix="constant", linear_potential=True, potential_mlp=False, rail_walls=False)
@@ -15,8 +15,6 @@ def _cartpole(mass, gravity, inp, damping):
     """A cartpole in keypoint coordinates: cart on a rail at height 0, pole tip at distance 0.6."""
     cons = ConstraintSet(CARTPOLE, 2, init_length=0.6)
     dyn = Dynamics(2, 1, cons, STRUCTURED)
-    from keycld_gym.physics_fit import PhysicsFit
-
     apply_physics(dyn, PhysicsFit(np.array(mass), np.array(gravity), np.array(inp), np.array(damping), 0, 0.0))
     return dyn
 
