@@ -105,6 +105,7 @@ def refine_trajectory(
     iterations: int = 3,
     eps: float = 1e-3,
     rtol: float = 1e-2,
+    robust: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`fit_trajectory` from a close guess `(B, K, 2)` x2, by Gauss-Newton: two `(B, n, K, 2)`.
 
@@ -116,6 +117,10 @@ def refine_trajectory(
     drops them, which needs velocities scaled by the window's duration so that every real
     direction has a singular value of the same order. The best start seen (guess included)
     is kept, so a step never makes it worse.
+
+    `robust`: a keypoint's error (image units) above which a frame's keypoint counts as an
+    outlier: its weight falls as robust / error (Huber's loss, by iteratively reweighted
+    least squares), so one glitched frame of the encoder does not drag the window's fit.
     """
     b, n = keypoints.shape[:2]
     shape = init[0].shape[1:]  # (K, 2)
@@ -130,20 +135,33 @@ def refine_trajectory(
     def start(xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return model.project(xs[:, : d // 2].reshape(-1, *shape), xs[:, d // 2:].reshape(-1, *shape) / span)
 
+    def loss(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cost `(B,)` of residuals `(B, M)` and each residual's IRLS weight `(B, M)`."""
+        if robust is None:
+            return (r**2).sum(1), torch.ones_like(r)
+        err = r.reshape(b, -1, 2).norm(dim=-1)  # (B, n * K): one weight per keypoint and frame
+        huber = torch.where(err <= robust, err**2, 2 * robust * err - robust**2)
+        weight = (robust / err.clamp_min(robust)).repeat_interleave(2, 1)
+        return huber.sum(1), weight
+
     best_x, best_cost = x, torch.full((b,), float("inf")).to(x)
     for _ in range(iterations):
         qs, _ = model.rollout(*start((x[:, None] + probe).flatten(0, 1)), acts)
         r = qs[:, ::stride].flatten(1).reshape(b, d + 1, -1)
         r0 = r[:, 0] - target  # (B, M)
-        cost = (r0**2).sum(1)
+        cost, weight = loss(r0)
+        # a start whose rollout blows up (an untrained model) counts as worse; its numbers as zero
+        cost = torch.where(cost.isfinite(), cost, torch.inf)
         better = cost < best_cost
         best_x, best_cost = torch.where(better[:, None], x, best_x), torch.where(better, cost, best_cost)
-        jac = (r[:, 1:] - r[:, :1]) / eps  # (B, D, M)
-        step = torch.linalg.pinv(jac.transpose(1, 2), rtol=rtol) @ r0[..., None]
+        jac = ((r[:, 1:] - r[:, :1]) / eps).nan_to_num(0.0, 0.0, 0.0)  # (B, D, M)
+        r0, weight = r0.nan_to_num(0.0, 0.0, 0.0), weight.nan_to_num(0.0, 0.0, 0.0)
+        root = weight.sqrt()
+        step = torch.linalg.pinv((jac * root[:, None]).transpose(1, 2), rtol=rtol) @ (r0 * root)[..., None]
         # from an improvement, a Gauss-Newton step; after a worse point, halve the last step
         x = torch.where(better[:, None], x - step[..., 0].nan_to_num(0.0), best_x + 0.5 * (x - best_x))
     qs, vs = model.rollout(*start(x), actions)
-    cost = ((qs[:, ::stride].flatten(1) - target) ** 2).sum(1)
+    cost, _ = loss(qs[:, ::stride].flatten(1) - target)
     worse = ~(cost <= best_cost)
     if worse.any():
         q2, v2 = model.rollout(*start(best_x[worse]), actions[worse])

@@ -3,8 +3,9 @@
 In the real task a keypoint policy sees states estimated from the last 17 frames
 (`RealKeypointEnv`): positions carry the encoder's jitter and velocities the shooting fit's
 error. In imagination it would see exact states and learn to rely on a precision it will
-not have. `measure_estimation_error` measures the causal 17-frame estimate on held-out real
-sequences against a smoothed reference (the state at the middle of a 33-frame window, whose
+not have. `measure_estimation_error` measures the causal estimate (the real env's
+`Tracking`: window, Gauss-Newton iterations, Huber threshold) on held-out real sequences
+against a smoothed reference (the state at the middle of a 33-frame window, whose
 velocity is determined from both sides); `KeypointNoise` adds zero-mean Gaussian noise with
 those per-coordinate standard deviations to imagined keypoint observations. The
 measurement is stored beside the model's weights (`observation_noise.json`).
@@ -25,22 +26,22 @@ from gymnasium.vector import VectorEnv, VectorWrapper
 from keycld_gym.collect import MANIFEST, sha256_file, write_json
 from keycld_gym.dataset import load_manifest, load_shard
 from keycld_gym.errors import CheckpointError
-from keycld_gym.estimation import fit_trajectory
 from keycld_gym.model import KeyCLDModel
-from keycld_gym.real_keypoints import TRACKING_WINDOW
+from keycld_gym.real_keypoints import Tracking
 
 NOISE_FILE = "observation_noise.json"
 
 
 def measure_estimation_error(
-    model: KeyCLDModel, data: str | Path, *, window: int = TRACKING_WINDOW, reference: int = 33, every: int = 8,
+    model: KeyCLDModel, data: str | Path, *, tracking: Tracking = Tracking(), reference: int = 33, every: int = 8,
     max_sequences: int | None = None,
 ) -> dict[str, Any]:
-    """Error of the causal `window`-frame state estimate against a centred `reference`-frame fit on real sequences in `data`.
+    """Error of the real env's causal state estimate (`tracking`) against a centred `reference`-frame fit on real sequences in `data`.
 
     Returns per-coordinate `std` and `mean` of (estimate - reference) over the observation's
     4K numbers (positions, then velocities), with what it was measured on.
     """
+    window = tracking.window
     if reference % 2 == 0 or reference <= window:
         raise ValueError(f"reference must be an odd number of frames above window={window}, got {reference}")
     manifest = load_manifest(data, model.spec.name)
@@ -61,15 +62,16 @@ def measure_estimation_error(
             used += 1
     if not kps:
         raise ValueError(f"{data} has no sequence of at least {reference} frames to measure on")
-    causal_q, causal_v = fit_trajectory(model, torch.stack([k[0] for k in kps]), torch.stack([a[0] for a in acts]))
-    ref_q, ref_v = fit_trajectory(model, torch.stack([k[1] for k in kps]), torch.stack([a[1] for a in acts]))
+    causal_q, causal_v = tracking.fit(model, torch.stack([k[0] for k in kps]), torch.stack([a[0] for a in acts]))
+    ref_q, ref_v = tracking.fit(model, torch.stack([k[1] for k in kps]), torch.stack([a[1] for a in acts]))
     estimate = torch.cat([causal_q[:, -1].flatten(1), causal_v[:, -1].flatten(1)], 1)
     truth = torch.cat([ref_q[:, half].flatten(1), ref_v[:, half].flatten(1)], 1)
     err = (estimate - truth).numpy()
     return {
         "std": err.std(0).round(6).tolist(),
         "mean": err.mean(0).round(6).tolist(),
-        "window": window, "reference": reference, "every": every,
+        "window": window, "iterations": tracking.iterations, "robust": tracking.robust,
+        "reference": reference, "every": every,
         "samples": len(err), "sequences": used,
         "data": str(data), "data_manifest_sha256": sha256_file(Path(data) / MANIFEST),
         "seconds": round(time.time() - t0, 1),

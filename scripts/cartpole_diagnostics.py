@@ -23,9 +23,18 @@ learned rail walls kept), scored by `evaluate-model`'s VPT: about the best any l
 dynamics can do behind this encoder. Needs a model with a constant input matrix and a
 linear potential.
 
+`tracked-agent`: an agent's real return with the real env's state estimate set by
+`--window`, `--iterations`, `--robust` (the protocol's episodes and seeds, two processes).
+
+`estimate`: the real env's state estimate (`Tracking`: window, Gauss-Newton iterations,
+Huber threshold) of held-out frames against the true state mapped into keypoint space,
+every 8th frame: velocity error RMS per coordinate, overall and away from the rail ends.
+
     python scripts/cartpole_diagnostics.py response --checkpoint cartpole --data data/cartpole-task-eval
     python scripts/cartpole_diagnostics.py true-physics --checkpoint cartpole --data data/cartpole-task-eval
     python scripts/cartpole_diagnostics.py oracle-agent --agent bundled --checkpoint cartpole --data data/cartpole-task-eval
+    python scripts/cartpole_diagnostics.py tracked-agent --agent bundled --checkpoint cartpole --data data/cartpole-task-eval --window 33
+    python scripts/cartpole_diagnostics.py estimate --checkpoint cartpole --data data/cartpole-task-eval --window 17 --robust 0.02
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from keycld_gym.dataset import load_manifest, load_shard  # noqa: E402
 from keycld_gym.evaluation import evaluate_model  # noqa: E402
 from keycld_gym.physics_fit import PhysicsFit, apply_physics  # noqa: E402
 from keycld_gym.real_env import RealEnv  # noqa: E402
+from keycld_gym.real_keypoints import RealKeypointEnv, Tracking  # noqa: E402
 
 STATES = [(0.0, 0.0), (0.3, 0.0), (1.0, 0.0), (np.pi / 2, 0.0), (np.pi, 0.0), (0.0, 2.0)]  # (theta, thetadot)
 
@@ -162,23 +172,87 @@ def true_physics(args: argparse.Namespace, model, w: np.ndarray) -> dict:
     return {"checkpoint": str(args.checkpoint), "data": args.data, **{k: v for k, v in r.items() if k.startswith("vpt")}}
 
 
+def _tracking(args: argparse.Namespace) -> Tracking:
+    return Tracking(args.window, args.iterations, None if args.robust <= 0 else args.robust)
+
+
+def _tracked_episode(job: tuple) -> float:
+    """One real episode of an agent on keypoints estimated with a given tracking (in a worker process)."""
+    agent_path, checkpoint, tracking, seed = job
+    torch.set_num_threads(1)
+    agent = load_agent(agent_path, "cartpole", "keypoints")
+    env = RealKeypointEnv("cartpole", load_model(checkpoint), tracking=tracking)
+    obs, _ = env.reset(seed=seed)
+    total, done = 0.0, False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(agent.act(obs[None])[0])
+        total, done = total + reward, terminated or truncated
+    env.close()
+    return total
+
+
+def tracked_agent(args: argparse.Namespace, model, w: np.ndarray) -> dict:
+    """Real returns of an agent with the state estimate's settings changed (see the module docstring)."""
+    from multiprocessing import get_context
+
+    tracking = _tracking(args)
+    jobs = [(args.agent, args.checkpoint, tracking, args.seed + i) for i in range(args.episodes)]
+    with get_context("spawn").Pool(2) as pool:
+        returns = pool.map(_tracked_episode, jobs)
+    print(f"{tracking}: real return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {args.episodes} episodes "
+          f"(seeds {args.seed}-{args.seed + args.episodes - 1}): {np.round(returns, 1).tolist()}")
+    return {"agent": str(args.agent), "checkpoint": str(args.checkpoint), "tracking": vars(tracking), "seed": args.seed,
+            "episodes": args.episodes, "real_returns": returns,
+            "real_return_mean": float(np.mean(returns)), "real_return_std": float(np.std(returns))}
+
+
+def estimate(args: argparse.Namespace, model, w: np.ndarray) -> dict:
+    """Velocity error of the real env's state estimate against the true state (see the module docstring)."""
+    tracking = _tracking(args)
+    n, kps, acts, truth, cart = tracking.window, [], [], [], []
+    manifest = load_manifest(Path(args.data), "cartpole")
+    for shard in manifest["shards"]:
+        z = load_shard(Path(args.data) / shard["file"], shard.get("sha256"))
+        for frames, actions, qpos, qvel in zip(z["frames"], z["actions"], z["qpos"], z["qvel"]):
+            kp, a = model.encode_frames(frames), torch.from_numpy(actions.astype(np.float32))
+            for t in range(48, len(frames), 8):  # the same frames for every window up to 49
+                kps.append(kp[t - n + 1: t + 1])
+                acts.append(a[t - n + 1: t])
+                truth.append(np.concatenate(keypoint_state(w, qpos[t], qvel[t])))
+                cart.append(qpos[t, 0])
+    qs, vs = tracking.fit(model, torch.stack(kps), torch.stack(acts))
+    err = torch.cat([qs[:, -1].flatten(1), vs[:, -1].flatten(1)], 1).numpy() - np.array(truth)
+    inner = np.abs(np.array(cart)) < 1.5  # metres: away from the rail ends (+-1.8)
+    rms = {name: np.sqrt((err[m][:, 4:] ** 2).mean(0))[[0, 2, 3]].round(4).tolist()
+           for name, m in (("all", np.ones_like(inner)), ("away_from_rail_ends", inner))}
+    print(f"{tracking}: velocity error RMS (cart x, tip x, tip y) over {len(err)} windows: all {rms['all']}, "
+          f"|x| < 1.5 m {rms['away_from_rail_ends']} ({inner.mean():.0%} of them)")
+    return {"checkpoint": str(args.checkpoint), "data": args.data, "tracking": vars(tracking), "windows": len(err),
+            "velocity_rms": rms}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("response", "oracle-agent", "true-physics"))
+    p.add_argument("check", choices=("response", "oracle-agent", "true-physics", "estimate", "tracked-agent"))
     p.add_argument("--checkpoint", default="cartpole")
     p.add_argument("--data", required=True, help="held-out cartpole data set (frames and true states)")
-    p.add_argument("--agent", default="bundled", help="oracle-agent: an agent folder or 'bundled'")
+    p.add_argument("--agent", default="bundled", help="oracle-agent, tracked-agent: an agent folder or 'bundled'")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--velocity-noise", type=float, default=0.0,
                    help="oracle-agent: std of noise on the cart velocity (image units/s) and pole rate (rad/s)")
+    p.add_argument("--window", type=int, default=Tracking.window, help="estimate, tracked-agent: frames per window (estimate: at most 49)")
+    p.add_argument("--iterations", type=int, default=Tracking.iterations, help="estimate, tracked-agent: Gauss-Newton iterations")
+    p.add_argument("--robust", type=float, default=Tracking.robust,
+                   help="estimate, tracked-agent: Huber threshold in image units (0: plain least squares)")
     p.add_argument("--json")
     args = p.parse_args()
     model = load_model(args.checkpoint)
     if model.spec.name != "cartpole":
         raise SystemExit(f"{args.checkpoint} is a {model.spec.name!r} model: these checks know the cartpole only")
     w = state_to_keypoints(model, Path(args.data))
-    check = {"response": response, "oracle-agent": oracle_agent, "true-physics": true_physics}[args.check]
+    check = {"response": response, "oracle-agent": oracle_agent, "true-physics": true_physics, "estimate": estimate,
+             "tracked-agent": tracked_agent}[args.check]
     result = check(args, model, w)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,11 @@ def model_dir(tiny_model_dir, tiny_data, tmp_path_factory):
     """The tiny model with its measured observation noise, as a recipe asking for it needs."""
     from keycld_gym.checkpoint import load_model
     from keycld_gym.observation_noise import measure_estimation_error, write_noise
+    from keycld_gym.real_keypoints import Tracking
 
     folder = tmp_path_factory.mktemp("noisy") / "model"
     shutil.copytree(tiny_model_dir, folder)
-    result = measure_estimation_error(load_model(folder), tiny_data, window=9, reference=17, every=16)
+    result = measure_estimation_error(load_model(folder), tiny_data, tracking=Tracking(window=9), reference=17, every=16)
     assert result["samples"] > 0 and len(result["std"]) == 8
     write_noise(folder, result)
     return folder

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from keycld_gym.estimation import estimate_state, estimate_state_from_frames, fit_trajectory, initial_guess
+from keycld_gym.estimation import estimate_state, estimate_state_from_frames, fit_trajectory, initial_guess, refine_trajectory
 from keycld_gym.model import KeyCLDModel
 
 
@@ -57,3 +57,30 @@ def test_initial_guess_is_a_line_fit():
     q, v = initial_guess(kp, 0.01)
     torch.testing.assert_close(q, torch.full((1, 2, 2), 0.3))
     torch.testing.assert_close(v, torch.full((1, 2, 2), 2.0))
+
+
+def test_robust_refinement_is_not_dragged_by_a_glitched_frame():
+    model = _model_with_gravity()
+    torch.manual_seed(2)
+    q0, v0 = model.project(torch.tensor([[[0.1, 0.0], [0.6, 0.8]]]), torch.tensor([[[0.5, 0.0], [1.0, -0.5]]]))
+    actions = torch.rand(1, 16, 1) * 2 - 1
+    with torch.no_grad():
+        qs, vs = model.rollout(q0, v0, actions)
+    noisy = qs + 0.005 * torch.randn_like(qs)
+    noisy[:, 12, 1] += torch.tensor([0.4, -0.3])  # the encoder's rare glitch: one keypoint, one frame
+    guess = (q0, v0 + 0.2)
+    errors = {}
+    for robust in (None, 0.02):
+        q, v = refine_trajectory(model, noisy, actions, guess, iterations=4, robust=robust)
+        errors[robust] = float((v[:, -1] - vs[:, -1]).norm(dim=-1).max())
+    assert errors[0.02] < 0.3 * errors[None]
+    assert errors[0.02] < 0.1
+
+
+def test_tracking_settings_are_checked():
+    from keycld_gym.real_keypoints import Tracking
+
+    for bad in (dict(window=1), dict(iterations=0), dict(robust=0.0)):
+        with pytest.raises(ValueError):
+            Tracking(**bad)
+    assert Tracking(robust=None).robust is None
