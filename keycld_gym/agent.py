@@ -74,26 +74,27 @@ def imagined_vec_env(recipe: AgentRecipe, num_envs: int, checkpoint: Any = None,
     return wrap_observations(sb3, recipe)
 
 
-def real_env_factory(recipe: AgentRecipe, model: Any = None, threads: int | None = None) -> Callable[[], gym.Env]:
-    """A function making the real task with the recipe's observations (keypoints estimated by `model`)."""
+def real_env_factory(recipe: AgentRecipe, model: Any = None, threads: int | None = None,
+                     tracking: Any = None) -> Callable[[], gym.Env]:
+    """A function making the real task with the recipe's observations (keypoints estimated by `model`, as `tracking` says)."""
     from keycld_gym.real_env import make_real_env
 
     def make() -> gym.Env:
         if threads is not None:  # in a worker process: one core each
             torch.set_num_threads(threads)
         if recipe.obs_type == "keypoints":
-            return make_real_env(recipe.system, "keypoints", model=model)
+            return make_real_env(recipe.system, "keypoints", model=model, tracking=tracking)
         return make_real_env(recipe.system, "pixels")
 
     return make
 
 
-def real_vec_env(recipe: AgentRecipe, model: Any = None, workers: int = 1) -> VecEnv:
+def real_vec_env(recipe: AgentRecipe, model: Any = None, workers: int = 1, tracking: Any = None) -> VecEnv:
     """`workers` real envs (in as many processes if more than one) as the recipe's agent sees them."""
     if workers > 1:
-        venv: VecEnv = SubprocVecEnv([real_env_factory(recipe, model, threads=1)] * workers)
+        venv: VecEnv = SubprocVecEnv([real_env_factory(recipe, model, threads=1, tracking=tracking)] * workers)
     else:
-        venv = DummyVecEnv([real_env_factory(recipe, model)])
+        venv = DummyVecEnv([real_env_factory(recipe, model, tracking=tracking)])
     return wrap_observations(venv, recipe)
 
 

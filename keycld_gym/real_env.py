@@ -201,18 +201,21 @@ def make_real_env(
     action_repeat: int | None = None,
     render_mode: str | None = None,
     model: Any = None,
+    tracking: Any = None,
 ) -> gym.Env:
     """The real dm_control task of `system` as a Gymnasium env (see `RealEnv`).
 
     `obs_type="keypoints"` needs `model` (a `KeyCLDModel`): real frames are encoded into the
-    imagined env's keypoint observation (see `keycld_gym.real_keypoints`).
+    imagined env's keypoint observation (see `keycld_gym.real_keypoints`), estimated as
+    `tracking` (a `real_keypoints.Tracking`; None: its defaults) says.
     """
     if obs_type == "keypoints":
         if model is None:
             raise ValueError("obs_type='keypoints' needs model=keycld_gym.load_model(...) to encode the real frames")
         if image_size is not None:
             raise ValueError("obs_type='keypoints' uses the model's own frame size; drop image_size")
-        from keycld_gym.real_keypoints import RealKeypointEnv
+        from keycld_gym.real_keypoints import RealKeypointEnv, Tracking
 
-        return RealKeypointEnv(system, model, action_repeat=action_repeat, render_mode=render_mode)
+        return RealKeypointEnv(system, model, action_repeat=action_repeat, tracking=tracking or Tracking(),
+                               render_mode=render_mode)
     return RealEnv(system, obs_type, image_size=image_size, action_repeat=action_repeat, render_mode=render_mode)

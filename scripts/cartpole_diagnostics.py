@@ -48,14 +48,15 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from keycld_gym.agent import load_agent  # noqa: E402
+from keycld_gym.agent import load_agent, real_vec_env  # noqa: E402
+from keycld_gym.agent_evaluation import episode_returns  # noqa: E402
 from keycld_gym.checkpoint import load_model  # noqa: E402
 from keycld_gym.collect import write_json  # noqa: E402
 from keycld_gym.dataset import load_manifest, load_shard  # noqa: E402
 from keycld_gym.evaluation import evaluate_model  # noqa: E402
 from keycld_gym.physics_fit import PhysicsFit, apply_physics  # noqa: E402
 from keycld_gym.real_env import RealEnv  # noqa: E402
-from keycld_gym.real_keypoints import RealKeypointEnv, Tracking  # noqa: E402
+from keycld_gym.real_keypoints import Tracking  # noqa: E402
 
 STATES = [(0.0, 0.0), (0.3, 0.0), (1.0, 0.0), (np.pi / 2, 0.0), (np.pi, 0.0), (0.0, 2.0)]  # (theta, thetadot)
 
@@ -176,29 +177,13 @@ def _tracking(args: argparse.Namespace) -> Tracking:
     return Tracking(args.window, args.iterations, None if args.robust <= 0 else args.robust)
 
 
-def _tracked_episode(job: tuple) -> float:
-    """One real episode of an agent on keypoints estimated with a given tracking (in a worker process)."""
-    agent_path, checkpoint, tracking, seed = job
-    torch.set_num_threads(1)
-    agent = load_agent(agent_path, "cartpole", "keypoints")
-    env = RealKeypointEnv("cartpole", load_model(checkpoint), tracking=tracking)
-    obs, _ = env.reset(seed=seed)
-    total, done = 0.0, False
-    while not done:
-        obs, reward, terminated, truncated, _ = env.step(agent.act(obs[None])[0])
-        total, done = total + reward, terminated or truncated
-    env.close()
-    return total
-
-
 def tracked_agent(args: argparse.Namespace, model, w: np.ndarray) -> dict:
     """Real returns of an agent with the state estimate's settings changed (see the module docstring)."""
-    from multiprocessing import get_context
-
     tracking = _tracking(args)
-    jobs = [(args.agent, args.checkpoint, tracking, args.seed + i) for i in range(args.episodes)]
-    with get_context("spawn").Pool(2) as pool:
-        returns = pool.map(_tracked_episode, jobs)
+    agent = load_agent(args.agent, "cartpole", "keypoints")
+    venv = real_vec_env(agent.recipe, model, workers=2, tracking=tracking)
+    returns = episode_returns(agent.act, venv, args.episodes, args.seed)
+    venv.close()
     print(f"{tracking}: real return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {args.episodes} episodes "
           f"(seeds {args.seed}-{args.seed + args.episodes - 1}): {np.round(returns, 1).tolist()}")
     return {"agent": str(args.agent), "checkpoint": str(args.checkpoint), "tracking": vars(tracking), "seed": args.seed,
