@@ -9,6 +9,9 @@ from typing import Any
 ALGOS = ("sac", "ppo")
 OBS_TYPES = ("keypoints", "pixels")
 NOISES = ("measured", "none")
+# pixels: the policy's own CNN learns from the frames, or each frame goes through the world
+# model's frozen keypoint encoder first (keycld_gym/frame_encoding.py)
+FEATURES = ("cnn", "keycld-encoder")
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,11 @@ class AgentRecipe:
     num_envs: int
     hyperparams: dict[str, Any] = field(default_factory=dict)
     policy_kwargs: dict[str, Any] = field(default_factory=dict)
-    frame_stack: int = 1  # pixels: the last n frames, stacked on the channel axis
+    frame_stack: int = 1  # pixels: the last n frames (or their keypoints), stacked on the last axis
+    features: str = "cnn"  # pixels: one of FEATURES
     # keypoints: Gaussian noise of the model's measured real estimation error on the
-    # imagined observations (observation_noise.json beside the weights), or none
+    # imagined observations (observation_noise.json beside the weights), or none;
+    # keycld-encoder pixels: of one real frame's encoder error, on each frame's keypoints
     observation_noise: str = "none"
     # keypoints or pixels: each imagined episode's model pushes with gain * action, the gain
     # drawn uniformly from this range (robustness to the model's error in the action's
@@ -45,10 +50,14 @@ class AgentRecipe:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {ALGOS}")
         if self.obs_type not in OBS_TYPES:
             raise ValueError(f"unknown observation type {self.obs_type!r}; choose one of {OBS_TYPES}")
+        if self.features not in FEATURES:
+            raise ValueError(f"unknown pixel features {self.features!r}; choose one of {FEATURES}")
+        if self.features != "cnn" and self.obs_type != "pixels":
+            raise ValueError(f"features={self.features!r} applies to pixel observations only")
         if self.observation_noise not in NOISES:
             raise ValueError(f"observation_noise must be one of {NOISES}, got {self.observation_noise!r}")
-        if self.observation_noise != "none" and self.obs_type != "keypoints":
-            raise ValueError("observation noise applies to keypoint observations only")
+        if self.observation_noise != "none" and self.obs_type != "keypoints" and self.features != "keycld-encoder":
+            raise ValueError("observation noise applies to keypoint observations (or keycld-encoder pixels) only")
         if self.total_steps < 1 or self.num_envs < 1 or self.frame_stack < 1:
             raise ValueError(f"total_steps, num_envs and frame_stack must be positive: {self}")
 

@@ -6,7 +6,8 @@ trained). Loading rebuilds the policy class from the recipe and loads plain tens
 downloaded agent cannot run code on the loading machine (SB3's own `.zip` unpickles).
 
 Also here: the observation pipeline an agent sees, the same in imagination and in the real
-task (pixels: a stack of the last `frame_stack` frames, channels first), and the env
+task (pixels: a stack of the last `frame_stack` frames, channels first, or of their
+keypoints through the world model's encoder), and the env
 factories for both worlds.
 """
 
@@ -46,12 +47,25 @@ def bundled_agent_path(system: str, obs_type: str = "keypoints", algo: str = "sa
 
 
 # -- the observation pipeline ---------------------------------------------------------------
-def wrap_observations(venv: VecEnv, recipe: AgentRecipe) -> VecEnv:
-    """The agent's view of an SB3 VecEnv: pixels are frame-stacked and put channels first."""
+def wrap_observations(venv: VecEnv, recipe: AgentRecipe, model: Any = None, frame_noise: np.ndarray | None = None,
+                      seed: int | None = None) -> VecEnv:
+    """The agent's view of an SB3 VecEnv: pixels are frame-stacked and put channels first.
+
+    With ``recipe.features == "keycld-encoder"`` each frame goes through `model`'s keypoint
+    encoder first (plus Gaussian noise of std `frame_noise`, in imagination) and the stack
+    is of keypoints.
+    """
     if recipe.obs_type == "pixels":
+        if recipe.features == "keycld-encoder":
+            if model is None:
+                raise ValueError("a keycld-encoder pixel agent needs the world model whose encoder reads its frames")
+            from keycld_gym.frame_encoding import VecEncodeFrames
+
+            venv = VecEncodeFrames(venv, model, frame_noise, seed)
         if recipe.frame_stack > 1:
             venv = VecFrameStack(venv, recipe.frame_stack, channels_order="last")
-        venv = VecTransposeImage(venv)
+        if recipe.features == "cnn":
+            venv = VecTransposeImage(venv)
     return venv
 
 
@@ -63,15 +77,19 @@ def imagined_vec_env(recipe: AgentRecipe, num_envs: int, checkpoint: Any = None,
     from keycld_gym.sb3 import SB3VecEnv
 
     venv = KeyCLDVectorEnv(num_envs, recipe.system, checkpoint, obs_type=recipe.obs_type, action_gain=recipe.action_gain)
+    model, frame_noise = venv.model, None
     if noise and recipe.observation_noise == "measured":
         folder = venv.checkpoint_path
         if folder is None:
             raise ValueError("measured observation noise needs a model loaded from a folder (its observation_noise.json)")
-        venv = KeypointNoise(venv, read_noise(folder), seed=seed)
+        if recipe.obs_type == "keypoints":
+            venv = KeypointNoise(venv, read_noise(folder), seed=seed)
+        else:  # keycld-encoder pixels: on each frame's encoded keypoints
+            frame_noise = read_noise(folder, "frame_std")
     sb3 = SB3VecEnv(venv)
     if seed is not None:
         sb3.seed(seed)
-    return wrap_observations(sb3, recipe)
+    return wrap_observations(sb3, recipe, model, frame_noise, seed)
 
 
 def real_env_factory(recipe: AgentRecipe, model: Any = None, threads: int | None = None,
@@ -95,7 +113,7 @@ def real_vec_env(recipe: AgentRecipe, model: Any = None, workers: int = 1, track
         venv: VecEnv = SubprocVecEnv([real_env_factory(recipe, model, threads=1, tracking=tracking)] * workers)
     else:
         venv = DummyVecEnv([real_env_factory(recipe, model, tracking=tracking)])
-    return wrap_observations(venv, recipe)
+    return wrap_observations(venv, recipe, model)
 
 
 # -- agents ---------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Real: the standard dm_control task from its own reset, one episode per seed `seed + i`,
 the policy acting deterministically on the observations of its recipe (keypoints estimated
-from rendered frames by the model, or the frames themselves); the episode's summed reward.
+from rendered frames by the model, the frames themselves, or each frame's keypoints through
+the model's encoder); the episode's summed reward.
 Imagined: the same number of episodes in the model's batched env, as the agent was trained
 (keypoint noise included), seeds `seed + i`. The gap is (imagined - real) / real.
 """
@@ -18,6 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from keycld_gym.agent import Agent, imagined_vec_env, real_vec_env
 from keycld_gym.checkpoint import checkpoint_folder, load_model, read_config
+from keycld_gym.errors import CheckpointError
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -63,6 +65,7 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     """
     recipe = agent.recipe
     folder = checkpoint_folder(checkpoint, recipe.system)
+    check_encoder_model(agent, folder)
     model = load_model(folder)
     policy = agent.act
     t0 = time.time()
@@ -88,6 +91,17 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     result["model"] = str(folder)
     result["policy_real_frames"] = 0  # the policy learned in imagination only
     return result
+
+
+def check_encoder_model(agent: Agent, folder: Path) -> None:
+    """Refuse a keycld-encoder pixel agent with another world model than the one whose encoder it learned on."""
+    trained = (agent.info.get("model") or {}).get("weights_sha256")
+    if agent.recipe.features != "keycld-encoder" or trained is None:
+        return
+    if read_config(folder).get("weights_sha256") != trained:
+        raise CheckpointError(
+            f"agent {agent.info.get('path', '?')} reads frames through the keypoint encoder of the model it was trained in "
+            f"({agent.info['model'].get('path')}), not {folder}'s: evaluate it with that model (--checkpoint)")
 
 
 def random_returns(system: str, episodes: int, seed: int) -> list[float]:

@@ -105,15 +105,16 @@ def run_benchmark(
     agent = load_agent(train / "agent")
     result = evaluate_agent(agent, episodes=episodes, seed=eval_seed, checkpoint=model_path, workers=workers)
     rand = random_returns(system, episodes, eval_seed)
-    bundled = None
-    bundled_folder = bundled_agent_path(system)
-    if (bundled_folder / AGENT_CONFIG).exists():
-        bundled = load_agent(bundled_folder).info.get("evaluation")
+    bundled = {}  # the bundled agents' recorded evaluations, by observation type
+    for obs_type in ("keypoints", "pixels"):
+        folder = bundled_agent_path(system, obs_type)
+        if (folder / AGENT_CONFIG).exists():
+            bundled[obs_type] = load_agent(folder).info.get("evaluation")
     report: dict[str, Any] = {
         "system": system, "budget_min": budget_min, "seed": seed, "command": command,
         "trained": {"steps": state["steps"], "train_wall_s": state["wall_s"]},
         "agent": result, "random": {"real_returns": [round(r, 2) for r in rand], "real_return_mean": float(np.mean(rand))},
-        "bundled_agent": bundled, "curve": state["curve"],
+        "bundled_agent": bundled.get("keypoints"), "bundled_pixel_agent": bundled.get("pixels"), "curve": state["curve"],
     }
     learning_curve_plot(state["curve"], out / "learning_curve.png",
                         f"{system}: SAC on keypoints, trained in imagination only (model: {result['model_real_frames']} real frames)")
@@ -133,10 +134,11 @@ def format_table(report: dict[str, Any]) -> str:
     rows.append(("random", "-", f"{report['random']['real_return_mean']:.0f}", "-", "-"))
     rows.append((f"this run ({report['trained']['steps']} steps)", f"{a['imagined_return_mean']:.0f} ± {a['imagined_return_std']:.0f}",
                  f"{a['real_return_mean']:.0f} ± {a['real_return_std']:.0f}", f"{100 * a['gap']:+.0f}%", frames))
-    b = report.get("bundled_agent")
-    if b:
-        rows.append(("bundled agent (recorded)", f"{b['imagined_return_mean']:.0f} ± {b['imagined_return_std']:.0f}",
-                     f"{b['real_return_mean']:.0f} ± {b['real_return_std']:.0f}", f"{100 * b['gap']:+.0f}%", frames))
+    for key, name in (("bundled_agent", "bundled agent (recorded)"), ("bundled_pixel_agent", "bundled pixel agent (recorded)")):
+        b = report.get(key)
+        if b:
+            rows.append((name, f"{b['imagined_return_mean']:.0f} ± {b['imagined_return_std']:.0f}",
+                         f"{b['real_return_mean']:.0f} ± {b['real_return_std']:.0f}", f"{100 * b['gap']:+.0f}%", frames))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

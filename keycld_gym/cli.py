@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
 from keycld_gym.systems import SYSTEMS
 
@@ -107,17 +109,49 @@ def format_model_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _fit_reward(args: argparse.Namespace) -> int:
-    import shutil
-    from pathlib import Path
-
+def _fit_renderer(args: argparse.Namespace) -> int:
     import torch
 
-    from keycld_gym.checkpoint import checkpoint_folder, load_model, save_checkpoint
+    from keycld_gym.checkpoint import checkpoint_folder, load_model
     from keycld_gym.collect import default_command
+    from keycld_gym.renderer_fit import fit_renderer
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    source = checkpoint_folder(args.checkpoint)
+    model = load_model(source)
+    result = fit_renderer(model, args.data, steps=args.steps, weight=args.weight, seed=args.seed, progress=not args.quiet)
+    result["command"] = default_command()
+    _save_refit(source, model, args.out, "renderer", result)
+    b, a = result["before"], result["after"]
+    print(f"renderer refit on {result['train_frames']} frames; {result['scored_on']} frames: re-encoded keypoint error RMS "
+          f"{b['reencode_rms']} -> {a['reencode_rms']} (max {b['reencode_max']} -> {a['reencode_max']}), "
+          f"reconstruction MSE {b['recon_mse']} -> {a['recon_mse']} ({result['wall_time_s']:.0f} s) -> {args.out}")
+    return 0
+
+
+def _save_refit(source: Path, model: Any, out: str, part: str, result: dict) -> None:
+    """Save a model with one part refitted: its provenance kept, the refit recorded under `part`, side files copied."""
+    import shutil
+
+    from keycld_gym.checkpoint import save_checkpoint
     from keycld_gym.observation_noise import NOISE_FILE
-    from keycld_gym.reward_fit import fit_reward_head
     from keycld_gym.start_bank import START_BANK
+
+    meta = {k: v for k, v in model.checkpoint_config.items()
+            if k not in ("format", "format_version", "package_version", "system", "spec", "model", "action_dim", "weights_sha256")}
+    save_checkpoint(out, model, {**meta, part: result})
+    for name in (START_BANK, NOISE_FILE):  # neither depends on the reward head or the renderer
+        if (source / name).exists():
+            shutil.copy2(source / name, Path(out) / name)
+
+
+def _fit_reward(args: argparse.Namespace) -> int:
+    import torch
+
+    from keycld_gym.checkpoint import checkpoint_folder, load_model
+    from keycld_gym.collect import default_command
+    from keycld_gym.reward_fit import fit_reward_head
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -125,12 +159,7 @@ def _fit_reward(args: argparse.Namespace) -> int:
     model = load_model(source)
     result = fit_reward_head(model, args.data, steps=args.steps, seed=args.seed, progress=not args.quiet)
     result["command"] = default_command()
-    meta = {k: v for k, v in model.checkpoint_config.items()
-            if k not in ("format", "format_version", "package_version", "system", "spec", "model", "action_dim", "weights_sha256")}
-    save_checkpoint(args.out, model, {**meta, "reward_head": result})
-    for name in (START_BANK, NOISE_FILE):  # neither depends on the reward head
-        if (source / name).exists():
-            shutil.copy2(source / name, Path(args.out) / name)
+    _save_refit(source, model, args.out, "reward_head", result)
     b, a = result["rmse_before"], result["rmse_after"]
     print(f"reward head refit on {result['samples']['train']} samples: RMSE per physics step train {b['train']:.4f} -> "
           f"{a['train']:.4f}, validation sequences {b['val']:.4f} -> {a['val']:.4f} ({result['wall_time_s']:.0f} s) -> {args.out}")
@@ -278,6 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_fit_reward)
 
+    p = sub.add_parser("fit-renderer", help="refit a model's renderer so its frames read back (encoder) as the keypoints drawn")
+    p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
+    p.add_argument("--data", required=True, action="append", help="data set(s) the model was trained on (repeatable)")
+    p.add_argument("--out", required=True, help="folder for the new checkpoint")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--weight", type=float, default=10.0, help="weight of the read-back term beside the reconstruction")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_fit_renderer)
+
     p = sub.add_parser("train-agent", help="train an SB3 agent in a model's imagination only (resumable)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--obs", choices=("keypoints", "pixels"), default="keypoints")
@@ -286,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
     p.add_argument("--steps", type=int, help="imagined agent steps (default: the recipe's budget in agents/)")
     p.add_argument("--budget", type=float, help="stop after this many minutes of training")
-    p.add_argument("--noise", choices=("measured", "none"), help="keypoint observation noise (default: the recipe's)")
+    p.add_argument("--noise", choices=("measured", "none"), help="observation noise of the real side's measured error (keypoints, or keycld-encoder pixels; default: the recipe's)")
     p.add_argument("--eval-every", type=int, default=5000, help="agent steps between learning-curve points")
     p.add_argument("--eval-episodes", type=int, default=16, help="imagined episodes per learning-curve point")
     p.add_argument("--real-eval-every", type=int, default=0,

@@ -7,8 +7,11 @@ not have. `measure_estimation_error` measures the causal estimate (the real env'
 `Tracking`: window, Gauss-Newton iterations, Huber threshold) on held-out real sequences
 against a smoothed reference (the state at the middle of a 33-frame window, whose
 velocity is determined from both sides); `KeypointNoise` adds zero-mean Gaussian noise with
-those per-coordinate standard deviations to imagined keypoint observations. The
-measurement is stored beside the model's weights (`observation_noise.json`).
+those per-coordinate standard deviations to imagined keypoint observations. The same
+measurement gives the error of one frame's encoded keypoints against the reference
+(`frame_std`), the noise a keycld-encoder pixel agent's imagined keypoints get
+(`keycld_gym.frame_encoding`). It is stored beside the model's weights
+(`observation_noise.json`).
 """
 
 from __future__ import annotations
@@ -67,9 +70,14 @@ def measure_estimation_error(
     estimate = torch.cat([causal_q[:, -1].flatten(1), causal_v[:, -1].flatten(1)], 1)
     truth = torch.cat([ref_q[:, half].flatten(1), ref_v[:, half].flatten(1)], 1)
     err = (estimate - truth).numpy()
+    # one frame's encoder output against the reference position: what a policy reading
+    # single frames (a keycld-encoder pixel agent) sees
+    frame_err = (torch.stack([k[1][half] for k in kps]) - ref_q[:, half]).flatten(1).numpy()
     return {
         "std": err.std(0).round(6).tolist(),
         "mean": err.mean(0).round(6).tolist(),
+        "frame_std": frame_err.std(0).round(6).tolist(),
+        "frame_mean": frame_err.mean(0).round(6).tolist(),
         "window": window, "iterations": tracking.iterations, "robust": tracking.robust,
         "reference": reference, "every": every,
         "samples": len(err), "sequences": used,
@@ -85,8 +93,11 @@ def write_noise(folder: str | Path, measurement: dict[str, Any]) -> Path:
     return path
 
 
-def read_noise(folder: str | Path) -> np.ndarray:
-    """The per-coordinate standard deviations `(4K,)` stored beside a model's weights."""
+def read_noise(folder: str | Path, key: str = "std") -> np.ndarray:
+    """Per-coordinate standard deviations stored beside a model's weights.
+
+    `key` "std": the state estimate's `(4K,)`; "frame_std": one frame's encoded keypoints' `(2K,)`.
+    """
     path = Path(folder) / NOISE_FILE
     if not path.exists():
         raise CheckpointError(
@@ -94,8 +105,14 @@ def read_noise(folder: str | Path) -> np.ndarray:
             f"`python scripts/observation_noise.py --checkpoint {folder} --data HELD_OUT_DATA`, or train with noise 'none'"
         )
     try:
-        return np.asarray(json.loads(path.read_text())["std"], np.float32)
-    except (ValueError, KeyError) as err:
+        measured = json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"{path} is corrupt ({err}); measure it again with scripts/observation_noise.py") from err
+    if key not in measured:
+        raise CheckpointError(f"{path} has no {key!r} (an older measurement): measure it again with scripts/observation_noise.py")
+    try:
+        return np.asarray(measured[key], np.float32)
+    except (ValueError, TypeError) as err:
         raise CheckpointError(f"{path} is corrupt ({err}); measure it again with scripts/observation_noise.py") from err
 
 

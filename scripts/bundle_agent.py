@@ -17,6 +17,12 @@ from keycld_gym.agent import AGENT_CONFIG, AGENT_WEIGHTS, bundled_agent_path, lo
 from keycld_gym.collect import write_json
 
 
+def _recipe_summary(r: dict) -> str:
+    if r["obs_type"] == "pixels":
+        return f"{r['policy']}, the last {r['frame_stack']} frames, features {r.get('features', 'cnn')}"
+    return f"{r['policy']}, observation noise {r['observation_noise']}"
+
+
 def agent_card(config: dict, evaluation: dict) -> str:
     """The bundled agent's README: provenance and real / imagined returns."""
     r, t, m = config["recipe"], config["training"], config["model"]
@@ -29,8 +35,7 @@ def agent_card(config: dict, evaluation: dict) -> str:
         f"    {t['command']}",
         "",
         f"- seed {t['seed']}; {t['steps']} imagined agent steps in {t['wall_s'] / 60:.1f} min on 2 CPU cores "
-        f"({t['torch_threads']} torch threads); recipe `agents/{r['system']}.py` ({r['policy']}, observation noise "
-        f"{r['observation_noise']})",
+        f"({t['torch_threads']} torch threads); recipe `agents/{r['system']}.py` ({_recipe_summary(r)})",
         f"- the model learned from {m['model_real_frames']} real frames (regime {m['model_data_regime']}); the policy from none",
         f"- real task, {e['episodes']} episodes (reset seeds {e['seed']}+, the `keycld-gym evaluate-agent` protocol): return "
         f"{e['real_return_mean']:.1f} ± {e['real_return_std']:.1f}; in imagination {e['imagined_return_mean']:.1f} ± "
@@ -48,7 +53,8 @@ def main() -> None:
     args = p.parse_args()
     agent = load_agent(args.agent)  # checks it before it is bundled
     evaluation = json.loads(Path(args.eval).read_text())
-    evaluation = evaluation.get("agent", evaluation)
+    if "real_return_mean" not in evaluation:  # a benchmark.json: its agent's evaluation
+        evaluation = evaluation["agent"]
     r = agent.recipe
     dest = bundled_agent_path(r.system, r.obs_type, r.algo)
     dest.mkdir(parents=True, exist_ok=True)

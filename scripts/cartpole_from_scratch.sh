@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The bundled cartpole model's recipe from nothing: collect real data, train keypoints, then
-# the structured dynamics, then the reward head, and score the result on held-out data.
+# the structured dynamics, then the reward head and the renderer's read-back, and score the
+# result on held-out data.
 #
 #     bash scripts/cartpole_from_scratch.sh [OUT]        (default: runs/from-scratch)
 #
@@ -38,7 +39,10 @@ step train-dynamics \
     $(resume "$OUT/dynamics")
 step fit-reward \
     keycld-gym fit-reward --checkpoint "$OUT/dynamics/model" --data "$OUT/data/task-500" \
-    --data "$OUT/data/task-long" --out "$OUT/model" --threads "$THREADS"
+    --data "$OUT/data/task-long" --out "$OUT/reward" --threads "$THREADS"
+step fit-renderer \
+    keycld-gym fit-renderer --checkpoint "$OUT/reward" --data "$OUT/data/task-500" \
+    --data "$OUT/data/task-long" --out "$OUT/model" --steps 1000 --threads "$THREADS" --quiet
 echo "training total (s): $(awk '{s += $2} END {print s}' "$OUT/times.tsv")"
 
 # held out: sequences the model never saw (another seed, longer, with swing-ups and balancing)

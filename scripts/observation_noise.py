@@ -5,7 +5,9 @@
 The causal 17-frame estimate (what `RealKeypointEnv` gives a policy) against a centred
 33-frame reference on held-out real sequences; the per-coordinate standard deviations are
 what `KeypointNoise` adds to imagined keypoint observations when an agent recipe asks for
-observation noise "measured". Use data the model never trained on.
+observation noise "measured"; one frame's encoder error against the same reference
+(`frame_std`) is what a keycld-encoder pixel agent's imagined keypoints get. Use data the
+model never trained on.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> None:
     result = measure_estimation_error(model, args.data, max_sequences=args.max_sequences)
     k = model.spec.num_keypoints
     print(json.dumps({"position_std": result["std"][: 2 * k], "velocity_std": result["std"][2 * k:],
+                      "frame_std": result["frame_std"],
                       "samples": result["samples"], "seconds": result["seconds"]}))
     folder = args.out or checkpoint_folder(args.checkpoint)
     path = write_noise(folder, result)

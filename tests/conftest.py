@@ -53,3 +53,20 @@ def tiny_model_dir(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
     Trainer(tiny_train_config(tiny_data), out, command="pytest", progress=False).run()
     return out / "model"
+
+
+@pytest.fixture(scope="session")
+def noisy_model_dir(tiny_model_dir, tiny_data, tmp_path_factory):
+    """The tiny model with its measured observation noise, as a recipe asking for it needs."""
+    import shutil
+
+    from keycld_gym.checkpoint import load_model
+    from keycld_gym.observation_noise import measure_estimation_error, write_noise
+    from keycld_gym.real_keypoints import Tracking
+
+    folder = tmp_path_factory.mktemp("noisy") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    result = measure_estimation_error(load_model(folder), tiny_data, tracking=Tracking(window=9), reference=17, every=16)
+    assert result["samples"] > 0 and len(result["std"]) == 8 and len(result["frame_std"]) == 4
+    write_noise(folder, result)
+    return folder

@@ -1,7 +1,6 @@
 """Agents trained in imagination and evaluated in the real task: recipes, agent files, noise, training, evaluation."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -13,18 +12,8 @@ from keycld_gym.errors import CheckpointError
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir, tiny_data, tmp_path_factory):
-    """The tiny model with its measured observation noise, as a recipe asking for it needs."""
-    from keycld_gym.checkpoint import load_model
-    from keycld_gym.observation_noise import measure_estimation_error, write_noise
-    from keycld_gym.real_keypoints import Tracking
-
-    folder = tmp_path_factory.mktemp("noisy") / "model"
-    shutil.copytree(tiny_model_dir, folder)
-    result = measure_estimation_error(load_model(folder), tiny_data, tracking=Tracking(window=9), reference=17, every=16)
-    assert result["samples"] > 0 and len(result["std"]) == 8
-    write_noise(folder, result)
-    return folder
+def model_dir(noisy_model_dir):
+    return noisy_model_dir
 
 
 def _tiny_sac(model_dir, steps=64):
@@ -49,7 +38,7 @@ def test_recipes_cover_every_system_and_check_their_fields():
     assert len(RECIPES) == 12
     with pytest.raises(ValueError, match="no agent recipe"):
         get_recipe("cartpole", "keypoints", "dqn")
-    with pytest.raises(ValueError, match="keypoint observations only"):
+    with pytest.raises(ValueError, match="applies to keypoint observations"):
         get_recipe("cartpole", "pixels", "ppo").replace(observation_noise="measured")
     with pytest.raises(ValueError, match="unknown recipe fields"):
         AgentRecipe.from_dict({**get_recipe("cartpole").to_dict(), "gamma": 0.9})
@@ -90,8 +79,8 @@ def test_agent_file_round_trip_and_errors(model_dir, tmp_path):
         load_agent(folder, "cartpole", "pixels")
     with pytest.raises(CheckpointError, match="is missing"):
         load_agent(tmp_path / "nowhere")
-    with pytest.raises(CheckpointError, match="no bundled pixels agent"):
-        load_agent("bundled", "cartpole", "pixels")
+    with pytest.raises(CheckpointError, match="no bundled pixels agent for 'acrobot'"):
+        load_agent("bundled", "acrobot", "pixels")
     data = bytearray((folder / AGENT_WEIGHTS).read_bytes())
     data[-10] ^= 0xFF
     (folder / AGENT_WEIGHTS).write_bytes(bytes(data))

@@ -1,0 +1,32 @@
+"""Refitting the renderer so imagined frames read back as the keypoints they were drawn from."""
+
+import json
+
+import numpy as np
+import torch
+
+from keycld_gym.checkpoint import load_model
+
+
+def test_fit_renderer_lowers_the_read_back_error_and_changes_only_the_renderer(tiny_model_dir, tiny_data, tmp_path,
+                                                                               capsys):
+    from keycld_gym.cli import main
+
+    torch.manual_seed(0)
+    before = load_model(tiny_model_dir)
+    out = tmp_path / "refit"
+    assert main(["fit-renderer", "--checkpoint", str(tiny_model_dir), "--data", str(tiny_data), "--out", str(out),
+                 "--steps", "60", "--weight", "100", "--threads", "1", "--quiet"]) == 0
+    assert "renderer refit" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    result = config["renderer"]
+    assert np.mean(result["after"]["reencode_rms"]) < np.mean(result["before"]["reencode_rms"])
+    assert result["train_frames"] > 0 and result["command"] and result["scored_on"] in ("val", "train")
+    assert config["data"] == before.checkpoint_config["data"]  # the model's provenance is kept
+    assert (out / "start_frames.npz").exists() == (tiny_model_dir / "start_frames.npz").exists()
+    after = load_model(out)
+    for (name, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items()):
+        if not name.startswith("renderer."):
+            assert torch.equal(a, b), name
+    assert any(not torch.equal(a, b) for (n, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items())
+               if n.startswith("renderer."))
