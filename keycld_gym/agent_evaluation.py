@@ -65,8 +65,8 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     """
     recipe = agent.recipe
     folder = checkpoint_folder(checkpoint, recipe.system)
-    check_encoder_model(agent, folder)
     model = load_model(folder)
+    check_encoder_model(agent, model, folder)
     policy = agent.act
     t0 = time.time()
     venv = real_vec_env(recipe, model, workers=min(workers, episodes))
@@ -93,12 +93,12 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     return result
 
 
-def check_encoder_model(agent: Agent, folder: Path) -> None:
-    """Refuse a keycld-encoder pixel agent with another world model than the one whose encoder it learned on."""
+def check_encoder_model(agent: Agent, model: Any, folder: Path) -> None:
+    """Refuse a keycld-encoder pixel agent with another world model (`model`, from `folder`) than the one whose encoder it learned on."""
     trained = (agent.info.get("model") or {}).get("weights_sha256")
     if agent.recipe.features != "keycld-encoder" or trained is None:
         return
-    if read_config(folder).get("weights_sha256") != trained:
+    if model.checkpoint_config.get("weights_sha256") != trained:
         raise CheckpointError(
             f"agent {agent.info.get('path', '?')} reads frames through the keypoint encoder of the model it was trained in "
             f"({agent.info['model'].get('path')}), not {folder}'s: evaluate it with that model (--checkpoint)")

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from agents import AgentRecipe, get_recipe
 from keycld_gym.agent import ALGORITHMS, Agent, imagined_vec_env, real_vec_env
 from keycld_gym.agent_evaluation import episode_returns, model_data
-from keycld_gym.checkpoint import checkpoint_folder, load_model, read_config
+from keycld_gym.checkpoint import checkpoint_folder, load_model
 from keycld_gym.collect import write_json
 from keycld_gym.errors import CheckpointError
 
@@ -223,7 +223,7 @@ class _Trainer:
         agent = Agent.from_algorithm(self.algorithm, self.recipe)
         agent.save(
             self.out / "agent",
-            model={"path": str(self.model_path), "weights_sha256": read_config(self.model_path).get("weights_sha256"),
+            model={"path": str(self.model_path), "weights_sha256": self.model.checkpoint_config.get("weights_sha256"),
                    **model_data(self.model_path, self.recipe.system)},
             training={"command": self.command, "seed": self.config.seed, "steps": int(self.algorithm.num_timesteps),
                       "wall_s": round(self.wall(), 1), "torch_threads": torch.get_num_threads(),

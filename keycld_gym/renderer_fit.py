@@ -26,20 +26,21 @@ import torch
 from tqdm.auto import tqdm
 
 from keycld_gym.collect import MANIFEST, sha256_file
-from keycld_gym.dataset import WindowDataset
+from keycld_gym.dataset import WindowDataset, is_validation
 from keycld_gym.model import KeyCLDModel
 from keycld_gym.training import TrainConfig, foreground_weights
 
 
-def split_frames(data: list[str | Path], split: str, system: str, val_fraction: float = 0.1) -> np.ndarray:
-    """All uint8 frames `(N, H, W, 3)` of one split of the data sets (empty if none)."""
-    parts = []
+def split_frames(data: list[str | Path], system: str, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 frames `(N, H, W, 3)` of the training and of the validation sequences of the data sets (each read once)."""
+    train, val = [], []
     for d in data:
-        ds = WindowDataset(d, 1, split=split, val_fraction=val_fraction, system=system)
-        if ds.num_sequences:
-            f = ds.data["frames"]
-            parts.append(f.reshape(-1, *f.shape[2:]))
-    return np.concatenate(parts) if parts else np.zeros((0,), np.uint8)
+        ds = WindowDataset(d, 1, split="all", system=system)
+        frames = ds.data["frames"]
+        held = np.array([is_validation(i, val_fraction) for i in ds.data["sequence_ids"]], bool)
+        train.append(frames[~held].reshape(-1, *frames.shape[2:]))
+        val.append(frames[held].reshape(-1, *frames.shape[2:]))
+    return np.concatenate(train), np.concatenate(val)
 
 
 @torch.no_grad()
@@ -70,35 +71,33 @@ def fit_renderer(model: KeyCLDModel, data: list[str | Path], *, steps: int = 100
     """
     t0 = time.time()
     gen = torch.Generator().manual_seed(seed)
-    train = split_frames(data, "train", model.spec.name, val_fraction)
+    train, val = split_frames(data, model.spec.name, val_fraction)
     if len(train) == 0:
         raise ValueError(f"no training sequences in {[str(d) for d in data]}")
-    val = split_frames(data, "val", model.spec.name, val_fraction)
     scored_on = "val" if len(val) else "train"  # a tiny data set may hold no validation sequence
     val = val if len(val) else train
     val = val[np.random.default_rng(seed).choice(len(val), min(2048, len(val)), replace=False)]
     before = render_scores(model, val)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in model.renderer.parameters():
-        p.requires_grad_(True)
     threshold = model.config.encoder.foreground_threshold
     opt = torch.optim.Adam(model.renderer.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    for _ in tqdm(range(steps), desc="fit-renderer", disable=not progress):
-        f = torch.from_numpy(train[torch.randint(0, len(train), (batch,), generator=gen).numpy()])
-        target = f.float() / 255.0
-        with torch.no_grad():
-            q = model.encode(f)
-        recon = model.render(q)
-        w = foreground_weights(target, model.background, foreground_weight, threshold)
-        loss = (w * (recon - target) ** 2).mean() + weight * ((model.encode(recon) - q) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    model.requires_grad_(False)  # the read-back's gradient passes through the encoder, not into it
+    model.renderer.requires_grad_(True)
+    try:
+        for _ in tqdm(range(steps), desc="fit-renderer", disable=not progress):
+            f = torch.from_numpy(train[torch.randint(0, len(train), (batch,), generator=gen).numpy()])
+            target = f.float() / 255.0
+            with torch.no_grad():
+                q = model.encode(f)
+            recon = model.render(q)
+            w = foreground_weights(target, model.background, foreground_weight, threshold)
+            loss = (w * (recon - target) ** 2).mean() + weight * ((model.encode(recon) - q) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    finally:
+        model.requires_grad_(True)
     return {
         "before": before, "after": render_scores(model, val), "scored_on": scored_on, "scored_frames": len(val),
         "train_frames": len(train),
