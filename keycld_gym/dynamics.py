@@ -213,13 +213,26 @@ class Dynamics(nn.Module):
 
     def potential_gradient(self, q: torch.Tensor) -> torch.Tensor:
         """grad V(q) `(..., K, 2)`, differentiable (also under `torch.no_grad`)."""
-        # Keep the graph whenever the caller records gradients (training, or shooting a start
-        # state through the dynamics), whatever train/eval mode the module is in.
-        keep_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
-            qg = q if q.requires_grad else q.detach().requires_grad_(True)
-            v = self.potential(qg).sum()
-            (grad,) = torch.autograd.grad(v, qg, create_graph=keep_graph)
+        # The linear term and the walls in closed form: autograd's engine costs more than the
+        # arithmetic on these tiny tensors, and every rollout step evaluates this four times.
+        grad = q.new_zeros(q.shape)
+        if self.config.linear_potential:
+            grad = grad + self.potential_linear.reshape(q.shape[-2:])
+        for i, k in enumerate(self.rail_keypoints):
+            x = q[..., k, 0]
+            left, right = self.walls[i, 0], self.walls[i, 1]
+            wall = q.new_zeros(q.shape)
+            wall[..., k, 0] = self.log_wall_stiffness[i].clamp(max=11.0).exp() * (torch.relu(x - right) - torch.relu(left - x))
+            grad = grad + wall
+        if self.config.potential_mlp:
+            # Keep the graph whenever the caller records gradients (training, or shooting a
+            # start state through the dynamics), whatever train/eval mode the module is in.
+            keep_graph = torch.is_grad_enabled()
+            with torch.enable_grad():
+                qg = q if q.requires_grad else q.detach().requires_grad_(True)
+                v = self.potential_net(qg.flatten(-2)).sum()
+                (mlp_grad,) = torch.autograd.grad(v, qg, create_graph=keep_graph)
+            grad = grad + mlp_grad
         return grad
 
     def force(self, q: torch.Tensor, qdot: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,32 @@ def initial_guess(keypoints: torch.Tensor, dt: float) -> tuple[torch.Tensor, tor
     return keypoints[:, :n].mean(1) + slope * t[0], slope
 
 
+@torch.no_grad()
+def kinematic_trajectory(model: KeyCLDModel, keypoints: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """States `(B, n, K, 2)` x2 from keypoints `(B, n, K, 2)` alone: positions as seen, velocities by differences.
+
+    No dynamics: the fallback for windows on which the model's rollout is not finite.
+    """
+    v = torch.gradient(keypoints, spacing=dt, dim=1)[0]
+    q, v = model.project(keypoints.flatten(0, 1), v.flatten(0, 1), iterations=20)  # from off the manifold
+    return q.reshape(keypoints.shape), v.reshape(keypoints.shape)
+
+
+def finite_or_kinematic(
+    model: KeyCLDModel, keypoints: torch.Tensor, qs: torch.Tensor, vs: torch.Tensor, dt: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fit's states `(B, n, K, 2)` x2, its non-finite windows replaced by `kinematic_trajectory`.
+
+    An untrained or badly fitted model's rollout can blow up on a window (seen with a tiny
+    test model in CI); an estimate must still be a number, and the frames give one.
+    """
+    bad = ~(qs.isfinite().all((1, 2, 3)) & vs.isfinite().all((1, 2, 3)))
+    if bad.any():
+        qs, vs = qs.clone(), vs.clone()
+        qs[bad], vs[bad] = kinematic_trajectory(model, keypoints[bad], dt)
+    return qs, vs
+
+
 def fit_trajectory(
     model: KeyCLDModel,
     keypoints: torch.Tensor,
@@ -91,7 +117,7 @@ def fit_trajectory(
             opt.step(closure)
         with torch.no_grad():
             qs, vs = model.rollout(*model.project(q0.detach(), v0.detach()), actions)
-    return qs[:, ::stride], vs[:, ::stride]
+    return finite_or_kinematic(model, keypoints, qs[:, ::stride], vs[:, ::stride], model.dt * stride)
 
 
 @torch.no_grad()
@@ -166,7 +192,7 @@ def refine_trajectory(
     if worse.any():
         q2, v2 = model.rollout(*start(best_x[worse]), actions[worse])
         qs[worse], vs[worse] = q2, v2
-    return qs[:, ::stride], vs[:, ::stride]
+    return finite_or_kinematic(model, keypoints, qs[:, ::stride], vs[:, ::stride], model.dt * stride)
 
 
 def estimate_state(model: KeyCLDModel, keypoints: torch.Tensor, actions: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:

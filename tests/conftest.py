@@ -37,6 +37,7 @@ def tiny_train_config(data, **kwargs):
         system="cartpole", data=str(data), model=TINY_MODEL, keypoint_steps=6, keypoint_batch=8,
         dynamics_steps=6, dynamics_batch=4, horizon_start=4, horizon_ramp_steps=4, val_fraction=0.2,
         checkpoint_every_s=1e9,
+        start_fit_frames=9,  # start states still shot through the model, over one short stage
     )
     defaults.update(kwargs)
     return TrainConfig(**defaults)
@@ -70,3 +71,31 @@ def noisy_model_dir(tiny_model_dir, tiny_data, tmp_path_factory):
     assert result["samples"] > 0 and len(result["std"]) == 8 and len(result["frame_std"]) == 4
     write_noise(folder, result)
     return folder
+
+
+def true_cart_push() -> float:
+    """The real cartpole's cart acceleration under a full push, hanging at rest, in image units/s^2 (MuJoCo)."""
+    import mujoco
+    import numpy as np
+    from dm_control import suite
+
+    physics = suite.load("cartpole", "swingup").physics
+    with physics.reset_context():
+        physics.data.qpos[:] = [0.0, np.pi]
+    accel = []
+    for u in (1.0, 0.0):
+        physics.data.ctrl[:] = u
+        mujoco.mj_forward(physics.model.ptr, physics.data.ptr)
+        accel.append(physics.data.qacc[0])
+    return 0.6036 * (accel[0] - accel[1])  # image units per metre at the cart (test_training.true_keypoints)
+
+
+def cart_push(model) -> float:
+    """A model's cart acceleration `float` under a full push, pole hanging at rest (its constraint length)."""
+    import torch
+
+    q = torch.tensor([[[0.0, 0.0], [0.0, -model.constraints.length[1].item()]]])
+    q, v = model.project(q, torch.zeros_like(q), iterations=20)
+    with torch.no_grad():
+        push = model.dynamics.acceleration(q, v, torch.ones(1, 1)) - model.dynamics.acceleration(q, v, torch.zeros(1, 1))
+    return push[0, 0, 0].item()

@@ -88,23 +88,6 @@ def test_agent_file_round_trip_and_errors(model_dir, tmp_path):
         load_agent(folder)
 
 
-def test_learn_in_imagination_then_evaluate_in_the_real_task(model_dir):
-    """End to end: SB3 learns in the imagined env, the policy runs a real dm_control episode."""
-    from keycld_gym.agent_evaluation import evaluate_agent
-
-    recipe, algo = _tiny_sac(model_dir, steps=128)
-    agent = Agent.from_algorithm(algo, recipe, {"path": "test"})
-    result = evaluate_agent(agent, episodes=1, seed=5, checkpoint=model_dir)
-    for key in ("real_return_mean", "real_return_std", "real_returns", "imagined_return_mean", "imagined_return_std",
-                "imagined_returns", "episodes", "seed", "system", "obs_type", "agent", "model_data_regime",
-                "model_real_frames"):
-        assert key in result, key
-    assert result["episodes"] == 1 and len(result["real_returns"]) == 1 and len(result["imagined_returns"]) == 1
-    assert 0.0 <= result["real_return_mean"] <= 1000.0 and np.isfinite(result["imagined_return_mean"])
-    assert result["model_real_frames"] == 6 * 48 and result["model_data_regime"] == "task"
-    assert result["policy_real_frames"] == 0
-
-
 def test_train_agent_logs_checkpoints_and_resumes(model_dir, tmp_path):
     from keycld_gym.agent_training import AgentTrainConfig, train_agent
 
@@ -137,11 +120,20 @@ def test_cli_train_and_evaluate_agent_and_bad_inputs(model_dir, tmp_path, capsys
     assert main(["train-agent", "--system", "cartpole", "--out", str(run), "--checkpoint", str(model_dir),
                  "--steps", "32", "--eval-every", "32", "--eval-episodes", "2", "--threads", "1", "--quiet"]) == 0
     assert "trained sac on keypoints" in capsys.readouterr().out
+    # end to end: the policy SB3 learned in imagination runs a real dm_control episode
     out = tmp_path / "eval.json"
     assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--episodes", "1",
-                 "--checkpoint", str(model_dir), "--no-imagined", "--json", str(out), "--threads", "1"]) == 0
+                 "--checkpoint", str(model_dir), "--json", str(out), "--threads", "1"]) == 0
     result = json.loads(out.read_text())
+    for key in ("real_return_mean", "real_return_std", "real_returns", "imagined_return_mean", "imagined_return_std",
+                "imagined_returns", "episodes", "seed", "system", "obs_type", "agent", "model_data_regime",
+                "model_real_frames"):
+        assert key in result, key
     assert result["episodes"] == 1 and result["system"] == "cartpole" and result["obs_type"] == "keypoints"
+    assert len(result["real_returns"]) == 1 and len(result["imagined_returns"]) == 1
+    assert 0.0 <= result["real_return_mean"] <= 1000.0 and np.isfinite(result["imagined_return_mean"])
+    assert result["model_real_frames"] == 6 * 48 and result["model_data_regime"] == "task"
+    assert result["policy_real_frames"] == 0
 
     assert main(["evaluate-agent", "--agent", str(tmp_path / "missing"), "--system", "cartpole"]) == 2
     assert "is missing" in capsys.readouterr().err

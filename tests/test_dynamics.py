@@ -44,6 +44,30 @@ def test_jacobian_and_second_derivative_match_autograd():
     assert c.phi(q).shape == (6, 3) and c.jacobian(q).shape == (6, 3, 6)
 
 
+@pytest.mark.parametrize("terms", [dict(potential_mlp=True), dict(linear_potential=True, potential_mlp=False),
+                                   dict(linear_potential=True, potential_mlp=True)])
+def test_potential_gradient_matches_autograd_also_for_training(terms):
+    torch.manual_seed(0)
+    spec = get_system("cartpole")
+    dyn = Dynamics(2, 1, ConstraintSet(spec.constraints, 2), DynamicsConfig(init_std=0.5, **terms))
+    with torch.no_grad():
+        for p in dyn.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    q = torch.randn(16, 2, 2) * 1.5  # cart keypoints on both sides beyond the walls too
+    q.requires_grad_(True)
+    (reference,) = torch.autograd.grad(dyn.potential(q).sum(), q, create_graph=True)
+    grad = dyn.potential_gradient(q)
+    torch.testing.assert_close(grad, reference)
+    # what training differentiates: the force's gradient with respect to the parameters and q
+    w = torch.randn_like(q)
+    params = [p for p in dyn.parameters() if p.requires_grad] + [q]
+    for a, b in zip(torch.autograd.grad((grad * w).sum(), params, allow_unused=True, materialize_grads=True),
+                    torch.autograd.grad((reference * w).sum(), params, allow_unused=True, materialize_grads=True)):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(dyn.potential_gradient(q), reference.detach())
+
+
 def test_squared_form_is_smooth_where_keypoints_coincide():
     c = ConstraintSet([Constraint("fixed_distance", 0, 1)], num_keypoints=2)
     q = torch.zeros(1, 2, 2, requires_grad=True)  # keypoints start on top of each other
@@ -61,8 +85,9 @@ def test_projection_lands_on_the_manifold_and_its_tangent_space():
 
 def _pendulum(g=9.81):
     constraints = ConstraintSet([Constraint("fixed_pivot_distance", 0)], num_keypoints=1, init_length=1.0)
-    dyn = Dynamics(1, 1, constraints, DynamicsConfig(learn_damping=False))
-    dyn.potential = lambda q: g * q[..., 0, 1]  # a linear potential: uniform gravity on a point mass
+    dyn = Dynamics(1, 1, constraints, DynamicsConfig(learn_damping=False, linear_potential=True, potential_mlp=False))
+    with torch.no_grad():
+        dyn.potential_linear.copy_(torch.tensor([0.0, g]))  # V = g y: uniform gravity on a point mass
     return dyn
 
 

@@ -84,3 +84,23 @@ def test_tracking_settings_are_checked():
         with pytest.raises(ValueError):
             Tracking(**bad)
     assert Tracking(robust=None).robust is None
+
+
+def test_a_model_whose_rollout_blows_up_still_gives_finite_states_from_the_frames():
+    model = _model_with_gravity()
+    with torch.no_grad():
+        model.dynamics.mass_raw_diag.fill_(-12.0)  # a near-zero mass: huge accelerations
+    # frames of a legal motion: the cart slides at 0.5 units/s, the pole rigidly with it
+    q0, _ = model.project(torch.tensor([[[0.1, 0.0], [0.6, 0.8]], [[-0.3, 0.0], [-0.3, -1.0]]]), torch.zeros(2, 2, 2))
+    t = torch.arange(9.0)[:, None, None] * model.dt
+    keypoints = q0[:, None] + t * torch.tensor([0.5, 0.0])
+    actions = torch.rand(2, 8, 1) * 2 - 1
+    with torch.no_grad():
+        assert not model.rollout(q0, torch.zeros_like(q0), actions)[0].isfinite().all()
+    cold = fit_trajectory(model, keypoints, actions, iterations=2, stages=())
+    warm = refine_trajectory(model, keypoints, actions, (q0, torch.zeros_like(q0)), robust=0.02)
+    for qs, vs in (cold, warm):
+        assert qs.shape == vs.shape == keypoints.shape and qs.isfinite().all() and vs.isfinite().all()
+        # no dynamics to trust: the frames' own positions and their differences
+        assert (qs - keypoints).abs().max() < 1e-5
+        assert (vs - torch.tensor([0.5, 0.0])).abs().max() < 1e-3
