@@ -119,6 +119,23 @@ def mlp(n_in: int, n_out: int, hidden: int, layers: int, init_std: float) -> nn.
     return nn.Sequential(*mods)
 
 
+def mlp_input_gradient(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """d net(x) / dx `(..., n_in)` of a one-output `mlp` at inputs `(..., n_in)`, by the chain rule (differentiable)."""
+    slopes, h = [], x
+    for m in net:
+        if isinstance(m, nn.Softplus):  # h: its input; softplus is linear above the threshold
+            z = m.beta * h
+            slopes.append(torch.where(z > m.threshold, 1.0, torch.sigmoid(z)))
+        h = m(h)
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    if h.shape[-1] != 1 or len(linears) != len(slopes) + 1:
+        raise ValueError("mlp_input_gradient needs an `mlp` with one output")
+    g = linears[-1].weight[0].expand(*x.shape[:-1], -1)
+    for lin, slope in zip(reversed(linears[:-1]), reversed(slopes)):
+        g = (g * slope) @ lin.weight
+    return g
+
+
 class Dynamics(nn.Module):
     """qddot = f(q, qdot, u) for K keypoints, A action dims (see the module docstring)."""
 
@@ -213,8 +230,8 @@ class Dynamics(nn.Module):
 
     def potential_gradient(self, q: torch.Tensor) -> torch.Tensor:
         """grad V(q) `(..., K, 2)`, differentiable (also under `torch.no_grad`)."""
-        # The linear term and the walls in closed form: autograd's engine costs more than the
-        # arithmetic on these tiny tensors, and every rollout step evaluates this four times.
+        # In closed form, not by autograd: its engine costs more than the arithmetic on these
+        # tiny tensors, and every rollout step evaluates this four times.
         grad = q.new_zeros(q.shape)
         if self.config.linear_potential:
             grad = grad + self.potential_linear.reshape(q.shape[-2:])
@@ -225,14 +242,7 @@ class Dynamics(nn.Module):
             wall[..., k, 0] = self.log_wall_stiffness[i].clamp(max=11.0).exp() * (torch.relu(x - right) - torch.relu(left - x))
             grad = grad + wall
         if self.config.potential_mlp:
-            # Keep the graph whenever the caller records gradients (training, or shooting a
-            # start state through the dynamics), whatever train/eval mode the module is in.
-            keep_graph = torch.is_grad_enabled()
-            with torch.enable_grad():
-                qg = q if q.requires_grad else q.detach().requires_grad_(True)
-                v = self.potential_net(qg.flatten(-2)).sum()
-                (mlp_grad,) = torch.autograd.grad(v, qg, create_graph=keep_graph)
-            grad = grad + mlp_grad
+            grad = grad + mlp_input_gradient(self.potential_net, q.flatten(-2)).reshape(q.shape)
         return grad
 
     def force(self, q: torch.Tensor, qdot: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ x, y), against 0.13 / 0.13 / 0.10 by plain least squares and 0.15 by the cold L-
 alone (BENCHMARKS.md, sim-to-real). A 33-frame window has still smaller
 errors away from the rail ends but larger ones near them (the stiff contact is the
 dynamics' weakest part), and measured, it lowered an agent's real return (BENCHMARKS.md).
+A window on which the model's rollout is not finite (an untrained model's) gives the frames'
+own positions and differences instead (`estimation.finite_or_kinematic`): never a NaN.
 """
 
 from __future__ import annotations

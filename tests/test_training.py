@@ -88,12 +88,12 @@ def test_structured_dynamics_start_from_a_least_squares_fit_of_the_real_system(t
 
     dyn = DynamicsConfig(input_matrix="constant", input_keypoints=(0,), linear_potential=True, potential_mlp=False)
     cfg = tiny_train_config(tiny_data, model=replace(TINY_MODEL, dynamics=dyn), keypoints_from=str(tiny_model_dir),
-                            keypoint_steps=0, dynamics_steps=2, start_fit_frames=0)
+                            keypoint_steps=0, dynamics_steps=2)
     trainer = Trainer(cfg, tmp_path, progress=False)
     monkeypatch.setattr(trainer, "encode_sequences", lambda frames: true_keypoints(trainer.train.data["qpos"]))
     trainer.run()
     fit = json.loads((tmp_path / "physics_fit.json").read_text())
-    print("FIT", fit["input"], fit["samples"]); assert fit["mass"][0][0] == 1.0 and fit["samples"] > 20  # 6 short sequences, the rail ends left out
+    assert fit["mass"][0][0] == 1.0 and fit["samples"] > 20  # 6 short sequences, the rail ends left out
     model = load_model(tmp_path / "model")
     assert not hasattr(model.dynamics, "potential_net")
     # 39 samples of 6 short sequences: the fit's push comes out 20% weak (4.66 against 5.88); the
