@@ -229,9 +229,10 @@ class Dynamics(nn.Module):
         return b * self.input_mask if self.config.input_keypoints is not None else b
 
     def potential_gradient(self, q: torch.Tensor) -> torch.Tensor:
-        """grad V(q) `(..., K, 2)`, differentiable (also under `torch.no_grad`)."""
+        """grad V(q) `(..., K, 2)`, differentiable with respect to q and the parameters (training, shooting)."""
         # In closed form, not by autograd: its engine costs more than the arithmetic on these
-        # tiny tensors, and every rollout step evaluates this four times.
+        # tiny tensors, and every rollout step evaluates this four times. `potential` stays the
+        # reference (energies; tests check the two agree).
         grad = q.new_zeros(q.shape)
         if self.config.linear_potential:
             grad = grad + self.potential_linear.reshape(q.shape[-2:])
