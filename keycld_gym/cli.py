@@ -109,20 +109,37 @@ def format_model_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _fit_renderer(args: argparse.Namespace) -> int:
+def _refit(args: argparse.Namespace, part: str, fit: Any, **kwargs: Any) -> dict:
+    """Load `--checkpoint`, refit one part with `fit(model, data, ...)`, save the result to `--out`; the fit's record."""
+    import shutil
+
     import torch
 
-    from keycld_gym.checkpoint import checkpoint_folder, load_model
+    from keycld_gym.checkpoint import checkpoint_folder, load_model, save_checkpoint
     from keycld_gym.collect import default_command
-    from keycld_gym.renderer_fit import fit_renderer
+    from keycld_gym.observation_noise import NOISE_FILE
+    from keycld_gym.start_bank import START_BANK
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     source = checkpoint_folder(args.checkpoint)
     model = load_model(source)
-    result = fit_renderer(model, args.data, steps=args.steps, weight=args.weight, seed=args.seed, progress=not args.quiet)
+    result = fit(model, args.data, steps=args.steps, seed=args.seed, progress=not args.quiet, **kwargs)
     result["command"] = default_command()
-    _save_refit(source, model, args.out, "renderer", result)
+    # the model's provenance kept, the refit recorded under `part`
+    meta = {k: v for k, v in model.checkpoint_config.items()
+            if k not in ("format", "format_version", "package_version", "system", "spec", "model", "action_dim", "weights_sha256")}
+    save_checkpoint(args.out, model, {**meta, part: result})
+    for name in (START_BANK, NOISE_FILE):  # neither depends on the reward head or the renderer
+        if (source / name).exists():
+            shutil.copy2(source / name, Path(args.out) / name)
+    return result
+
+
+def _fit_renderer(args: argparse.Namespace) -> int:
+    from keycld_gym.renderer_fit import fit_renderer
+
+    result = _refit(args, "renderer", fit_renderer, weight=args.weight)
     b, a = result["before"], result["after"]
     print(f"renderer refit on {result['train_frames']} frames; {result['scored_on']} frames: re-encoded keypoint error RMS "
           f"{b['reencode_rms']} -> {a['reencode_rms']} (max {b['reencode_max']} -> {a['reencode_max']}), "
@@ -130,36 +147,10 @@ def _fit_renderer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_refit(source: Path, model: Any, out: str, part: str, result: dict) -> None:
-    """Save a model with one part refitted: its provenance kept, the refit recorded under `part`, side files copied."""
-    import shutil
-
-    from keycld_gym.checkpoint import save_checkpoint
-    from keycld_gym.observation_noise import NOISE_FILE
-    from keycld_gym.start_bank import START_BANK
-
-    meta = {k: v for k, v in model.checkpoint_config.items()
-            if k not in ("format", "format_version", "package_version", "system", "spec", "model", "action_dim", "weights_sha256")}
-    save_checkpoint(out, model, {**meta, part: result})
-    for name in (START_BANK, NOISE_FILE):  # neither depends on the reward head or the renderer
-        if (source / name).exists():
-            shutil.copy2(source / name, Path(out) / name)
-
-
 def _fit_reward(args: argparse.Namespace) -> int:
-    import torch
-
-    from keycld_gym.checkpoint import checkpoint_folder, load_model
-    from keycld_gym.collect import default_command
     from keycld_gym.reward_fit import fit_reward_head
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    source = checkpoint_folder(args.checkpoint)
-    model = load_model(source)
-    result = fit_reward_head(model, args.data, steps=args.steps, seed=args.seed, progress=not args.quiet)
-    result["command"] = default_command()
-    _save_refit(source, model, args.out, "reward_head", result)
+    result = _refit(args, "reward_head", fit_reward_head)
     b, a = result["rmse_before"], result["rmse_after"]
     print(f"reward head refit on {result['samples']['train']} samples: RMSE per physics step train {b['train']:.4f} -> "
           f"{a['train']:.4f}, validation sequences {b['val']:.4f} -> {a['val']:.4f} ({result['wall_time_s']:.0f} s) -> {args.out}")

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from keycld_gym.collect import MANIFEST, sha256_file
 from keycld_gym.dataset import WindowDataset, is_validation
+from keycld_gym.estimation import frozen
 from keycld_gym.model import KeyCLDModel
 from keycld_gym.training import TrainConfig, foreground_weights
 
@@ -81,9 +82,9 @@ def fit_renderer(model: KeyCLDModel, data: list[str | Path], *, steps: int = 100
     threshold = model.config.encoder.foreground_threshold
     opt = torch.optim.Adam(model.renderer.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    model.requires_grad_(False)  # the read-back's gradient passes through the encoder, not into it
-    model.renderer.requires_grad_(True)
-    try:
+    # the read-back's gradient passes through the encoder, not into it
+    with frozen(model):
+        model.renderer.requires_grad_(True)
         for _ in tqdm(range(steps), desc="fit-renderer", disable=not progress):
             f = torch.from_numpy(train[torch.randint(0, len(train), (batch,), generator=gen).numpy()])
             target = f.float() / 255.0
@@ -96,8 +97,6 @@ def fit_renderer(model: KeyCLDModel, data: list[str | Path], *, steps: int = 100
             loss.backward()
             opt.step()
             sched.step()
-    finally:
-        model.requires_grad_(True)
     return {
         "before": before, "after": render_scores(model, val), "scored_on": scored_on, "scored_frames": len(val),
         "train_frames": len(train),
