@@ -37,7 +37,7 @@ PPO_PIXELS = AgentRecipe(
     frame_stack=3,
 )
 
-# pixels through the world model's frozen keypoint encoder (keycld_gym/frame_encoding.py):
+# pixels through the world model's frozen keypoint encoder (keycld_gym/rl/frame_encoding.py):
 # an MLP on the keypoints of the last 3 frames, SAC as on keypoints. Measured (10 real
 # episodes, BENCHMARKS.md): real 390 at 40k steps with the renderer before its read-back
 # refit, 486 at 60k and 693 at 100k after it; it learns about half as fast as on keypoints.

@@ -1,4 +1,4 @@
-"""Pendulum swing-up recipes (action repeat 4). No bundled model yet: train one first."""
+"""Pendulum swing-up recipes (the action repeat is the spec's: 2). No bundled model yet: train one first."""
 
 from agents import cartpole
 

@@ -10,7 +10,7 @@ ALGOS = ("sac", "ppo")
 OBS_TYPES = ("keypoints", "pixels")
 NOISES = ("measured", "none")
 # pixels: the policy's own CNN learns from the frames, or each frame goes through the world
-# model's frozen keypoint encoder first (keycld_gym/frame_encoding.py)
+# model's frozen keypoint encoder first (keycld_gym/rl/frame_encoding.py)
 FEATURES = ("cnn", "keycld-encoder")
 
 

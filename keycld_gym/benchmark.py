@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from keycld_gym.agent import AGENT_CONFIG, bundled_agent_path, load_agent
-from keycld_gym.agent_evaluation import evaluate_agent, random_returns
-from keycld_gym.agent_training import AgentTrainConfig, train_agent
-from keycld_gym.checkpoint import checkpoint_folder, load_model
-from keycld_gym.collect import write_json
+from keycld_gym.envs.imagined_env import KeyCLDEnv, upscale_with_keypoints
+from keycld_gym.envs.real_keypoints import RealKeypointEnv
+from keycld_gym.files import write_json
+from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.rl.agent import AGENT_CONFIG, bundled_agent_path, load_agent
+from keycld_gym.rl.agent_evaluation import evaluate_agent, random_returns
+from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
 
 EVAL_SEED = 100_000  # real episodes of the final evaluation: seeds never used in training
 
@@ -53,8 +55,6 @@ def side_by_side(agent: Any, checkpoint: str | Path, seed: int, path: Path, scal
     """A GIF of one episode of `agent` in imagination (left) and in the real task (right), both reset with `seed`."""
     import imageio.v3 as iio
 
-    from keycld_gym.imagined_env import KeyCLDEnv, upscale_with_keypoints
-    from keycld_gym.real_keypoints import RealKeypointEnv
 
     recipe = agent.recipe
     if recipe.obs_type != "keypoints":
@@ -130,15 +130,18 @@ def format_table(report: dict[str, Any]) -> str:
     """The benchmark's table as text."""
     a = report["agent"]
     rows = [("policy", "imagined return", "real return", "gap", "real frames (model / policy)")]
-    frames = f"{a['model_real_frames']} ({a['model_data_regime']}) / 0"
+
+    def frames(e: dict[str, Any]) -> str:  # each evaluation's own model data (a bundled agent's is its own)
+        return f"{e['model_real_frames']} ({e['model_data_regime']}) / {e.get('policy_real_frames', 0)}"
+
     rows.append(("random", "-", f"{report['random']['real_return_mean']:.0f}", "-", "-"))
     rows.append((f"this run ({report['trained']['steps']} steps)", f"{a['imagined_return_mean']:.0f} ± {a['imagined_return_std']:.0f}",
-                 f"{a['real_return_mean']:.0f} ± {a['real_return_std']:.0f}", f"{100 * a['gap']:+.0f}%", frames))
+                 f"{a['real_return_mean']:.0f} ± {a['real_return_std']:.0f}", f"{100 * a['gap']:+.0f}%", frames(a)))
     for key, name in (("bundled_agent", "bundled agent (recorded)"), ("bundled_pixel_agent", "bundled pixel agent (recorded)")):
         b = report.get(key)
         if b:
             rows.append((name, f"{b['imagined_return_mean']:.0f} ± {b['imagined_return_std']:.0f}",
-                         f"{b['real_return_mean']:.0f} ± {b['real_return_std']:.0f}", f"{100 * b['gap']:+.0f}%", frames))
+                         f"{b['real_return_mean']:.0f} ± {b['real_return_std']:.0f}", f"{100 * b['gap']:+.0f}%", frames(b)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

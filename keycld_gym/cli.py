@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from keycld_gym.systems import SYSTEMS
+import torch
+
+from keycld_gym.benchmark import run_benchmark
+from keycld_gym.data.collect import CollectConfig, collect
+from keycld_gym.data.preview import dataset_preview
+from keycld_gym.data.start_bank import START_BANK
+from keycld_gym.errors import KeyCLDError
+from keycld_gym.evaluation import load_and_evaluate
+from keycld_gym.files import default_command, write_json
+from keycld_gym.model.checkpoint import checkpoint_folder, load_model, save_checkpoint
+from keycld_gym.model.dynamics import DynamicsConfig
+from keycld_gym.model.keycld import ModelConfig
+from keycld_gym.rl.agent import load_agent
+from keycld_gym.rl.agent_evaluation import evaluate_agent
+from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
+from keycld_gym.rl.observation_noise import NOISE_FILE
+from keycld_gym.sim.systems import SYSTEMS
+from keycld_gym.training.config import TrainConfig
+from keycld_gym.training.renderer_fit import fit_renderer
+from keycld_gym.training.reward_fit import fit_reward_head
+from keycld_gym.training.trainer import Trainer
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from keycld_gym.collect import CollectConfig, collect, default_command
-
     config = CollectConfig(
         system=args.system, episodes=args.episodes, frames=args.frames, seed=args.seed,
         regime=args.regime, shard_size=args.shard_size,
@@ -27,25 +48,12 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _preview(args: argparse.Namespace) -> int:
-    from keycld_gym.preview import dataset_preview
-
     path = dataset_preview(args.data, args.out, sequences=args.sequences, frames=args.frames, stride=args.stride)
     print(f"wrote {path}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-    from pathlib import Path
-
-    import torch
-
-    from keycld_gym.collect import default_command
-    from keycld_gym.dynamics import DynamicsConfig
-    from keycld_gym.model import ModelConfig
-    from keycld_gym.training import TrainConfig, Trainer
-
     torch.set_num_threads(args.threads)
     saved = Path(args.out) / "train_config.json"
     if args.resume and saved.exists():
@@ -72,13 +80,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from keycld_gym.collect import write_json
-    from keycld_gym.evaluation import load_and_evaluate
-
     torch.set_num_threads(args.threads)
     result = load_and_evaluate(args.checkpoint, args.data, agent_steps=args.agent_steps, start_frames=args.start_frames,
                                physics_frames=args.physics_frames, max_sequences=args.max_sequences,
@@ -111,15 +112,6 @@ def format_model_report(r: dict) -> str:
 
 def _refit(args: argparse.Namespace, part: str, fit: Any, **kwargs: Any) -> dict:
     """Load `--checkpoint`, refit one part with `fit(model, data, ...)`, save the result to `--out`; the fit's record."""
-    import shutil
-
-    import torch
-
-    from keycld_gym.checkpoint import checkpoint_folder, load_model, save_checkpoint
-    from keycld_gym.collect import default_command
-    from keycld_gym.observation_noise import NOISE_FILE
-    from keycld_gym.start_bank import START_BANK
-
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     source = checkpoint_folder(args.checkpoint)
@@ -137,8 +129,6 @@ def _refit(args: argparse.Namespace, part: str, fit: Any, **kwargs: Any) -> dict
 
 
 def _fit_renderer(args: argparse.Namespace) -> int:
-    from keycld_gym.renderer_fit import fit_renderer
-
     result = _refit(args, "renderer", fit_renderer, weight=args.weight)
     b, a = result["before"], result["after"]
     print(f"renderer refit on {result['train_frames']} frames; {result['scored_on']} frames: re-encoded keypoint error RMS "
@@ -148,8 +138,6 @@ def _fit_renderer(args: argparse.Namespace) -> int:
 
 
 def _fit_reward(args: argparse.Namespace) -> int:
-    from keycld_gym.reward_fit import fit_reward_head
-
     result = _refit(args, "reward_head", fit_reward_head)
     b, a = result["rmse_before"], result["rmse_after"]
     print(f"reward head refit on {result['samples']['train']} samples: RMSE per physics step train {b['train']:.4f} -> "
@@ -158,13 +146,6 @@ def _fit_reward(args: argparse.Namespace) -> int:
 
 
 def _train_agent(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from keycld_gym.agent_training import AgentTrainConfig, train_agent
-    from keycld_gym.collect import default_command
-
     torch.set_num_threads(args.threads)
     config = AgentTrainConfig(
         system=args.system, obs_type=args.obs, algo=args.algo, seed=args.seed, checkpoint=args.checkpoint,
@@ -181,14 +162,6 @@ def _train_agent(args: argparse.Namespace) -> int:
 
 
 def _evaluate_agent(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    import torch
-
-    from keycld_gym.agent import load_agent
-    from keycld_gym.agent_evaluation import evaluate_agent
-    from keycld_gym.collect import write_json
-
     torch.set_num_threads(args.threads)
     agent = load_agent(args.agent, args.system, args.obs)
     result = evaluate_agent(agent, episodes=args.episodes, seed=args.seed, checkpoint=args.checkpoint,
@@ -205,11 +178,6 @@ def _evaluate_agent(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    import torch
-
-    from keycld_gym.benchmark import run_benchmark
-    from keycld_gym.collect import default_command
-
     torch.set_num_threads(args.threads)
     run_benchmark(args.system, args.out, budget_min=args.budget, seed=args.seed, episodes=args.episodes,
                   checkpoint=args.checkpoint, total_steps=args.steps, video=not args.no_video, workers=args.workers,
@@ -221,7 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `keycld-gym`."""
     parser = argparse.ArgumentParser(prog="keycld-gym", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-
     p = sub.add_parser("collect", help="collect real frames, actions, rewards and states from dm_control")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--out", required=True, help="data set folder (rerun the same command to resume)")
@@ -234,7 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=10, help="sequences per shard file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_collect)
-
     p = sub.add_parser("preview", help="write a PNG of a data set's frames")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
@@ -242,7 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--stride", type=int, default=8, help="physics steps between shown frames")
     p.set_defaults(func=_preview)
-
     p = sub.add_parser("train", help="train a KeyCLD model on a collected data set (resumable)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--data", required=True, help="data set folder from `keycld-gym collect`")
@@ -274,7 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
-
     p = sub.add_parser("evaluate-model", help="VPT, keypoint and reward metrics of a model on held-out sequences")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, help="held-out data set (its sequences need start + horizon frames)")
@@ -287,7 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_evaluate_model)
-
     p = sub.add_parser("fit-reward", help="refit a model's reward head on states estimated from its training data")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, action="append", help="data set(s) the model was trained on (repeatable)")
@@ -297,7 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_fit_reward)
-
     p = sub.add_parser("fit-renderer", help="refit a model's renderer so its frames read back (encoder) as the keypoints drawn")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, action="append", help="data set(s) the model was trained on (repeatable)")
@@ -308,7 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_fit_renderer)
-
     p = sub.add_parser("train-agent", help="train an SB3 agent in a model's imagination only (resumable)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--obs", choices=("keypoints", "pixels"), default="keypoints")
@@ -329,7 +290,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_agent)
-
     p = sub.add_parser("evaluate-agent", help="an agent's return in the real task and in imagination")
     p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), or 'bundled'")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
@@ -342,7 +302,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="processes running real episodes side by side")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_evaluate_agent)
-
     p = sub.add_parser("benchmark", help="the main job: train in imagination, evaluate in the real task, report")
     p.add_argument("--system", default="cartpole", choices=sorted(SYSTEMS))
     p.add_argument("--out", default="benchmark", help="report folder (rerun to resume an interrupted run)")
@@ -361,8 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `keycld-gym` console script."""
-    from keycld_gym.errors import KeyCLDError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

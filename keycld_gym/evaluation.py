@@ -1,4 +1,4 @@
-"""Evaluating a KeyCLD model on held-out real sequences (DESIGN.md section 4).
+"""Evaluating a KeyCLD model on held-out real sequences (docs/design.md section 4).
 
 - VPT: from the first `start_frames` frames of a sequence (physics interval, with their
   actions) estimate the state, predict open loop under the recorded actions, and count the
@@ -22,11 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from keycld_gym.collect import MANIFEST, sha256_file
-from keycld_gym.dataset import WindowDataset
-from keycld_gym.estimation import fit_trajectory
-from keycld_gym.model import KeyCLDModel, fit_circle
-from keycld_gym.systems import SystemSpec
+from keycld_gym.data.collect import MANIFEST
+from keycld_gym.data.dataset import WindowDataset
+from keycld_gym.files import sha256_file
+from keycld_gym.model.checkpoint import load_model
+from keycld_gym.model.estimation import fit_trajectory
+from keycld_gym.model.keycld import KeyCLDModel, fit_circle
+from keycld_gym.sim.angles import wrap_angle
+from keycld_gym.sim.real_env import RealEnv
+from keycld_gym.sim.systems import SystemSpec
 
 
 def valid_prediction_time(errors: np.ndarray, epsilon: float) -> np.ndarray:
@@ -48,17 +52,13 @@ def mse_epsilon(frames: np.ndarray) -> float:
     return float(((x - x.mean(0)) ** 2).mean())
 
 
-def _wrap(a: np.ndarray) -> np.ndarray:
-    return (a + np.pi) % (2 * np.pi) - np.pi
-
-
 def angle_rms(predicted: np.ndarray, true: np.ndarray) -> tuple[float, int]:
     """RMS of wrapped angle error after fitting one offset and the mirror sign; returns (rms, sign)."""
     best = (math.inf, 1)
     for sign in (1, -1):
-        d = _wrap(sign * predicted - true)
+        d = wrap_angle(sign * predicted - true)
         offset = math.atan2(np.sin(d).mean(), np.cos(d).mean())
-        rms = float(np.sqrt((_wrap(d - offset) ** 2).mean()))
+        rms = float(np.sqrt((wrap_angle(d - offset) ** 2).mean()))
         best = min(best, (rms, sign))
     return best
 
@@ -107,8 +107,6 @@ def true_simulator_frames(spec: SystemSpec, qpos: np.ndarray, qvel: np.ndarray, 
     qpos, qvel: `(S, nq)`, `(S, nv)` true start states; actions `(S, N, A)` physics-rate;
     times: physics steps after the start at which to render. Returns uint8 `(S, len(times), H, W, 3)`.
     """
-    from keycld_gym.real_env import RealEnv
-
     env = RealEnv(spec.name, "state", action_repeat=1)
     env.reset(seed=0)
     out = np.empty((len(qpos), len(times), *env.frame_shape), np.uint8)
@@ -254,6 +252,4 @@ def evaluate_model(
 
 def load_and_evaluate(checkpoint: str, data: str, **kwargs) -> dict[str, Any]:
     """`evaluate_model` of a checkpoint folder (or bundled system name)."""
-    from keycld_gym.checkpoint import load_model
-
     return evaluate_model(load_model(checkpoint), data, **kwargs)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from keycld_gym import make_real_env
-from keycld_gym.imagined_env import KeyCLDEnv, KeyCLDVectorEnv
+from keycld_gym.envs.imagined_env import KeyCLDEnv, KeyCLDVectorEnv
 
 
 def _rate(step, seconds: float, per_call: int) -> float:

@@ -40,7 +40,7 @@ def env_steps_per_second(system: str, obs_type: str, action_repeat: int | None, 
 
 def collection_frames_per_second(system: str, episodes: int, frames: int, workers: int) -> dict:
     """Frames/s of a fresh `collect` run (process start-up and compression included)."""
-    from keycld_gym.collect import CollectConfig, collect
+    from keycld_gym.data.collect import CollectConfig, collect
 
     root = Path(tempfile.mkdtemp(prefix="keycld-bench-"))
     try:

@@ -13,8 +13,13 @@ import json
 import shutil
 from pathlib import Path
 
-from keycld_gym.agent import AGENT_CONFIG, AGENT_WEIGHTS, bundled_agent_path, load_agent
-from keycld_gym.collect import write_json
+from keycld_gym.files import write_json
+from keycld_gym.rl.agent import (
+    AGENT_CONFIG,
+    AGENT_WEIGHTS,
+    bundled_agent_path,
+    load_agent,
+)
 
 
 def _recipe_summary(r: dict) -> str:

@@ -14,9 +14,9 @@ import json
 import shutil
 from pathlib import Path
 
-from keycld_gym.checkpoint import CONFIG, WEIGHTS, bundled_path, load_model
-from keycld_gym.observation_noise import NOISE_FILE
-from keycld_gym.start_bank import START_BANK
+from keycld_gym.data.start_bank import START_BANK
+from keycld_gym.model.checkpoint import CONFIG, WEIGHTS, bundled_path, load_model
+from keycld_gym.rl.observation_noise import NOISE_FILE
 
 
 def model_card(config: dict, result: dict | None) -> str:

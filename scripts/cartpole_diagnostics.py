@@ -48,25 +48,23 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from keycld_gym.agent import load_agent, real_vec_env  # noqa: E402
-from keycld_gym.agent_evaluation import episode_returns  # noqa: E402
-from keycld_gym.checkpoint import load_model  # noqa: E402
-from keycld_gym.collect import write_json  # noqa: E402
-from keycld_gym.dataset import load_manifest, load_shard  # noqa: E402
+from keycld_gym.data.dataset import iter_sequences, iter_shards  # noqa: E402
+from keycld_gym.envs.real_keypoints import Tracking  # noqa: E402
 from keycld_gym.evaluation import evaluate_model  # noqa: E402
-from keycld_gym.physics_fit import PhysicsFit, apply_physics  # noqa: E402
-from keycld_gym.real_env import RealEnv  # noqa: E402
-from keycld_gym.real_keypoints import Tracking  # noqa: E402
+from keycld_gym.files import write_json  # noqa: E402
+from keycld_gym.model.checkpoint import load_model  # noqa: E402
+from keycld_gym.model.physics_fit import PhysicsFit, apply_physics  # noqa: E402
+from keycld_gym.rl.agent import load_agent, real_vec_env  # noqa: E402
+from keycld_gym.rl.agent_evaluation import episode_returns  # noqa: E402
+from keycld_gym.sim.real_env import RealEnv  # noqa: E402
 
 STATES = [(0.0, 0.0), (0.3, 0.0), (1.0, 0.0), (np.pi / 2, 0.0), (np.pi, 0.0), (0.0, 2.0)]  # (theta, thetadot)
 
 
 def state_to_keypoints(model, data: Path, every: int = 7) -> np.ndarray:
     """Affine map `(4, 4)` from [1, x, sin, cos] of the true state to the model's keypoints, least squares."""
-    manifest = load_manifest(data, "cartpole")
     feats, kps = [], []
-    for shard in manifest["shards"]:
-        a = load_shard(data / shard["file"], shard.get("sha256"))
+    for a in iter_shards(data, "cartpole"):
         frames, qpos = a["frames"][:, ::every], a["qpos"][:, ::every]
         kps.append(model.encode_frames(frames).numpy().reshape(-1, 4))
         x, th = qpos[..., 0].ravel(), qpos[..., 1].ravel()
@@ -195,16 +193,14 @@ def estimate(args: argparse.Namespace, model, w: np.ndarray) -> dict:
     """Velocity error of the real env's state estimate against the true state (see the module docstring)."""
     tracking = _tracking(args)
     n, kps, acts, truth, cart = tracking.window, [], [], [], []
-    manifest = load_manifest(Path(args.data), "cartpole")
-    for shard in manifest["shards"]:
-        z = load_shard(Path(args.data) / shard["file"], shard.get("sha256"))
-        for frames, actions, qpos, qvel in zip(z["frames"], z["actions"], z["qpos"], z["qvel"]):
-            kp, a = model.encode_frames(frames), torch.from_numpy(actions.astype(np.float32))
-            for t in range(48, len(frames), 8):  # the same frames for every window up to 49
-                kps.append(kp[t - n + 1: t + 1])
-                acts.append(a[t - n + 1: t])
-                truth.append(np.concatenate(keypoint_state(w, qpos[t], qvel[t])))
-                cart.append(qpos[t, 0])
+    for seq in iter_sequences(args.data, "cartpole"):
+        frames, qpos, qvel = seq["frames"], seq["qpos"], seq["qvel"]
+        kp, a = model.encode_frames(frames), torch.from_numpy(seq["actions"].astype(np.float32))
+        for t in range(48, len(frames), 8):  # the same frames for every window up to 49
+            kps.append(kp[t - n + 1: t + 1])
+            acts.append(a[t - n + 1: t])
+            truth.append(np.concatenate(keypoint_state(w, qpos[t], qvel[t])))
+            cart.append(qpos[t, 0])
     qs, vs = tracking.fit(model, torch.stack(kps), torch.stack(acts))
     err = torch.cat([qs[:, -1].flatten(1), vs[:, -1].flatten(1)], 1).numpy() - np.array(truth)
     inner = np.abs(np.array(cart)) < 1.5  # metres: away from the rail ends (+-1.8)

@@ -17,8 +17,8 @@ import json
 
 import torch
 
-from keycld_gym.checkpoint import checkpoint_folder, load_model
-from keycld_gym.observation_noise import measure_estimation_error, write_noise
+from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import argparse
 
 import numpy as np
 
-from keycld_gym.preview import frame_grid, system_frames
+from keycld_gym.data.preview import frame_grid, system_frames
 
 PI = np.pi
 STATES = {

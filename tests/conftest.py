@@ -5,10 +5,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import pytest  # noqa: E402
 
-from keycld_gym.dynamics import DynamicsConfig  # noqa: E402
-from keycld_gym.encoder import EncoderConfig  # noqa: E402
-from keycld_gym.model import ModelConfig  # noqa: E402
-from keycld_gym.renderer import RendererConfig  # noqa: E402
+from keycld_gym.model.dynamics import DynamicsConfig  # noqa: E402
+from keycld_gym.model.encoder import EncoderConfig  # noqa: E402
+from keycld_gym.model.keycld import ModelConfig  # noqa: E402
+from keycld_gym.model.renderer import RendererConfig  # noqa: E402
 
 # A tiny model: enough to check that every part trains, saves and evaluates, in seconds.
 TINY_MODEL = ModelConfig(
@@ -19,10 +19,15 @@ TINY_MODEL = ModelConfig(
 )
 
 
+# With this fraction `tiny_data`'s sequences 3 and 5 fall in the validation split (with 0.2, none
+# would), so the evaluations and refits of the tiny model have held-out sequences to score.
+TINY_MODEL_VAL_FRACTION = 0.45
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A real cartpole data set: 6 sequences x 48 frames of the standard task (about 4 s)."""
-    from keycld_gym.collect import CollectConfig, collect
+    from keycld_gym.data.collect import CollectConfig, collect
 
     root = tmp_path_factory.mktemp("tiny") / "cartpole"
     collect(root, CollectConfig("cartpole", episodes=6, frames=48, seed=11, shard_size=3), progress=False, command="test")
@@ -31,7 +36,7 @@ def tiny_data(tmp_path_factory):
 
 def tiny_train_config(data, **kwargs):
     """TrainConfig of the tiny model on `data`, a few steps of each phase."""
-    from keycld_gym.training import TrainConfig
+    from keycld_gym.training.config import TrainConfig
 
     defaults = dict(
         system="cartpole", data=str(data), model=TINY_MODEL, keypoint_steps=6, keypoint_batch=8,
@@ -45,14 +50,14 @@ def tiny_train_config(data, **kwargs):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_data, tmp_path_factory):
-    """A checkpoint folder trained by `Trainer` on `tiny_data`."""
+    """A checkpoint folder trained by `Trainer` on `tiny_data`; sequences 3 and 5 held out (validation split)."""
     import torch
 
-    from keycld_gym.training import Trainer
+    from keycld_gym.training.trainer import Trainer
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_run")
-    Trainer(tiny_train_config(tiny_data), out, command="pytest", progress=False).run()
+    Trainer(tiny_train_config(tiny_data, val_fraction=TINY_MODEL_VAL_FRACTION), out, command="pytest", progress=False).run()
     return out / "model"
 
 
@@ -61,9 +66,9 @@ def noisy_model_dir(tiny_model_dir, tiny_data, tmp_path_factory):
     """The tiny model with its measured observation noise, as a recipe asking for it needs."""
     import shutil
 
-    from keycld_gym.checkpoint import load_model
-    from keycld_gym.observation_noise import measure_estimation_error, write_noise
-    from keycld_gym.real_keypoints import Tracking
+    from keycld_gym.envs.real_keypoints import Tracking
+    from keycld_gym.model.checkpoint import load_model
+    from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
 
     folder = tmp_path_factory.mktemp("noisy") / "model"
     shutil.copytree(tiny_model_dir, folder)

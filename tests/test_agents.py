@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from agents import RECIPES, AgentRecipe, get_recipe
-from keycld_gym.agent import AGENT_WEIGHTS, Agent, imagined_vec_env, load_agent
 from keycld_gym.errors import CheckpointError
+from keycld_gym.rl.agent import AGENT_WEIGHTS, Agent, imagined_vec_env, load_agent
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,8 @@ def test_recipes_cover_every_system_and_check_their_fields():
 
 
 def test_keypoint_noise_matches_its_std(model_dir):
-    from keycld_gym.imagined_env import KeyCLDVectorEnv
-    from keycld_gym.observation_noise import KeypointNoise, read_noise
+    from keycld_gym.envs.imagined_env import KeyCLDVectorEnv
+    from keycld_gym.rl.observation_noise import KeypointNoise, read_noise
 
     std = read_noise(model_dir)
     clean = KeyCLDVectorEnv(512, "cartpole", model_dir, obs_type="keypoints")
@@ -89,7 +89,7 @@ def test_agent_file_round_trip_and_errors(model_dir, tmp_path):
 
 
 def test_train_agent_logs_checkpoints_and_resumes(model_dir, tmp_path):
-    from keycld_gym.agent_training import AgentTrainConfig, train_agent
+    from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
 
     torch.set_num_threads(1)
     config = AgentTrainConfig(checkpoint=str(model_dir), total_steps=48, eval_every=24, eval_episodes=2,
@@ -153,3 +153,11 @@ def test_benchmark_writes_its_report(model_dir, tmp_path):
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert saved["agent"]["episodes"] == 1 and saved["random"]["real_return_mean"] >= 0
     assert report["trained"]["steps"] >= 32 and saved["curve"][-1]["imagined_return"] >= 0
+    # the bundled agents' rows name the data of the model they were trained in, not this run's tiny model
+    from keycld_gym.benchmark import format_table
+
+    table = format_table(saved)
+    tiny_frames = saved["agent"]["model_real_frames"]
+    bundled_row = next(line for line in table.splitlines() if line.startswith("bundled agent"))
+    assert f"{saved['bundled_agent']['model_real_frames']} (task) / 0" in bundled_row
+    assert str(tiny_frames) not in bundled_row.split("%")[-1]

@@ -5,11 +5,12 @@ import shutil
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from keycld_gym import CheckpointError, load_model
-from keycld_gym.checkpoint import CONFIG, WEIGHTS, load_state, save_checkpoint, save_state
-from keycld_gym.model import KeyCLDModel
-from conftest import TINY_MODEL
+from keycld_gym.model.checkpoint import CONFIG, WEIGHTS, save_checkpoint
+from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.training.state import load_state, save_state
 
 
 def test_round_trip_gives_the_same_model(tmp_path):
@@ -46,9 +47,13 @@ def test_corrupt_missing_and_mismatched_checkpoints(tmp_path):
 
     other = shutil.copytree(good, tmp_path / "spec")
     cfg = json.loads((other / CONFIG).read_text())
-    cfg["spec"]["action_repeat"] = 4
+    # prose and the agent's default interval change no weight: the checkpoint stays valid
+    cfg["spec"]["camera_note"], cfg["spec"]["action_repeat"] = "another note", 4
     (other / CONFIG).write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="action_repeat"):
+    load_model(other)
+    cfg["spec"]["camera"]["height"] = 32  # another frame: the encoder saw other images
+    (other / CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="another spec of 'cartpole'.*camera"):
         load_model(other)
 
     garbled = shutil.copytree(good, tmp_path / "garbled")

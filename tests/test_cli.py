@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from keycld_gym.cli import main
@@ -21,7 +23,7 @@ def test_clear_errors_exit_nonzero(tmp_path, capsys):
     assert "no manifest.json" in capsys.readouterr().err
 
 
-def test_train_resume_and_evaluate_model(tiny_data, tmp_path, capsys):
+def test_train_resume_and_evaluate_model(tiny_data, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--system", "cartpole", "--data", str(tiny_data), "--out", str(out), "--keypoint-steps", "3",
             "--dynamics-steps", "2", "--threads", "1", "--quiet"]
@@ -31,10 +33,17 @@ def test_train_resume_and_evaluate_model(tiny_data, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0  # a finished run resumes to "done" at once
     capsys.readouterr()
+    # the tiny model holds two of tiny_data's sequences out: it is scored on those
     js = tmp_path / "eval.json"
-    assert main(["evaluate-model", "--checkpoint", str(out / "model"), "--data", str(tiny_data), "--json", str(js),
-                 "--start-frames", "9", "--agent-steps", "4", "--physics-frames", "10", "--no-references", "--threads", "1"]) in (0, 2)
-    report = capsys.readouterr()
-    assert js.exists() or "no held-out" in report.err
+    assert main(["evaluate-model", "--checkpoint", str(tiny_model_dir), "--data", str(tiny_data), "--json", str(js),
+                 "--start-frames", "9", "--agent-steps", "4", "--physics-frames", "10", "--no-references",
+                 "--threads", "1"]) == 0
+    report = json.loads(js.read_text())
+    assert report["split"] == "val" and report["sequences"] == 2
+    assert "2 held-out sequences" in capsys.readouterr().out
+    # the run above held no sequence out (val_fraction 0.1 of 6): it says so instead of scoring training data
+    assert main(["evaluate-model", "--checkpoint", str(out / "model"), "--data", str(tiny_data),
+                 "--start-frames", "9", "--agent-steps", "4", "--physics-frames", "10", "--threads", "1"]) == 2
+    assert "no held-out" in capsys.readouterr().err
     assert main(["evaluate-model", "--checkpoint", str(tmp_path / "nowhere"), "--data", str(tiny_data)]) == 2
     assert "does not exist" in capsys.readouterr().err

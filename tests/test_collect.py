@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from keycld_gym import CorruptShardError, ManifestMismatchError
-from keycld_gym import collect as collect_mod
-from keycld_gym.collect import MANIFEST, CollectConfig, collect
-from keycld_gym.dataset import WindowDataset, load_manifest, load_shard
-from keycld_gym.real_env import RealEnv
+from keycld_gym.data import collect as collect_mod
+from keycld_gym.data.collect import MANIFEST, CollectConfig, collect
+from keycld_gym.data.dataset import WindowDataset, load_manifest, load_shard
+from keycld_gym.sim.real_env import RealEnv
 
 CONFIG = CollectConfig("cartpole", episodes=4, frames=24, seed=3, shard_size=1)
 
@@ -141,9 +141,12 @@ def test_manifest_from_another_system_version_or_settings(dataset, tmp_path):
     with pytest.raises(ManifestMismatchError, match="differs in: seed"):
         collect(root, CollectConfig("cartpole", episodes=4, frames=24, seed=4, shard_size=1), progress=False)
     manifest = json.loads((root / MANIFEST).read_text())
-    manifest["spec"]["action_repeat"] = 4
+    manifest["spec"]["camera_note"], manifest["spec"]["action_repeat"] = "edited prose", 4
     (root / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ManifestMismatchError, match="another spec of 'cartpole'.*action_repeat"):
+    assert load_manifest(root)["spec"]["camera_note"] == "edited prose"  # changes no frame: still valid
+    manifest["spec"]["physics_dt"] = 0.02
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ManifestMismatchError, match="another spec of 'cartpole'.*physics_dt"):
         load_manifest(root)
     manifest["format_version"] = 99
     (root / MANIFEST).write_text(json.dumps(manifest))

@@ -4,10 +4,10 @@ import torch
 from scipy.integrate import solve_ivp
 
 from keycld_gym import get_system
-from keycld_gym.constraints import ConstraintSet
-from keycld_gym.dynamics import Dynamics, DynamicsConfig
-from keycld_gym.integrators import euler_step, rk4_step, rollout_step
-from keycld_gym.systems import Constraint
+from keycld_gym.model.constraints import ConstraintSet
+from keycld_gym.model.dynamics import Dynamics, DynamicsConfig
+from keycld_gym.model.integrators import euler_step, rk4_step, rollout_step
+from keycld_gym.sim.systems import Constraint
 
 ALL_KINDS = (Constraint("fixed_height", 0), Constraint("fixed_pivot_distance", 1), Constraint("fixed_distance", 0, 2))
 

@@ -1,8 +1,8 @@
 import torch
 
-from keycld_gym.camera import pixels_to_image
-from keycld_gym.encoder import KeypointEncoder, image_grid, spatial_softmax
-from keycld_gym.renderer import KeypointRenderer, gaussian_maps
+from keycld_gym.model.encoder import KeypointEncoder, image_grid, spatial_softmax
+from keycld_gym.model.renderer import KeypointRenderer, gaussian_maps
+from keycld_gym.sim.camera import pixels_to_image
 
 
 def test_image_grid_matches_the_camera_convention():
@@ -43,7 +43,7 @@ def test_encoder_and_renderer_shapes_ranges_and_gradients():
 
 
 def test_line_maps_draw_the_segment_between_linked_keypoints():
-    from keycld_gym.renderer import line_maps
+    from keycld_gym.model.renderer import line_maps
 
     q = torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]])
     m = line_maps(q, [(0, 1)], 32, 64, 0.05)
@@ -55,7 +55,7 @@ def test_line_maps_draw_the_segment_between_linked_keypoints():
 
 
 def test_foreground_mask_keeps_keypoints_on_the_moving_parts():
-    from keycld_gym.encoder import foreground_mask, mask_heatmaps, spatial_softmax
+    from keycld_gym.model.encoder import foreground_mask, mask_heatmaps, spatial_softmax
 
     background = torch.zeros(8, 16, 3)
     frames = torch.zeros(2, 8, 16, 3, dtype=torch.uint8)

@@ -2,10 +2,16 @@
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL
-from keycld_gym.estimation import estimate_state, estimate_state_from_frames, fit_trajectory, initial_guess, refine_trajectory
-from keycld_gym.model import KeyCLDModel
+
+from keycld_gym.model.estimation import (
+    estimate_state,
+    estimate_state_from_frames,
+    fit_trajectory,
+    initial_guess,
+    refine_trajectory,
+)
+from keycld_gym.model.keycld import KeyCLDModel
 
 
 def _model_with_gravity():
@@ -78,7 +84,7 @@ def test_robust_refinement_is_not_dragged_by_a_glitched_frame():
 
 
 def test_tracking_settings_are_checked():
-    from keycld_gym.real_keypoints import Tracking
+    from keycld_gym.envs.real_keypoints import Tracking
 
     for bad in (dict(window=1), dict(iterations=0), dict(robust=0.0)):
         with pytest.raises(ValueError):

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from agents import get_recipe
-from keycld_gym.agent import Agent, imagined_vec_env, load_agent, real_vec_env
-from keycld_gym.checkpoint import load_model
+from keycld_gym.envs.imagined_env import KeyCLDVectorEnv
+from keycld_gym.envs.sb3 import SB3VecEnv
 from keycld_gym.errors import CheckpointError
-from keycld_gym.frame_encoding import VecEncodeFrames
-from keycld_gym.imagined_env import KeyCLDVectorEnv
-from keycld_gym.sb3 import SB3VecEnv
+from keycld_gym.model.checkpoint import load_model
+from keycld_gym.rl.agent import Agent, imagined_vec_env, load_agent, real_vec_env
+from keycld_gym.rl.frame_encoding import VecEncodeFrames
 
 RECIPE = get_recipe("cartpole", "pixels", "sac")
 
@@ -54,8 +54,8 @@ def test_a_pixel_agent_learns_in_imagination_and_acts_on_real_frames(tiny_model_
     """End to end: SB3 on encoded imagined frames, saved, loaded, one real dm_control episode on real frames."""
     from stable_baselines3 import SAC
 
-    from keycld_gym.agent_evaluation import evaluate_agent
-    from keycld_gym.checkpoint import read_config
+    from keycld_gym.model.checkpoint import read_config
+    from keycld_gym.rl.agent_evaluation import evaluate_agent
 
     venv = imagined_vec_env(RECIPE, 2, tiny_model_dir, seed=0)
     algo = SAC(RECIPE.policy, venv, learning_starts=16, batch_size=16, gradient_steps=1, seed=0, device="cpu",
@@ -79,7 +79,7 @@ def test_a_pixel_agent_learns_in_imagination_and_acts_on_real_frames(tiny_model_
 
 
 def test_measured_frame_noise_goes_on_the_imagined_keypoints_only(noisy_model_dir):
-    from keycld_gym.observation_noise import read_noise
+    from keycld_gym.rl.observation_noise import read_noise
 
     model = load_model(noisy_model_dir)
     std = read_noise(noisy_model_dir, "frame_std")
@@ -103,7 +103,7 @@ def test_measured_frame_noise_goes_on_the_imagined_keypoints_only(noisy_model_di
 
 
 def test_a_noise_file_without_the_frame_error_says_to_measure_again(tmp_path):
-    from keycld_gym.observation_noise import NOISE_FILE, read_noise
+    from keycld_gym.rl.observation_noise import NOISE_FILE, read_noise
 
     (tmp_path / NOISE_FILE).write_text('{"std": [0.1, 0.1]}')
     with pytest.raises(CheckpointError, match="older measurement"):

@@ -7,15 +7,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import cart_push, true_cart_push
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from conftest import cart_push, true_cart_push
 import keycld_gym
 from keycld_gym import CheckpointError
-from keycld_gym.imagined_env import KeyCLDEnv, KeyCLDVectorEnv
-from keycld_gym.sb3 import SB3VecEnv
-from keycld_gym.start_bank import read_start_bank
+from keycld_gym.data.start_bank import read_start_bank
+from keycld_gym.envs.imagined_env import KeyCLDEnv, KeyCLDVectorEnv
+from keycld_gym.envs.sb3 import SB3VecEnv
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,8 @@ def test_vector_env_equals_single_envs_and_stays_finite(ckpt):
     made = gym.make_vec("KeyCLD-Cartpole-v0", num_envs=n, vectorization_mode="vector_entry_point",
                         checkpoint=ckpt, obs_type="keypoints")
     assert isinstance(made.unwrapped, KeyCLDVectorEnv) and made.num_envs == n
+    with pytest.raises(TypeError, match="obs_typ"):  # a misspelled argument is not silently dropped
+        gym.make_vec("KeyCLD-Cartpole-v0", num_envs=n, vectorization_mode="vector_entry_point", obs_typ="keypoints")
     venv = KeyCLDVectorEnv(n, "cartpole", ckpt, obs_type="keypoints")
     singles = [KeyCLDEnv("cartpole", ckpt, obs_type="keypoints") for _ in range(n)]
     rng = np.random.default_rng(0)
@@ -194,7 +196,7 @@ def test_sb3_learns_on_the_batched_env(ckpt):
 
 
 def test_real_keypoint_twin_has_the_imagined_spaces_and_full_returns(ckpt):
-    from keycld_gym.real_keypoints import Tracking
+    from keycld_gym.envs.real_keypoints import Tracking
 
     model = keycld_gym.load_model(ckpt)
     # 100 physics steps per agent step leave no overlap between windows, so each one is a cold

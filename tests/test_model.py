@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_MODEL
-from keycld_gym.model import KeyCLDModel, ModelConfig, init_constraints_from, keypoint_order
-from keycld_gym.systems import get_system
+
+from keycld_gym.model.keycld import KeyCLDModel, ModelConfig, init_constraints_from, keypoint_order
+from keycld_gym.sim.systems import get_system
 
 
 @pytest.mark.parametrize("system", ["pendulum", "cartpole", "acrobot"])

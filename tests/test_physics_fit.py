@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from keycld_gym.constraints import ConstraintSet
-from keycld_gym.dynamics import Dynamics, DynamicsConfig
-from keycld_gym.physics_fit import PhysicsFit, apply_physics, fit_physics, smoothed_derivatives
-from keycld_gym.systems import Constraint
+from keycld_gym.model.constraints import ConstraintSet
+from keycld_gym.model.dynamics import Dynamics, DynamicsConfig
+from keycld_gym.model.physics_fit import PhysicsFit, apply_physics, fit_physics, smoothed_derivatives
+from keycld_gym.sim.systems import Constraint
 
 STRUCTURED = DynamicsConfig(input_matrix="constant", linear_potential=True, potential_mlp=False, rail_walls=False)
 CARTPOLE = (Constraint("fixed_height", 0), Constraint("fixed_distance", 0, 1))
@@ -21,7 +21,7 @@ def _cartpole(mass, gravity, inp, damping):
 
 def _simulate(dyn, sequences=24, frames=120, dt=0.01, seed=0):
     """Keypoint sequences `(S, T, 2, 2)` under smooth random actions `(S, T, 1)`, RK4 + projection."""
-    from keycld_gym.integrators import rollout_step
+    from keycld_gym.model.integrators import rollout_step
 
     g = torch.Generator().manual_seed(seed)
     theta = torch.rand(sequences, generator=g) * 2 * np.pi

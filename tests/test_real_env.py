@@ -8,9 +8,9 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from keycld_gym import SYSTEMS, get_system, make_real_env
-from keycld_gym.camera import import_dm_control
-from keycld_gym.exploration import CartpoleSwingUp
-from keycld_gym.real_env import RealEnv
+from keycld_gym.sim.camera import import_dm_control
+from keycld_gym.sim.exploration import CartpoleSwingUp
+from keycld_gym.sim.real_env import RealEnv
 
 
 @pytest.mark.parametrize("name", sorted(SYSTEMS))

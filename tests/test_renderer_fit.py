@@ -5,7 +5,7 @@ import json
 import numpy as np
 import torch
 
-from keycld_gym.checkpoint import load_model
+from keycld_gym.model.checkpoint import load_model
 
 
 def test_fit_renderer_lowers_the_read_back_error_and_changes_only_the_renderer(tiny_model_dir, tiny_data, tmp_path,
@@ -21,7 +21,9 @@ def test_fit_renderer_lowers_the_read_back_error_and_changes_only_the_renderer(t
     config = json.loads((out / "config.json").read_text())
     result = config["renderer"]
     assert np.mean(result["after"]["reencode_rms"]) < np.mean(result["before"]["reencode_rms"])
-    assert result["train_frames"] > 0 and result["command"] and result["scored_on"] in ("val", "train")
+    # scored on the tiny model's own two validation sequences (48 frames each), never trained on
+    assert result["train_frames"] == 4 * 48 and result["command"]
+    assert result["scored_on"] == "val" and result["scored_frames"] == 2 * 48
     assert config["data"] == before.checkpoint_config["data"]  # the model's provenance is kept
     assert (out / "start_frames.npz").exists() == (tiny_model_dir / "start_frames.npz").exists()
     after = load_model(out)

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from keycld_gym.checkpoint import load_model
+from keycld_gym.model.checkpoint import load_model
 
 
 def test_fit_reward_lowers_the_error_and_writes_a_checkpoint(tiny_model_dir, tiny_data, tmp_path, capsys):

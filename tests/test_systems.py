@@ -3,8 +3,8 @@ import pytest
 
 import keycld_gym
 from keycld_gym import SYSTEMS, UnknownSystemError, get_system
-from keycld_gym.camera import ObservationCamera, pixels_to_image
-from keycld_gym.real_env import RealEnv
+from keycld_gym.sim.camera import ObservationCamera, pixels_to_image
+from keycld_gym.sim.real_env import RealEnv
 
 
 def test_every_system_has_a_consistent_spec():

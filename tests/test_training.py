@@ -5,11 +5,12 @@ import csv
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_MODEL, cart_push, tiny_train_config, true_cart_push
+
 from keycld_gym import CheckpointError
-from keycld_gym.checkpoint import load_model
-from keycld_gym.training import Trainer, foreground_weights, heatmap_sharpness_loss
+from keycld_gym.model.checkpoint import load_model
+from keycld_gym.training.losses import foreground_weights, heatmap_sharpness_loss
+from keycld_gym.training.trainer import Trainer
 
 
 def _column(path, name):
@@ -43,7 +44,7 @@ def test_dynamics_phase_learns_real_motion_and_orders_keypoints(tiny_data, tiny_
                             horizon_start=12, horizon_ramp_steps=0, log_every=5, dynamics_batch=20, start_fit_frames=0)
     trainer = Trainer(cfg, tmp_path, progress=False)
     truth = true_keypoints(trainer.train.data["qpos"])
-    monkeypatch.setattr(trainer, "encode_sequences", lambda frames: truth)
+    monkeypatch.setattr(trainer.dynamics, "encode_sequences", lambda frames: truth)
     trainer.run()
     loss = _column(tmp_path / "log_dynamics.csv", "dynamics_mse")
     assert np.mean(loss[-3:]) < 0.5 * np.mean(loss[:2])
@@ -62,19 +63,19 @@ def test_rollouts_start_across_each_sequence_and_physical_constants_learn_faster
     cfg = tiny_train_config(tiny_data, keypoints_from=str(tiny_model_dir), keypoint_steps=0, dynamics_steps=12,
                             horizon_start=6, horizon_ramp_steps=0, start_stride=10, dynamics_batch=16)
     trainer = Trainer(cfg, tmp_path, progress=False)
-    monkeypatch.setattr(trainer, "encode_sequences", lambda frames: true_keypoints(trainer.train.data["qpos"]))
+    monkeypatch.setattr(trainer.dynamics, "encode_sequences", lambda frames: true_keypoints(trainer.train.data["qpos"]))
     trainer._make_optimizer()
-    starts = trainer.start_frames()
+    starts = trainer.dynamics.start_frames()
     assert starts.tolist() == [0, 10, 20, 30, 40]  # 48 frames: the last start still has 6 steps after it
     sequences = trainer.train.num_sequences
-    assert trainer.start_q.shape == (sequences, len(starts), 2, 2)
-    before = trainer.start_q.detach().clone()
+    assert trainer.dynamics.start_q.shape == (sequences, len(starts), 2, 2)
+    before = trainer.dynamics.start_q.detach().clone()
     rates = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
     assert rates[id(trainer.model.dynamics.mass_raw_diag)] == cfg.physics_lr
     assert rates[id(trainer.model.dynamics.walls)] == cfg.physics_lr
     assert rates[id(next(trainer.model.dynamics.potential_net.parameters()))] == cfg.dynamics_lr
     trainer.run()
-    moved = (trainer.start_q.detach() - before).abs().flatten(2).amax(-1) > 0  # (S, G)
+    moved = (trainer.dynamics.start_q.detach() - before).abs().flatten(2).amax(-1) > 0  # (S, G)
     assert moved[:, -1].any() and moved[:, 0].any()
 
 
@@ -84,13 +85,13 @@ def test_structured_dynamics_start_from_a_least_squares_fit_of_the_real_system(t
     import json
     from dataclasses import replace
 
-    from keycld_gym.dynamics import DynamicsConfig
+    from keycld_gym.model.dynamics import DynamicsConfig
 
     dyn = DynamicsConfig(input_matrix="constant", input_keypoints=(0,), linear_potential=True, potential_mlp=False)
     cfg = tiny_train_config(tiny_data, model=replace(TINY_MODEL, dynamics=dyn), keypoints_from=str(tiny_model_dir),
                             keypoint_steps=0, dynamics_steps=2)
     trainer = Trainer(cfg, tmp_path, progress=False)
-    monkeypatch.setattr(trainer, "encode_sequences", lambda frames: true_keypoints(trainer.train.data["qpos"]))
+    monkeypatch.setattr(trainer.dynamics, "encode_sequences", lambda frames: true_keypoints(trainer.train.data["qpos"]))
     trainer.run()
     fit = json.loads((tmp_path / "physics_fit.json").read_text())
     assert fit["mass"][0][0] == 1.0 and fit["samples"] > 20  # 6 short sequences, the rail ends left out
@@ -106,7 +107,7 @@ def test_ablations_train(tiny_data, tiny_model_dir, tmp_path, kind):
     """The project page's ablations train with the same trainer (some optimizer groups get no gradient)."""
     from dataclasses import replace
 
-    from keycld_gym.dynamics import DynamicsConfig
+    from keycld_gym.model.dynamics import DynamicsConfig
 
     model = replace(TINY_MODEL, dynamics=DynamicsConfig(kind=kind))
     cfg = tiny_train_config(tiny_data, model=model, keypoints_from=str(tiny_model_dir), keypoint_steps=0, dynamics_steps=3)
@@ -152,7 +153,7 @@ def test_foreground_weights_and_heatmap_term():
 
 
 def test_coverage_pulls_a_link_along_the_foreground_and_liveness_penalties():
-    from keycld_gym.training import coverage_loss, keypoint_liveness
+    from keycld_gym.training.losses import coverage_loss, keypoint_liveness
 
     fg = torch.zeros(1, 32, 64)
     fg[0, 16, 32:44] = 1  # a horizontal bar from x = 0 to about 0.7

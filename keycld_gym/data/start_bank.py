@@ -1,0 +1,59 @@
+"""Start frames shipped with a model: real windows from the task's own reset distribution.
+
+The imagined env starts its episodes from these, through the model's own encoder and
+start-state estimation, as it would from a real camera: each entry is `frames` consecutive
+real frames, one physics step apart, from a fresh reset of the standard task, with the
+(zero) actions between them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from keycld_gym.files import atomic_write_bytes
+from keycld_gym.errors import CheckpointError
+from keycld_gym.sim.systems import get_system
+from keycld_gym.sim.real_env import RealEnv
+
+START_BANK = "start_frames.npz"
+
+
+def collect_start_bank(system: str, count: int = 32, frames: int = 9, seed: int = 10_000) -> dict[str, np.ndarray]:
+    """Real start windows: frames uint8 `(count, frames, H, W, 3)`, actions `(count, frames - 1, A)`, seeds `(count,)`."""
+    spec = get_system(system)
+    env = RealEnv(spec, "state", action_repeat=1)
+    nu = env.action_space.shape[0]
+    out = np.empty((count, frames, *env.frame_shape), np.uint8)
+    seeds = np.arange(seed, seed + count)
+    for i, s in enumerate(seeds):
+        env.reset(seed=int(s))
+        for t in range(frames):
+            out[i, t] = env.camera.render()
+            if t < frames - 1:
+                env.step(np.zeros(nu))
+    env.close()
+    return {"frames": out, "actions": np.zeros((count, frames - 1, nu), np.float32), "seeds": seeds}
+
+
+def write_start_bank(folder: str | Path, bank: dict[str, np.ndarray]) -> Path:
+    """Write a start bank into a checkpoint folder (compressed: mostly background)."""
+    path = Path(folder) / START_BANK
+    atomic_write_bytes(path, lambda f: np.savez_compressed(f, **bank))
+    return path
+
+
+def read_start_bank(folder: str | Path) -> dict[str, np.ndarray]:
+    """The start bank of a checkpoint folder."""
+    path = Path(folder) / START_BANK
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} is missing: the imagined env starts episodes from it; write one with "
+            f"`keycld_gym.data.start_bank.write_start_bank(folder, collect_start_bank(system))`"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in ("frames", "actions", "seeds")}
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path} is corrupt ({err}); rewrite it with collect_start_bank") from err

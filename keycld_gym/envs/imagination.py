@@ -1,0 +1,122 @@
+"""The learned simulator: a batch of N imagined systems stepped as one tensor batch.
+
+The physics is written once, here; the single env (`KeyCLDEnv`) is a batch of one and the
+vector env (`KeyCLDVectorEnv`) a batch of N. State: keypoints q and velocities v, each
+`(N, K, 2)` in image units. One agent step holds the action for `action_repeat` physics
+steps of the model (RK4 sub-steps + projection onto the constraints) and sums the reward
+head's prediction over them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from keycld_gym.model.estimation import estimate_state, estimate_state_from_frames
+from keycld_gym.model.keycld import KeyCLDModel
+
+
+class Imagination:
+    """N imagined copies of one system under a trained model."""
+
+    def __init__(self, model: KeyCLDModel, num_envs: int, action_repeat: int, device: str | torch.device = "cpu"):
+        self.model = model.to(device).eval()
+        self.spec = model.spec
+        self.num_envs, self.action_repeat, self.device = num_envs, action_repeat, torch.device(device)
+        k = self.spec.num_keypoints
+        self.q = torch.zeros(num_envs, k, 2, device=self.device)
+        self.v = torch.zeros(num_envs, k, 2, device=self.device)
+        # per env: the model integrates gain * action (domain randomisation; the reward head
+        # and its control cost see the commanded action)
+        self.action_gain = torch.ones(num_envs, 1, device=self.device)
+        h, w = self.spec.image_shape[:2]
+        # a state is diverged once it is non-finite or a keypoint is far outside the frame
+        self.bound = 2.0 * max(1.0, w / h) + 1.0
+        self._bank_states: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- start states -----------------------------------------------------------------------
+    def bank_states(self, bank: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """States `(M, K, 2)` x2 at the last frame of each start-bank window (computed once)."""
+        if self._bank_states is None:
+            frames = torch.from_numpy(bank["frames"]).to(self.device)
+            actions = torch.from_numpy(bank["actions"]).float().to(self.device)
+            self._bank_states = estimate_state_from_frames(self.model, frames, actions)
+        return self._bank_states
+
+    def set_state(self, index: np.ndarray | slice, q: torch.Tensor, v: torch.Tensor) -> None:
+        """Put envs `index` in state (q, v) `(n, K, 2)`, projected onto the constraints."""
+        with torch.no_grad():
+            q, v = self.model.project(q.to(self.device, torch.float32), v.to(self.device, torch.float32), iterations=20)
+        self.q[index], self.v[index] = q, v
+
+    def state_from_frames(self, frames: np.ndarray, frame_dt: float, actions: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state at the last of n >= 2 real frames uint8 `(n, H, W, 3)` taken `frame_dt` s apart.
+
+        Frames further apart than one physics step are bridged by holding each action over
+        the physics steps between them (`frame_dt` must be a multiple of the physics step).
+        """
+        spec = self.spec
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[0] < 2 or frames.shape[1:] != spec.image_shape or frames.dtype != np.uint8:
+            raise ValueError(
+                f"options['frames'] must be uint8 (n >= 2, {', '.join(map(str, spec.image_shape))}) consecutive "
+                f"real frames, got {frames.dtype} {frames.shape}"
+            )
+        n = frames.shape[0]
+        nu = self.model.action_dim
+        acts = np.zeros((n - 1, nu), np.float32) if actions is None else np.asarray(actions, np.float32)
+        if acts.shape != (n - 1, nu) or not np.all(np.isfinite(acts)):
+            raise ValueError(f"options['actions'] must be finite with shape ({n - 1}, {nu}) for {n} frames, got {acts.shape}")
+        ratio = frame_dt / spec.physics_dt
+        stride = int(round(ratio))
+        if stride < 1 or abs(ratio - stride) > 1e-6:
+            raise ValueError(f"options['frame_dt'] must be a positive multiple of the physics step {spec.physics_dt} s, got {frame_dt}")
+        with torch.no_grad():
+            kp = self.model.encode(torch.from_numpy(frames).to(self.device))  # (n, K, 2)
+        # each action held over the physics steps between its two frames
+        physics_actions = torch.from_numpy(np.repeat(acts, stride, 0))[None].to(self.device)
+        q, v = estimate_state(self.model, kp[None], physics_actions, stride=stride)
+        return q[0], v[0]
+
+    # -- stepping ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance all N by one agent step under actions `(N, A)` in [-1, 1]; returns (reward `(N,)`, diverged `(N,)` bool)."""
+        reward = torch.zeros(self.num_envs, device=self.device)
+        q, v = self.q, self.v
+        pushed = actions * self.action_gain
+        for _ in range(self.action_repeat):
+            q, v = self.model.step(q, v, pushed)
+            reward += self.model.reward(q, v, actions).clamp(0.0, 1.0)  # the suite's rewards lie in [0, 1]
+        diverged = ~(torch.isfinite(q).all((1, 2)) & torch.isfinite(v).all((1, 2)) & (q.abs() < self.bound).all((1, 2)))
+        diverged |= ~torch.isfinite(reward)
+        # a diverged env keeps its last finite state, so no observation is ever non-finite
+        keep = diverged[:, None, None]
+        self.q, self.v = torch.where(keep, self.q, q), torch.where(keep, self.v, v)
+        return torch.where(diverged, torch.zeros_like(reward), reward), diverged
+
+    @torch.no_grad()
+    def pixels(self, index: Any = slice(None)) -> np.ndarray:
+        """Imagined frames uint8 `(n, H, W, 3)` of envs `index`."""
+        frames = self.model.render(self.q[index])
+        return (frames * 255).round().to(torch.uint8).cpu().numpy()
+
+    def keypoints(self, index: Any = slice(None)) -> np.ndarray:
+        """Keypoint observations float32 `(n, 4K)`: positions then velocities, flattened."""
+        return torch.cat([self.q[index].flatten(1), self.v[index].flatten(1)], 1).cpu().numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def info(self, index: Any = slice(None)) -> dict[str, np.ndarray]:
+        """Keypoints, velocities, constraint violation and energies of envs `index`."""
+        q, v = self.q[index], self.v[index]
+        out = {  # copies: the state tensors are updated in place on reset
+            "keypoints": q.cpu().numpy().copy(),
+            "velocities": v.cpu().numpy().copy(),
+            "constraint_violation": self.model.constraints.phi(q).abs().amax(-1).cpu().numpy(),
+        }
+        if self.model.config.dynamics.kind != "neural_ode":
+            for name, val in self.model.dynamics.energy(q, v).items():
+                out[f"energy_{name}"] = val.cpu().numpy()
+        return out

@@ -1,0 +1,261 @@
+"""KeyCLD-<System>-v0: the learned simulator behind the Gymnasium API, single and batched.
+
+`KeyCLDEnv` and `KeyCLDVectorEnv` have the spaces of `make_real_env(system, obs_type)`:
+pixels `uint8 (H, W, 3)` of the system's camera, keypoints `float32 (4K,)` (positions,
+then velocities, image units), or a dict of both; actions `Box(-1, 1)`; episodes of
+`episode_steps` physics steps at the system's action repeat. Both step the same batched
+physics (`Imagination`), the single env as a batch of one.
+
+reset options:
+    {"frames": uint8 (n >= 2, H, W, 3), "frame_dt": s, "actions": (n - 1, A)}: start from
+        real consecutive frames (the last is the start) by the model's start-state estimation;
+    {"state": (4K,) or two (K, 2)}: start from a keypoint state;
+    none: a window of the start frames shipped with the weights (the task's own resets),
+        chosen by the env's seeded generator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from keycld_gym.data.start_bank import START_BANK, read_start_bank
+from keycld_gym.envs.imagination import Imagination
+from keycld_gym.errors import CheckpointError
+from keycld_gym.model.checkpoint import bundled_path, load_model
+from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.sim.actions import checked_action
+from keycld_gym.sim.systems import get_system
+
+OBS_TYPES = ("pixels", "keypoints", "dict")
+
+
+def _load(system: str, checkpoint: str | Path | KeyCLDModel | None, device: str) -> tuple[KeyCLDModel, Path | None]:
+    spec = get_system(system)
+    if isinstance(checkpoint, KeyCLDModel):
+        return checkpoint, None
+    path = bundled_path(spec.name) if checkpoint is None else Path(checkpoint)
+    if checkpoint is None and not (path / "config.json").exists():
+        raise CheckpointError(
+            f"no bundled KeyCLD weights for {spec.name!r} yet: collect data and train a model "
+            f"(`keycld-gym collect --system {spec.name} --out DATA ...`, then `keycld-gym train --system {spec.name} "
+            f"--data DATA --out RUN`) and pass checkpoint='RUN/model'"
+        )
+    model = load_model(path, device=device)
+    if model.spec.name != spec.name:
+        raise CheckpointError(f"checkpoint {path} is a {model.spec.name!r} model, not {spec.name!r}")
+    return model, path
+
+
+class _Spaces:
+    """Set-up, spaces and observation assembly shared by the single and vector env."""
+
+    def _setup(self, system: str, checkpoint: str | Path | KeyCLDModel | None, obs_type: str,
+               action_repeat: int | None, device: str, num_envs: int) -> None:
+        self.model, path = _load(system, checkpoint, device)
+        self.checkpoint_path = path  # the model folder (None for a model passed in)
+        self.system = self.model.spec
+        self.obs_type = obs_type
+        self.action_repeat = self.system.checked_action_repeat(action_repeat)
+        self.sim = Imagination(self.model, num_envs, self.action_repeat, device)
+        self.bank = read_start_bank(path) if path is not None and (path / START_BANK).exists() else None
+        self._init_spaces(obs_type)
+        self._steps = np.zeros(num_envs, np.int64)
+        self.action_gain_range: tuple[float, float] | None = None
+
+    def _init_spaces(self, obs_type: str) -> None:
+        if obs_type not in OBS_TYPES:
+            raise ValueError(f"obs_type must be one of {OBS_TYPES}, got {obs_type!r}")
+        spec = self.system
+        pixels = gym.spaces.Box(0, 255, shape=spec.image_shape, dtype=np.uint8)
+        keypoints = gym.spaces.Box(-np.inf, np.inf, shape=(4 * spec.num_keypoints,), dtype=np.float32)
+        self._obs_space = {"pixels": pixels, "keypoints": keypoints,
+                           "dict": gym.spaces.Dict({"pixels": pixels, "keypoints": keypoints})}[obs_type]
+        self._act_space = gym.spaces.Box(-1.0, 1.0, shape=(self.model.action_dim,), dtype=np.float32)
+
+    def _observe(self, index: Any = slice(None)) -> Any:
+        sim = self.sim
+        if self.obs_type == "pixels":
+            return sim.pixels(index)
+        if self.obs_type == "keypoints":
+            return sim.keypoints(index)
+        return {"pixels": sim.pixels(index), "keypoints": sim.keypoints(index)}
+
+    def _check_actions(self, actions: Any, n: int) -> torch.Tensor:
+        """Actions `(n, A)` for the batch, checked and clipped as the real env does (`checked_action`)."""
+        a = self.model.action_dim
+        checked = checked_action(actions, (a,), np.float32)[None] if n == 1 else checked_action(actions, (n, a), np.float32)
+        return torch.from_numpy(checked).to(self.sim.device)
+
+    def _reset_index(self, index: np.ndarray, rng: np.random.Generator, options: dict | None) -> None:
+        options = options or {}
+        unknown = set(options) - {"frames", "frame_dt", "actions", "state"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; valid: 'frames', 'frame_dt', 'actions', 'state'")
+        k = self.system.num_keypoints
+        if "state" in options:
+            s = np.asarray(options["state"], np.float32)
+            if s.size != 4 * k or not np.all(np.isfinite(s)):
+                raise ValueError(f"options['state'] must be {4 * k} finite numbers (positions then velocities), got {s.shape}")
+            s = torch.from_numpy(s.reshape(2, k, 2))
+            self.sim.set_state(index, s[0].expand(len(index), k, 2), s[1].expand(len(index), k, 2))
+        elif "frames" in options:
+            dt = float(options.get("frame_dt", self.system.physics_dt * self.action_repeat))
+            q, v = self.sim.state_from_frames(options["frames"], dt, options.get("actions"))
+            self.sim.set_state(index, q.expand(len(index), k, 2), v.expand(len(index), k, 2))
+        else:
+            if self.bank is None:
+                raise CheckpointError("this model has no start frames; pass options={'frames': ...} or {'state': ...}")
+            bq, bv = self.sim.bank_states(self.bank)
+            pick = torch.from_numpy(rng.integers(0, len(bq), len(index)))
+            self.sim.set_state(index, bq[pick], bv[pick])
+        self._steps[index] = 0
+        if self.action_gain_range is not None:  # a new gain for each episode
+            low, high = self.action_gain_range
+            gains = rng.uniform(low, high, len(index)).astype(np.float32)
+            self.sim.action_gain[torch.from_numpy(np.asarray(index))] = torch.from_numpy(gains)[:, None].to(self.sim.device)
+
+
+class KeyCLDEnv(_Spaces, gym.Env):
+    """One imagined system (see the module docstring)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
+
+    def __init__(self, system: str = "cartpole", checkpoint: str | Path | KeyCLDModel | None = None,
+                 obs_type: str = "pixels", action_repeat: int | None = None, device: str = "cpu",
+                 render_mode: str | None = None, draw_keypoints: bool = True):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs=1)
+        self.render_mode, self.draw_keypoints = render_mode, draw_keypoints
+        self.observation_space, self.action_space = self._obs_space, self._act_space
+        self.metadata = {**self.metadata, "render_fps": int(round(1.0 / (self.action_repeat * self.system.physics_dt)))}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        super().reset(seed=seed)
+        self._reset_index(np.array([0]), self.np_random, options)
+        return _first(self._observe(slice(0, 1))), self._info()
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        reward, diverged = self.sim.step(self._check_actions(action, 1))
+        self._steps += self.action_repeat
+        truncated = bool(diverged[0]) or bool(self._steps[0] >= self.system.episode_steps)
+        info = self._info()
+        info["diverged"] = bool(diverged[0])
+        return _first(self._observe(slice(0, 1))), float(reward[0]), False, truncated, info
+
+    def render(self) -> np.ndarray | None:
+        """The imagined frame, `render_scale` times larger, keypoints drawn as dots if asked."""
+        if self.render_mode != "rgb_array":
+            return None
+        frame = self.sim.pixels(slice(0, 1))[0]
+        return upscale_with_keypoints(frame, self.sim.q[0].cpu().numpy() if self.draw_keypoints else None,
+                                      self.system.render_scale)
+
+    def _info(self) -> dict:
+        return {k: v[0] for k, v in self.sim.info(slice(0, 1)).items()} | {"physics_steps": int(self._steps[0])}
+
+
+class KeyCLDVectorEnv(_Spaces, VectorEnv):
+    """N imagined systems stepped as one tensor batch; autoreset in the same step.
+
+    When a sub-env's episode ends, `step` returns the first observation of its next episode
+    and puts the last one in `infos["final_obs"]` (with `infos["final_info"]`), gymnasium's
+    `AutoresetMode.SAME_STEP`.
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs: int, system: str = "cartpole", checkpoint: str | Path | KeyCLDModel | None = None,
+                 obs_type: str = "pixels", action_repeat: int | None = None, device: str = "cpu",
+                 render_mode: str | None = None, action_gain: tuple[float, float] | None = None):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be positive, got {num_envs}")
+        self.num_envs, self.render_mode = num_envs, None
+        self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs)
+        if action_gain is not None:
+            low, high = (float(g) for g in action_gain)
+            if not 0 < low <= high:
+                raise ValueError(f"action_gain must be a range (low, high) with 0 < low <= high, got {action_gain}")
+            self.action_gain_range = (low, high)
+        self.single_observation_space, self.single_action_space = self._obs_space, self._act_space
+        self.observation_space = batch_space(self._obs_space, num_envs)
+        self.action_space = batch_space(self._act_space, num_envs)
+        self._rng = np.random.default_rng()
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self._reset_index(np.arange(self.num_envs), self._rng, options)
+        return self._observe(), self._infos()
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
+        reward, diverged = self.sim.step(self._check_actions(actions, self.num_envs))
+        self._steps += self.action_repeat
+        div = diverged.cpu().numpy()
+        truncated = div | (self._steps >= self.system.episode_steps)
+        terminated = np.zeros(self.num_envs, bool)
+        obs, infos = self._observe(), self._infos()
+        infos["diverged"] = div
+        done = np.flatnonzero(truncated)
+        if len(done):
+            infos["final_obs"] = np.array([None] * self.num_envs, dtype=object)
+            infos["final_info"] = np.array([None] * self.num_envs, dtype=object)
+            infos["_final_obs"] = infos["_final_info"] = truncated.copy()
+            for i in done:
+                infos["final_obs"][i] = _index(obs, i, copy=True)
+                infos["final_info"][i] = {k: v[i] for k, v in infos.items() if not k.startswith(("final", "_final"))}
+            self._reset_index(done, self._rng, None)
+            fresh = self._observe(done)
+            _assign(obs, done, fresh)
+            for k, v in self.sim.info(done).items():
+                infos[k][done] = v
+            infos["physics_steps"][done] = 0
+        return obs, reward.cpu().numpy().astype(np.float64), terminated, truncated, infos
+
+    def _infos(self) -> dict:
+        return self.sim.info() | {"physics_steps": self._steps.copy()}
+
+
+def _first(obs: Any) -> Any:
+    return {k: v[0] for k, v in obs.items()} if isinstance(obs, dict) else obs[0]
+
+
+def _index(obs: Any, i: int, copy: bool = False) -> Any:
+    if isinstance(obs, dict):
+        return {k: v[i].copy() if copy else v[i] for k, v in obs.items()}
+    return obs[i].copy() if copy else obs[i]
+
+
+def _assign(obs: Any, index: np.ndarray, values: Any) -> None:
+    if isinstance(obs, dict):
+        for k in obs:
+            obs[k][index] = values[k]
+    else:
+        obs[index] = values
+
+
+def upscale_with_keypoints(frame: np.ndarray, keypoints: np.ndarray | None, scale: int) -> np.ndarray:
+    """A frame `(H, W, 3)` enlarged `scale` times (nearest), keypoints `(K, 2)` drawn as coloured dots."""
+    big = np.repeat(np.repeat(frame, scale, 0), scale, 1).copy()
+    if keypoints is None:
+        return big
+    h, w = frame.shape[:2]
+    colours = np.array([[255, 60, 60], [60, 255, 60], [60, 120, 255], [255, 220, 0]], np.uint8)
+    for k, (x, y) in enumerate(keypoints):
+        col = (x * h / 2 + (w - 1) / 2) * scale + scale / 2
+        row = ((h - 1) / 2 - y * h / 2) * scale + scale / 2
+        r0, c0 = int(round(row)), int(round(col))
+        rr, cc = np.ogrid[-3:4, -3:4]
+        mask = rr**2 + cc**2 <= 9
+        for dr, dc in zip(*np.nonzero(mask)):
+            r, c = r0 + dr - 3, c0 + dc - 3
+            if 0 <= r < big.shape[0] and 0 <= c < big.shape[1]:
+                big[r, c] = colours[k % len(colours)]
+    return big

@@ -1,0 +1,41 @@
+"""The real task behind one factory, with any observation type a policy may read.
+
+Pixels and dm_control's state come straight from `RealEnv`; keypoints are estimated from the
+real frames by a model (`RealKeypointEnv`), so one keypoint policy runs in imagination and in
+the real task alike.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from keycld_gym.envs.real_keypoints import RealKeypointEnv, Tracking
+from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.sim.real_env import RealEnv
+from keycld_gym.sim.systems import SystemSpec
+
+
+def make_real_env(
+    system: str | SystemSpec,
+    obs_type: str = "pixels",
+    *,
+    image_size: tuple[int, int] | None = None,
+    action_repeat: int | None = None,
+    render_mode: str | None = None,
+    model: KeyCLDModel | None = None,
+    tracking: Tracking | None = None,
+) -> gym.Env:
+    """The real dm_control task of `system` as a Gymnasium env (see `RealEnv`).
+
+    `obs_type="keypoints"` needs `model` (a `KeyCLDModel`): real frames are encoded into the
+    imagined env's keypoint observation (see `RealKeypointEnv`), estimated as
+    `tracking` (a `Tracking`; None: its defaults) says.
+    """
+    if obs_type == "keypoints":
+        if model is None:
+            raise ValueError("obs_type='keypoints' needs model=keycld_gym.load_model(...) to encode the real frames")
+        if image_size is not None:
+            raise ValueError("obs_type='keypoints' uses the model's own frame size; drop image_size")
+        return RealKeypointEnv(system, model, action_repeat=action_repeat, tracking=tracking or Tracking(),
+                               render_mode=render_mode)
+    return RealEnv(system, obs_type, image_size=image_size, action_repeat=action_repeat, render_mode=render_mode)

@@ -1,0 +1,5 @@
+"""The KeyCLD model: encoder, renderer, constraints, Lagrangian dynamics, integrators, the
+assembled model, start-state estimation, the least-squares physics fit, and model files.
+
+May import: the base modules (`errors`, `files`, `version`) and `keycld_gym.sim`.
+"""

@@ -1,0 +1,127 @@
+"""Model checkpoints: weights in safetensors beside a JSON config; nothing is unpickled.
+
+A checkpoint is a folder:
+    model.safetensors   the model's tensors
+    config.json         format and version, system spec, model config, the weights' sha256,
+                        the data set (manifest checksum, regime, size) and how it was trained
+                        (exact command, seed, wall time).
+`load_model("cartpole")` loads the bundled weights shipped in `keycld_gym/weights/cartpole`;
+`load_model(path)` loads any checkpoint folder and checks all of the above.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from keycld_gym.errors import CheckpointError, UnknownSystemError
+from keycld_gym.files import atomic_write_bytes, read_record, sha256_file, write_json
+from keycld_gym.model.keycld import KeyCLDModel, ModelConfig
+from keycld_gym.sim.systems import SYSTEMS, get_system
+from keycld_gym.version import __version__
+
+MODEL_FORMAT = "keycld-gym-model"
+MODEL_FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def bundled_path(system: str) -> Path:
+    """Folder of the bundled checkpoint of `system` (it may not exist yet)."""
+    return BUNDLED_DIR / get_system(system).name
+
+
+def save_checkpoint(path: str | Path, model: KeyCLDModel, meta: dict[str, Any] | None = None) -> Path:
+    """Write `model` to the checkpoint folder `path` (atomically per file); returns the folder."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path / WEIGHTS, lambda f: f.write(save(tensors)))
+    config = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "package_version": __version__,
+        "system": model.spec.name,
+        "spec": model.spec.to_dict(),
+        "model": model.config.to_dict(),
+        "action_dim": model.action_dim,
+        "weights_sha256": sha256_file(path / WEIGHTS),
+        **(meta or {}),
+    }
+    write_json(path / CONFIG, config)
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The checked `config.json` of a checkpoint folder."""
+    path = Path(path)
+    cfg_path = path / CONFIG
+    if not cfg_path.exists():
+        raise CheckpointError(
+            f"{path} is not a keycld-gym checkpoint (no {CONFIG}): pass a folder written by `keycld-gym train`"
+        )
+    config = read_record(cfg_path, "model config", MODEL_FORMAT, MODEL_FORMAT_VERSION, CheckpointError,
+                         "retrain it with this version's `keycld-gym train`, or restore the checkpoint")
+    name = config.get("system")
+    if name not in SYSTEMS:
+        raise CheckpointError(f"{path} is a model of unknown system {name!r}; known: {', '.join(sorted(SYSTEMS))}")
+    differ = get_system(name).differences(config.get("spec"))
+    if differ:
+        raise CheckpointError(
+            f"{path} was trained for another spec of {name!r} (differs in: {', '.join(differ)}); "
+            "retrain it with this version's `keycld-gym train`"
+        )
+    return config
+
+
+def checkpoint_folder(name_or_path: str | Path | None, system: str | None = None) -> Path:
+    """The folder of a checkpoint given as a folder, a system name (its bundled weights), or None (`system`'s)."""
+    if name_or_path is None:
+        if system is None:
+            raise ValueError("no checkpoint given and no system to take the bundled weights of")
+        name_or_path = get_system(system).name
+    path = Path(name_or_path)
+    if isinstance(name_or_path, str) and not path.exists() and "/" not in name_or_path:
+        try:
+            path = bundled_path(name_or_path)
+        except UnknownSystemError as err:
+            raise CheckpointError(f"{name_or_path!r} is neither a checkpoint folder nor a system: {err}") from err
+        if not (path / CONFIG).exists():
+            raise CheckpointError(
+                f"no bundled weights for {name_or_path!r} yet: train a model with `keycld-gym collect` and "
+                f"`keycld-gym train --system {name_or_path} ...`, then pass its folder as the checkpoint"
+            )
+    elif not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    return path
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> KeyCLDModel:
+    """A model in eval mode from a system name (bundled weights) or a checkpoint folder."""
+    path = checkpoint_folder(name_or_path)
+    config = read_config(path)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path / CONFIG} has an invalid model config ({err})") from err
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise CheckpointError(f"{weights} is missing: the checkpoint is incomplete")
+    if config.get("weights_sha256") and sha256_file(weights) != config["weights_sha256"]:
+        raise CheckpointError(f"{weights} fails its sha256 checksum (corrupt or truncated): retrain or restore it")
+    model = KeyCLDModel(config["system"], model_config, action_dim=int(config.get("action_dim", 1)))
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({err})") from err
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights} does not fit the model its config describes: {err}") from err
+    model.checkpoint_config = config
+    return model.to(device).eval()

@@ -1,0 +1,128 @@
+"""Holonomic constraints over keypoints, with learnable constants, batched.
+
+Keypoints q: `(..., K, 2)` in image coordinates. Each constraint is written in squared
+form, phi = (|d|^2 - l^2) / 2 for distances, so it is smooth everywhere: no square root
+to guard when keypoints start on top of each other near the origin, and the constraint
+manifold (|d| = l > 0) and constraint forces J^T lambda are the same as for |d| - l.
+
+For a set of C constraints, `ConstraintSet` gives
+    phi(q)            (..., C)          the violations,
+    jacobian(q)       (..., C, 2K)      J = dphi/dq over the flattened keypoints,
+    jdot_qdot(q, v)   (..., C)          d2phi/dq2 [v, v] (= Jdot qdot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from keycld_gym.sim.systems import Constraint
+
+
+def inv_softplus(x: float) -> float:
+    """The raw parameter whose softplus is `x` (> 0)."""
+    return float(torch.log(torch.expm1(torch.tensor(x))))
+
+
+class ConstraintSet(nn.Module):
+    """The constraints of one system; their constants (heights, pivots, lengths) are parameters.
+
+    Args:
+        constraints: the spec's constraints.
+        num_keypoints: K.
+        init_length: initial length of distance constraints (image units); lengths stay
+            positive through a softplus.
+    """
+
+    def __init__(self, constraints: Sequence[Constraint], num_keypoints: int, init_length: float = 0.5):
+        super().__init__()
+        self.constraints = tuple(constraints)
+        self.num_keypoints = num_keypoints
+        for c in self.constraints:
+            for k in (c.a, c.b):
+                if k is not None and not 0 <= k < num_keypoints:
+                    raise ValueError(f"constraint {c} refers to keypoint {k}, but there are {num_keypoints}")
+        n = len(self.constraints)
+        self.height = nn.Parameter(torch.zeros(n))  # used by fixed_height
+        self.pivot = nn.Parameter(torch.zeros(n, 2))  # used by fixed_pivot_distance
+        self.raw_length = nn.Parameter(torch.full((n,), inv_softplus(init_length)))
+
+    @property
+    def num_constraints(self) -> int:
+        """C."""
+        return len(self.constraints)
+
+    @property
+    def length(self) -> torch.Tensor:
+        """Lengths of the distance constraints `(C,)` (entries of other kinds unused)."""
+        return nn.functional.softplus(self.raw_length)
+
+    def _diff(self, q: torch.Tensor, i: int, c: Constraint) -> torch.Tensor:
+        """The vector whose length a distance constraint fixes, `(..., 2)`."""
+        if c.kind == "fixed_pivot_distance":
+            return q[..., c.a, :] - self.pivot[i]
+        return q[..., c.b, :] - q[..., c.a, :]
+
+    def phi(self, q: torch.Tensor) -> torch.Tensor:
+        """Constraint violations `(..., C)` of keypoints `(..., K, 2)`."""
+        out = []
+        for i, c in enumerate(self.constraints):
+            if c.kind == "fixed_height":
+                out.append(q[..., c.a, 1] - self.height[i])
+            else:
+                d = self._diff(q, i, c)
+                out.append(0.5 * ((d * d).sum(-1) - self.length[i] ** 2))
+        return torch.stack(out, -1)
+
+    def jacobian(self, q: torch.Tensor) -> torch.Tensor:
+        """J = dphi/dq `(..., C, 2K)` over keypoints flattened as (x0, y0, x1, y1, ...)."""
+        rows = []
+        for i, c in enumerate(self.constraints):
+            row = q.new_zeros(*q.shape[:-2], self.num_keypoints, 2)
+            if c.kind == "fixed_height":
+                row[..., c.a, 1] = 1.0
+            elif c.kind == "fixed_pivot_distance":
+                row[..., c.a, :] = self._diff(q, i, c)
+            else:
+                d = self._diff(q, i, c)
+                row[..., c.a, :] = -d
+                row[..., c.b, :] = d
+            rows.append(row.flatten(-2))
+        return torch.stack(rows, -2)
+
+    def jdot_qdot(self, q: torch.Tensor, qdot: torch.Tensor) -> torch.Tensor:
+        """d2phi/dq2 [qdot, qdot] `(..., C)` for keypoints and velocities `(..., K, 2)`."""
+        out = []
+        for c in self.constraints:
+            if c.kind == "fixed_height":
+                out.append(qdot.new_zeros(qdot.shape[:-2]))
+            elif c.kind == "fixed_pivot_distance":
+                out.append((qdot[..., c.a, :] ** 2).sum(-1))
+            else:
+                out.append(((qdot[..., c.b, :] - qdot[..., c.a, :]) ** 2).sum(-1))
+        return torch.stack(out, -1)
+
+    def project_positions(self, q: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+        """Gauss-Newton steps q <- q - J^+ phi(q) onto the manifold, `(..., K, 2)`."""
+        shape = q.shape
+        for _ in range(iterations):
+            j = self.jacobian(q)
+            step = _pinv_apply(j, self.phi(q))
+            q = (q.flatten(-2) - step).reshape(shape)
+        return q
+
+    def project_velocities(self, q: torch.Tensor, qdot: torch.Tensor) -> torch.Tensor:
+        """qdot <- (I - J^+ J) qdot, the tangent space of the manifold, `(..., K, 2)`."""
+        j = self.jacobian(q)
+        flat = qdot.flatten(-2)
+        return (flat - _pinv_apply(j, (j @ flat.unsqueeze(-1)).squeeze(-1))).reshape(qdot.shape)
+
+
+def _pinv_apply(j: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """J^+ r = J^T (J J^T)^-1 r for full-row-rank J `(..., C, N)`, r `(..., C)` -> `(..., N)`."""
+    jjt = j @ j.transpose(-1, -2)
+    eye = torch.eye(jjt.shape[-1], dtype=j.dtype, device=j.device)
+    sol = torch.linalg.solve(jjt + 1e-9 * eye, r.unsqueeze(-1))
+    return (j.transpose(-1, -2) @ sol).squeeze(-1)

@@ -1,0 +1,240 @@
+"""The KeyCLD world model: encoder, renderer, constraints, dynamics and reward head of one system.
+
+State: keypoints q and their velocities v, each `(B, K, 2)` in image units (x right, y up,
+half-height 1). Time: one model step is one physics step of the system (`spec.physics_dt`);
+an action is held over it. The imagined env and the evaluation advance the state with
+`step`, which sub-steps RK4 and projects onto the constraint manifold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from keycld_gym.model.constraints import ConstraintSet
+from keycld_gym.model.dynamics import Dynamics, DynamicsConfig, mlp
+from keycld_gym.model.encoder import (
+    EncoderConfig,
+    KeypointEncoder,
+    foreground_mask,
+    mask_heatmaps,
+    spatial_softmax,
+)
+from keycld_gym.model.integrators import INTEGRATORS, rollout_step
+from keycld_gym.model.renderer import KeypointRenderer, RendererConfig
+from keycld_gym.sim.systems import SystemSpec, get_system
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes a model besides its system.
+
+    Attributes:
+        encoder, renderer, dynamics: the parts' settings.
+        reward_hidden: width of the reward head's two hidden layers.
+        integrator: "rk4" or "euler"; substeps: integrator steps per physics step.
+    """
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    reward_hidden: int = 64
+    integrator: str = "rk4"
+    substeps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.integrator not in INTEGRATORS:
+            raise ValueError(f"integrator must be one of {INTEGRATORS}, got {self.integrator!r}")
+        if self.substeps < 1:
+            raise ValueError(f"substeps must be positive, got {self.substeps}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Inverse of `to_dict`; unknown keys are an error (a checkpoint of another version)."""
+        parts = {"encoder": EncoderConfig, "renderer": RendererConfig, "dynamics": DynamicsConfig}
+        kwargs = {k: parts[k](**v) if k in parts else v for k, v in d.items()}
+        return cls(**kwargs)
+
+
+class KeyCLDModel(nn.Module):
+    """A KeyCLD world model for one system (see the module docstring for shapes and units)."""
+
+    def __init__(self, system: str | SystemSpec, config: ModelConfig = ModelConfig(), action_dim: int = 1):
+        super().__init__()
+        self.spec = get_system(system) if isinstance(system, str) else system
+        self.config = config
+        self.action_dim = action_dim
+        k = self.spec.num_keypoints
+        h, w = self.spec.image_shape[:2]
+        self.encoder = KeypointEncoder(k, config.encoder)
+        # the scene without its moving parts (the data set's median image), set by training
+        self.register_buffer("background", torch.zeros(h, w, 3))
+        links = [(c.a, c.b) for c in self.spec.constraints if c.kind == "fixed_distance"]
+        self.renderer = KeypointRenderer(k, h, w, config.renderer, links=links)
+        self.constraints = ConstraintSet(self.spec.constraints, k)
+        self.dynamics = Dynamics(k, action_dim, self.constraints, config.dynamics)
+        self.reward_net = mlp(4 * k + action_dim, 1, config.reward_hidden, 2, 0.1)
+
+    # -- parameter groups: each learns at its own rate (training) --------------------------
+    def keypoint_parameters(self) -> list[nn.Parameter]:
+        """Encoder and renderer: what the keypoint phase trains."""
+        return list(self.encoder.parameters()) + list(self.renderer.parameters())
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        """The dynamics' MLPs and the reward head."""
+        return self.dynamics.network_parameters() + list(self.reward_net.parameters())
+
+    def physical_parameters(self) -> list[nn.Parameter]:
+        """The dynamics' physical constants and the constraint constants (each once)."""
+        params = self.dynamics.physical_parameters()
+        seen = {id(p) for p in params}
+        return params + [p for p in self.constraints.parameters() if id(p) not in seen]
+
+    @property
+    def dt(self) -> float:
+        """Seconds per model step (the system's physics step)."""
+        return self.spec.physics_dt
+
+    @property
+    def projects(self) -> bool:
+        """Whether states are projected onto the constraints (the constrained model only)."""
+        return self.dynamics.constraints is not None
+
+    def heatmaps(self, frames: torch.Tensor) -> torch.Tensor:
+        """Heatmap logits `(B, K, H/2, W/2)` of frames uint8 `(B, H, W, 3)`, masked to the foreground."""
+        heat = self.encoder.heatmaps(frames)
+        threshold = self.config.encoder.foreground_threshold
+        if threshold <= 0:
+            return heat
+        return mask_heatmaps(heat, foreground_mask(frames, self.background, threshold))
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Keypoints `(B, K, 2)` of frames uint8 `(B, H, W, 3)`."""
+        return spatial_softmax(self.heatmaps(frames))
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
+        """Keypoints `(..., K, 2)` of uint8 frames `(..., H, W, 3)` of any leading shape, in batches."""
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        kp = [self.encode(torch.from_numpy(flat[i:i + batch])) for i in range(0, len(flat), batch)]
+        return torch.cat(kp).reshape(*frames.shape[:-3], self.spec.num_keypoints, 2)
+
+    def render(self, q: torch.Tensor) -> torch.Tensor:
+        """Frames `(B, H, W, 3)` in [0, 1] of keypoints `(B, K, 2)`."""
+        return self.renderer(q)
+
+    def project(self, q: torch.Tensor, v: torch.Tensor, iterations: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions and velocities `(B, K, 2)` projected onto the constraint manifold (if any).
+
+        A few Gauss-Newton steps suffice for states near the manifold (every rollout step);
+        states set from outside (env resets) take more.
+        """
+        if not self.projects:
+            return q, v
+        q = self.constraints.project_positions(q, iterations)
+        return q, self.constraints.project_velocities(q, v)
+
+    def step(self, q: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One physics step under actions `(B, A)` held over it: `(q, v)` -> `(q, v)`, `(B, K, 2)`."""
+        return rollout_step(
+            self.dynamics.acceleration, q, v, u, self.dt,
+            substeps=self.config.substeps, method=self.config.integrator,
+            constraints=self.dynamics.constraints,
+        )
+
+    def rollout(self, q: torch.Tensor, v: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """States after each of T physics steps under actions `(B, T, A)`: two `(B, T + 1, K, 2)`, start included."""
+        qs, vs = [q], [v]
+        for t in range(actions.shape[1]):
+            q, v = self.step(q, v, actions[:, t])
+            qs.append(q)
+            vs.append(v)
+        return torch.stack(qs, 1), torch.stack(vs, 1)
+
+    def reward(self, q: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Predicted reward of one physics step `(B,)` from state `(B, K, 2)` x2 and action `(B, A)`."""
+        return self.reward_net(torch.cat([q.flatten(-2), v.flatten(-2), u], -1)).squeeze(-1)
+
+    def permute_keypoints(self, order: list[int]) -> None:
+        """Reorder the keypoints in place: new keypoint i is old keypoint `order[i]`.
+
+        Permutes the encoder's heatmap channels and the renderer's blob inputs together, so
+        frames encode and render as before with the keypoints in the new order. The
+        renderer's links are renamed alike (a link is a line, the same either way round).
+        """
+        idx = torch.as_tensor(order)
+        head = self.encoder.net[-1]
+        first = self.renderer.down[0]
+        k = self.spec.num_keypoints
+        with torch.no_grad():
+            head.weight.copy_(head.weight[idx])
+            head.bias.copy_(head.bias[idx])
+            first.weight[:, :k].copy_(first.weight[:, :k][:, idx])
+        new_index = {old: new for new, old in enumerate(order)}
+        self.renderer.links.apply_(lambda i: new_index[i])
+
+
+def fit_circle(points: torch.Tensor) -> torch.Tensor:
+    """Centre `(2,)` of the circle through points `(N, 2)` (algebraic least squares)."""
+    p = points.double()
+    a = torch.cat([2 * p, torch.ones_like(p[:, :1])], -1)
+    sol = torch.linalg.lstsq(a, (p**2).sum(-1, keepdim=True)).solution.squeeze(-1)
+    return sol[:2].to(points.dtype)
+
+
+def keypoint_order(keypoints: torch.Tensor, spec: SystemSpec) -> list[int]:
+    """The order of encoded keypoints `(N, K, 2)` that best satisfies the system's constraints.
+
+    Unsupervised keypoints come in no particular order, but the constraints name keypoints
+    (cartpole: keypoint 0 runs on the rail, keypoint 1 keeps its distance to it). For every
+    order, each constraint's quantity (a height, a distance) is measured over the frames; the
+    order whose quantities vary least relative to the scene's spread wins.
+    """
+    q = keypoints.detach().double()
+    spread = q.flatten(0, 1).std(0).norm() + 1e-9
+    best, best_cost = list(range(spec.num_keypoints)), float("inf")
+    for order in itertools.permutations(range(spec.num_keypoints)):
+        p = q[:, list(order)]
+        cost = 0.0
+        for c in spec.constraints:
+            if c.kind == "fixed_height":
+                quantity = p[:, c.a, 1]
+            elif c.kind == "fixed_pivot_distance":
+                centre = fit_circle(p[:, c.a])
+                quantity = (p[:, c.a] - centre).norm(dim=-1)
+            else:
+                quantity = (p[:, c.b] - p[:, c.a]).norm(dim=-1)
+            cost += float(quantity.std() / spread)
+        if cost < best_cost:
+            best, best_cost = list(order), cost
+    return best
+
+
+MIN_LENGTH = 0.05  # image units: a link shorter than ~1.6 px is not a link (untrained keypoints)
+
+
+def init_constraints_from(keypoints: torch.Tensor, model: KeyCLDModel) -> None:
+    """Start the learnable constraint constants at their values measured on keypoints `(N, K, 2)`."""
+    c = model.constraints
+    q = keypoints.detach().to(c.height.dtype)
+    with torch.no_grad():
+        for i, con in enumerate(c.constraints):
+            if con.kind == "fixed_height":
+                c.height[i] = q[:, con.a, 1].median()
+            elif con.kind == "fixed_pivot_distance":
+                centre = fit_circle(q[:, con.a])
+                c.pivot[i] = centre
+                length = (q[:, con.a] - centre).norm(dim=-1).median().clamp(min=MIN_LENGTH)
+                c.raw_length[i] = torch.log(torch.expm1(length))
+            else:
+                length = (q[:, con.b] - q[:, con.a]).norm(dim=-1).median().clamp(min=MIN_LENGTH)
+                c.raw_length[i] = torch.log(torch.expm1(length))

@@ -1,0 +1,103 @@
+"""Renderer: keypoints -> one Gaussian blob each + a learned background map -> CNN -> RGB frame.
+
+Everything but the keypoints (background, shadows, reflections) comes from the renderer's
+own parameters: the learned constant feature map and the decoder's weights.
+
+Beside the blobs, each rigid link that the system's constraints name (two keypoints at a
+fixed distance) is drawn as a Gaussian line between its keypoints, so the thin part between
+them (the cartpole pole, ~1.7 px wide) is drawn by a channel that moves with both keypoints
+instead of by a decoder that must learn to join two distant blobs. On its own the line did
+not make the pole findable (two runs, pole angle error at chance; `keycld_gym.model.encoder` says
+what did); the measured and bundled configuration uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from keycld_gym.model.encoder import image_grid
+
+
+@dataclass(frozen=True)
+class RendererConfig:
+    """Renderer settings.
+
+    Attributes:
+        sigma: Gaussian blob width in image units (0.1 as in the authors' code).
+        background_channels: channels of the learned constant feature map.
+        channels: decoder width.
+        link_sigma: width of the line drawn along each rigid link (image units); 0: no lines.
+    """
+
+    sigma: float = 0.1
+    background_channels: int = 8
+    channels: int = 32
+    link_sigma: float = 0.05
+
+
+def gaussian_maps(keypoints: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
+    """Blobs exp(-|grid - p_k|^2 / (2 sigma^2)) `(B, K, height, width)` of keypoints `(B, K, 2)`.
+
+    The grid spans the whole frame at any resolution (cell centres), like `spatial_softmax`.
+    """
+    grid = image_grid(height, width, keypoints.device).to(keypoints.dtype)  # (h, w, 2)
+    d2 = ((grid[None, None] - keypoints[:, :, None, None, :]) ** 2).sum(-1)
+    return torch.exp(-d2 / (2 * sigma**2))
+
+
+def segment_distance2(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distance of points `(..., 2)` to the segments from a to b (broadcast, `(..., 2)`): `(...)`."""
+    d = b - a
+    t = (((points - a) * d).sum(-1, keepdim=True) / ((d * d).sum(-1, keepdim=True) + 1e-6)).clamp(0, 1)
+    return ((points - a - t * d) ** 2).sum(-1)
+
+
+def line_maps(keypoints: torch.Tensor, links: list[tuple[int, int]], height: int, width: int, sigma: float) -> torch.Tensor:
+    """Gaussian lines along the segments between linked keypoints: `(B, K, 2)` -> `(B, len(links), height, width)`."""
+    grid = image_grid(height, width, keypoints.device).to(keypoints.dtype)[None]  # (1, h, w, 2)
+    maps = [torch.exp(-segment_distance2(grid, keypoints[:, a, None, None], keypoints[:, b, None, None]) / (2 * sigma**2))
+            for a, b in links]
+    return torch.stack(maps, 1)
+
+
+class KeypointRenderer(nn.Module):
+    """Keypoints `(B, K, 2)` -> frames `(B, H, W, 3)` in [0, 1] for an `H x W` image.
+
+    `links`: pairs of keypoints joined by a rigid link, drawn as lines (see the module docstring).
+    """
+
+    def __init__(self, num_keypoints: int, height: int, width: int, config: RendererConfig = RendererConfig(),
+                 links: list[tuple[int, int]] | tuple = ()):
+        super().__init__()
+        if height % 2 or width % 2:
+            raise ValueError(f"frame size must be even, got {height}x{width}")
+        self.config, self.height, self.width = config, height, width
+        links = [tuple(link) for link in links] if config.link_sigma > 0 else []
+        # a buffer, so a reordering of the keypoints (model.permute_keypoints) is saved with the weights
+        self.register_buffer("links", torch.tensor(links, dtype=torch.long).reshape(-1, 2))
+        self.num_keypoints = num_keypoints
+        c, bg = config.channels, config.background_channels
+        self.background = nn.Parameter(torch.zeros(1, bg, height // 2, width // 2))
+        n_in = num_keypoints + len(links) + bg
+        self.down = nn.Sequential(nn.Conv2d(n_in, c, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
+        self.mid = nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(),
+                                 nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+                                 nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.ReLU())
+        self.up = nn.ConvTranspose2d(2 * c, 3, 4, stride=2, padding=1)  # skip connection in
+
+    def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
+        """Frames `(B, H, W, 3)` in [0, 1] rendered from keypoints `(B, K, 2)`."""
+        b = keypoints.shape[0]
+        h, w = self.height // 2, self.width // 2
+        maps = [gaussian_maps(keypoints, h, w, self.config.sigma)]
+        if len(self.links):
+            maps.append(line_maps(keypoints, self.links.tolist(), h, w, self.config.link_sigma))
+        x = torch.cat([*maps, self.background.expand(b, -1, -1, -1)], 1)
+        x = x.contiguous(memory_format=torch.channels_last)
+        h = self.down(x)
+        out = self.up(torch.cat([h, self.mid(h)], 1))
+        return torch.sigmoid(out).permute(0, 2, 3, 1)

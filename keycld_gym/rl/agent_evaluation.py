@@ -1,0 +1,122 @@
+"""An agent's return in the real task and in imagination (docs/design.md section 3).
+
+Real: the standard dm_control task from its own reset, one episode per seed `seed + i`,
+the policy acting deterministically on the observations of its recipe (keypoints estimated
+from rendered frames by the model, the frames themselves, or each frame's keypoints through
+the model's encoder); the episode's summed reward.
+Imagined: the same number of episodes in the model's batched env, as the agent was trained
+(keypoint noise included), seeds `seed + i`. The gap is (imagined - real) / real.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv
+
+from keycld_gym.envs.real import make_real_env
+from keycld_gym.errors import CheckpointError
+from keycld_gym.model.checkpoint import checkpoint_folder, load_model, read_config
+from keycld_gym.rl.agent import Agent, imagined_vec_env, real_vec_env
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+def model_data(checkpoint: str | Path | None, system: str) -> dict[str, Any]:
+    """The real frames a model learned from and how they were collected (from its config)."""
+    config = read_config(checkpoint_folder(checkpoint, system))
+    sets = [config.get("data") or {}]
+    if config.get("keypoints_from"):
+        sets.insert(0, config["keypoints_from"].get("data") or {})
+    return {
+        "model_real_frames": int(sum(d.get("frames", 0) for d in sets)),
+        "model_data_regime": ", ".join(sorted({d.get("regime", "?") for d in sets})),
+        "model_data": [{k: d.get(k) for k in ("path", "regime", "sequences", "frames", "seed")} for d in sets],
+    }
+
+
+def episode_returns(policy: Policy, venv: VecEnv, episodes: int, seed: int) -> list[float]:
+    """Returns of `episodes` episodes, run `venv.num_envs` at a time; episode i is reset with seed `seed + i`."""
+    out: list[float] = []
+    n = venv.num_envs
+    while len(out) < episodes:
+        venv.seed(seed + len(out))  # env j of the round: seed + len(out) + j
+        obs = venv.reset()
+        totals, done = np.zeros(n), np.zeros(n, bool)
+        while not done.all():
+            obs, reward, dones, _ = venv.step(policy(obs))
+            totals += np.where(done, 0.0, reward)  # an env that ended has autoreset: ignore it
+            done |= dones
+        out.extend(totals[: episodes - len(out)].tolist())
+    return out
+
+
+def _stats(returns: list[float]) -> tuple[float, float]:
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, checkpoint: str | Path | None = None,
+                   imagined: bool = True, workers: int = 2) -> dict[str, Any]:
+    """Real and imagined returns of `agent` with the model `checkpoint` (default: bundled) as a JSON-ready dict.
+
+    The real episodes run in `workers` processes (rendering and estimation are serial work).
+    """
+    recipe = agent.recipe
+    folder = checkpoint_folder(checkpoint, recipe.system)
+    model = load_model(folder)
+    check_encoder_model(agent, model, folder)
+    policy = agent.act
+    t0 = time.time()
+    venv = real_vec_env(recipe, model, workers=min(workers, episodes))
+    real = episode_returns(policy, venv, episodes, seed)
+    venv.close()
+    real_s = time.time() - t0
+    result: dict[str, Any] = {
+        "system": recipe.system, "obs_type": recipe.obs_type, "algo": recipe.algo,
+        "agent": agent.info.get("path", "?"), "episodes": episodes, "seed": seed,
+        "real_returns": [round(r, 2) for r in real],
+    }
+    result["real_return_mean"], result["real_return_std"] = _stats(real)
+    if imagined:
+        t1 = time.time()
+        imag = episode_returns(policy, imagined_vec_env(recipe, episodes, folder, seed=seed), episodes, seed)
+        result["imagined_returns"] = [round(r, 2) for r in imag]
+        result["imagined_return_mean"], result["imagined_return_std"] = _stats(imag)
+        result["gap"] = (result["imagined_return_mean"] - result["real_return_mean"]) / max(abs(result["real_return_mean"]), 1e-9)
+        result["imagined_seconds"] = round(time.time() - t1, 1)
+    result["real_seconds"] = round(real_s, 1)
+    result.update(model_data(folder, recipe.system))
+    result["model"] = str(folder)
+    result["policy_real_frames"] = 0  # the policy learned in imagination only
+    return result
+
+
+def check_encoder_model(agent: Agent, model: Any, folder: Path) -> None:
+    """Refuse a keycld-encoder pixel agent with another world model (`model`, from `folder`) than the one whose encoder it learned on."""
+    trained = (agent.info.get("model") or {}).get("weights_sha256")
+    if agent.recipe.features != "keycld-encoder" or trained is None:
+        return
+    if model.checkpoint_config.get("weights_sha256") != trained:
+        raise CheckpointError(
+            f"agent {agent.info.get('path', '?')} reads frames through the keypoint encoder of the model it was trained in "
+            f"({agent.info['model'].get('path')}), not {folder}'s: evaluate it with that model (--checkpoint)")
+
+
+def random_returns(system: str, episodes: int, seed: int) -> list[float]:
+    """Returns of uniformly random actions in the real task (no observations needed, nothing rendered)."""
+    env = make_real_env(system, "state")
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(episodes):
+        env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            _, r, term, trunc, _ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+            total += r
+            done = term or trunc
+        out.append(total)
+    env.close()
+    return out

@@ -1,0 +1,240 @@
+"""Training an agent in imagination only: `keycld-gym train-agent`.
+
+The recipe (`agents/`) gives algorithm, policy, hyper-parameters and budget; the env is the
+model's batched imagined env, with keypoint noise of the measured real estimation error
+where the recipe asks for it. The real task is used only to measure: an optional periodic
+evaluation there draws the learning curve beside the imagined return.
+
+OUT/
+    agent/          the trained agent (agent.safetensors + agent.json), written at the end
+    resume/         SB3's own checkpoint (model.zip, replay_buffer.pkl) every few minutes:
+                    trusted local files for `--resume` (they unpickle; share `agent/` instead)
+    state.json      configuration, steps done, learning curve, wall time
+    curve.csv       the learning curve
+    logs/           SB3's logger: progress.csv and TensorBoard events
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from tqdm.auto import tqdm
+
+from agents import AgentRecipe, get_recipe
+from keycld_gym.errors import CheckpointError
+from keycld_gym.files import differing_keys, write_json
+from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.rl.agent import ALGORITHMS, Agent, imagined_vec_env, real_vec_env
+from keycld_gym.rl.agent_evaluation import episode_returns, model_data
+
+STATE = "state.json"
+IDENTITY = ("system", "obs_type", "algo", "seed", "checkpoint", "observation_noise")
+# episodes of the learning curve start from their own seeds, apart from evaluate-agent's
+CURVE_SEED = 200_000
+
+
+@dataclass
+class AgentTrainConfig:
+    """What `train-agent` trains: a recipe, its budget, and the learning-curve schedule."""
+
+    system: str = "cartpole"
+    obs_type: str = "keypoints"
+    algo: str = "sac"
+    seed: int = 0
+    checkpoint: str | None = None  # the world model (None: the bundled one)
+    total_steps: int | None = None  # imagined agent steps (None: the recipe's budget)
+    budget_s: float | None = None  # stop after this much training wall time
+    observation_noise: str | None = None  # None: the recipe's
+    eval_every: int = 5000  # agent steps between learning-curve points
+    eval_episodes: int = 16  # imagined episodes per point (batched)
+    real_eval_every: int = 0  # every n-th curve point also in the real task (0: never)
+    real_eval_episodes: int = 2
+    checkpoint_every_s: float = 120.0
+
+    def recipe(self) -> AgentRecipe:
+        recipe = get_recipe(self.system, self.obs_type, self.algo)
+        changes: dict[str, Any] = {}
+        if self.total_steps is not None:
+            changes["total_steps"] = self.total_steps
+        if self.observation_noise is not None:
+            changes["observation_noise"] = self.observation_noise
+        return recipe.replace(**changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Progress(BaseCallback):
+    """A tqdm bar over agent steps."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        super().__init__()
+        self.bar = tqdm(total=total, initial=start, unit="step", desc="train-agent", disable=not enabled)
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.num_timesteps - self.bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+class _Run(BaseCallback):
+    """Learning curve, periodic checkpoints and the wall-time budget of one training run."""
+
+    def __init__(self, trainer: "_Trainer"):
+        super().__init__()
+        self.trainer = trainer
+
+    def _on_step(self) -> bool:
+        t = self.trainer
+        if self.num_timesteps >= t.next_eval:
+            t.evaluate(self.num_timesteps)
+        if time.time() - t.last_save >= t.config.checkpoint_every_s:
+            t.save_resume()
+        return not t.over_budget()
+
+
+class _Trainer:
+    def __init__(self, config: AgentTrainConfig, out: Path, command: str | None, progress: bool):
+        self.config, self.out, self.command, self.progress = config, out, command, progress
+        self.recipe = config.recipe()
+        torch.manual_seed(config.seed)
+        self.model_path = checkpoint_folder(config.checkpoint, config.system)
+        self.model = load_model(self.model_path)
+        self.venv = imagined_vec_env(self.recipe, self.recipe.num_envs, self.model_path, seed=config.seed)
+        self.curve: list[dict[str, Any]] = []
+        self.wall_before = 0.0  # training time of earlier (interrupted) sessions
+        self.started = time.time()
+        self.last_save = time.time()
+        self.next_eval = 0
+        self._eval_env = self._real_env = None
+
+    # -- measuring ----------------------------------------------------------------------------
+    def evaluate(self, steps: int) -> dict[str, Any]:
+        c = self.config
+        policy = self.algorithm.policy
+        act = lambda obs: policy.predict(obs, deterministic=True)[0]  # noqa: E731
+        if self._eval_env is None:
+            self._eval_env = imagined_vec_env(self.recipe, c.eval_episodes, self.model_path, seed=CURVE_SEED)
+        imag = episode_returns(act, self._eval_env, c.eval_episodes, CURVE_SEED)
+        point: dict[str, Any] = {"steps": int(steps), "wall_s": round(self.wall(), 1),
+                                 "imagined_return": float(np.mean(imag)), "real_return": None}
+        index = len(self.curve)
+        if c.real_eval_every and index % c.real_eval_every == 0:
+            if self._real_env is None:
+                self._real_env = real_vec_env(self.recipe, self.model)
+            point["real_return"] = float(np.mean(episode_returns(act, self._real_env, c.real_eval_episodes, CURVE_SEED)))
+        self.curve.append(point)
+        self.algorithm.logger.record("eval/imagined_return", point["imagined_return"])
+        if point["real_return"] is not None:
+            self.algorithm.logger.record("eval/real_return", point["real_return"])
+        self.next_eval = steps + c.eval_every
+        self.write_curve()
+        return point
+
+    def write_curve(self) -> None:
+        with open(self.out / "curve.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, ["steps", "wall_s", "imagined_return", "real_return"])
+            writer.writeheader()
+            writer.writerows(self.curve)
+
+    def wall(self) -> float:
+        return self.wall_before + time.time() - self.started
+
+    def over_budget(self) -> bool:
+        return self.config.budget_s is not None and self.wall() >= self.config.budget_s
+
+    # -- saving -------------------------------------------------------------------------------
+    def state(self, status: str) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "recipe": self.recipe.to_dict(), "status": status,
+                "steps": int(self.algorithm.num_timesteps), "wall_s": round(self.wall(), 1),
+                "curve": self.curve, "next_eval": self.next_eval, "command": self.command,
+                "torch_threads": torch.get_num_threads()}
+
+    def save_resume(self) -> None:
+        folder = self.out / "resume"
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f"model.tmp{os.getpid()}.zip"
+        self.algorithm.save(tmp)
+        os.replace(tmp, folder / "model.zip")
+        if isinstance(self.algorithm, OffPolicyAlgorithm):
+            tmp = folder / f"replay_buffer.tmp{os.getpid()}.pkl"
+            self.algorithm.save_replay_buffer(tmp)
+            os.replace(tmp, folder / "replay_buffer.pkl")
+        write_json(self.out / STATE, self.state("running"))
+        self.last_save = time.time()
+
+    # -- the run ------------------------------------------------------------------------------
+    def setup(self, resume: bool) -> None:
+        algo_cls = ALGORITHMS[self.recipe.algo]
+        saved = self.out / "resume" / "model.zip"
+        if resume and saved.exists():
+            state = json.loads((self.out / STATE).read_text())
+            # budget and curve schedule may change on resume; what is learned may not
+            differ = differing_keys(state["config"], self.config.to_dict(), IDENTITY)
+            if differ:
+                raise ValueError(f"--resume with another configuration than {self.out}'s run (differs in: {', '.join(differ)})")
+            self.algorithm = algo_cls.load(saved, env=self.venv, device="cpu")
+            buffer = self.out / "resume" / "replay_buffer.pkl"
+            if isinstance(self.algorithm, OffPolicyAlgorithm) and buffer.exists():
+                self.algorithm.load_replay_buffer(buffer)
+            self.curve, self.wall_before, self.next_eval = state["curve"], state["wall_s"], state["next_eval"]
+            self.resumed = True
+        else:
+            if resume and (self.out / STATE).exists():
+                raise CheckpointError(f"{self.out} has no resume checkpoint yet; start it again without --resume")
+            self.algorithm = algo_cls(
+                self.recipe.policy, self.venv, seed=self.config.seed, device="cpu",
+                policy_kwargs=self.recipe.policy_kwargs, verbose=0, **self.recipe.hyperparams,
+            )
+            self.resumed = False
+        self.algorithm.set_logger(configure(str(self.out / "logs"), ["csv", "tensorboard"]))
+
+    def run(self, resume: bool) -> dict[str, Any]:
+        self.setup(resume)
+        total = self.recipe.total_steps
+        done = self.algorithm.num_timesteps
+        callbacks = CallbackList([_Progress(total, done, self.progress), _Run(self)])
+        try:
+            if done < total and not self.over_budget():
+                self.algorithm.learn(total - done, callback=callbacks, reset_num_timesteps=not self.resumed,
+                                     log_interval=4)
+        except KeyboardInterrupt:
+            self.save_resume()
+            raise
+        if not self.curve or self.curve[-1]["steps"] != self.algorithm.num_timesteps:
+            self.evaluate(self.algorithm.num_timesteps)
+        self.save_resume()
+        agent = Agent.from_algorithm(self.algorithm, self.recipe)
+        agent.save(
+            self.out / "agent",
+            model={"path": str(self.model_path), "weights_sha256": self.model.checkpoint_config.get("weights_sha256"),
+                   **model_data(self.model_path, self.recipe.system)},
+            training={"command": self.command, "seed": self.config.seed, "steps": int(self.algorithm.num_timesteps),
+                      "wall_s": round(self.wall(), 1), "torch_threads": torch.get_num_threads(),
+                      "imagined_return": self.curve[-1]["imagined_return"], "real_frames": 0},
+        )
+        state = self.state("done")
+        write_json(self.out / STATE, state)
+        return state
+
+
+def train_agent(config: AgentTrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
+                command: str | None = None) -> dict[str, Any]:
+    """Train `config`'s agent in imagination into `out` (see the module docstring); returns the run's state."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return _Trainer(config, out, command, progress).run(resume)

@@ -1,0 +1,179 @@
+"""Phase 2 of training: the dynamics and reward head learn from rollouts against encoded keypoints.
+
+The frozen encoder turns every training sequence into keypoints; the keypoints are put in
+the order the constraints name (`keypoint_order`), the constraint constants start at their
+measured values, and the dynamics and reward head learn from multi-step rollouts. Rollouts
+start at frames every `start_stride` physics steps of each sequence, and each of those start
+states is a free parameter fitted with the model (noisy differenced start velocities made a
+prototype's learned damping spurious), refit by shooting every `refit_starts_every` steps;
+the rollout horizon grows over training. A structured Lagrangian starts from a
+least-squares fit of its equations of motion (`keycld_gym.model.physics_fit`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from keycld_gym.data.dataset import WindowDataset
+from keycld_gym.files import write_json
+from keycld_gym.model.estimation import fit_trajectory, initial_guess, refine_trajectory
+from keycld_gym.model.keycld import KeyCLDModel, init_constraints_from, keypoint_order
+from keycld_gym.model.physics_fit import apply_physics, fit_physics
+from keycld_gym.training.config import TrainConfig
+
+
+class DynamicsPhase:
+    """Steps of phase 2 on `train`'s sequences; the fitted start states are its own state."""
+
+    name = "dynamics"
+
+    def __init__(self, model: KeyCLDModel, config: TrainConfig, train: WindowDataset, rng: np.random.Generator,
+                 out: Path):
+        self.model, self.config, self.train, self.rng, self.out = model, config, train, rng, Path(out)
+        self.start_q: torch.Tensor | None = None  # (S, G, K, 2): sequence, start
+        self.start_v: torch.Tensor | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._kp: torch.Tensor | None = None
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of this phase."""
+        return self.config.dynamics_steps
+
+    def encode_sequences(self, frames: np.ndarray) -> torch.Tensor:
+        """Keypoints `(S, T, K, 2)` of uint8 frames `(S, T, H, W, 3)`."""
+        return self.model.encode_frames(frames)
+
+    def data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoded keypoints `(S, T, K, 2)`, actions `(S, T, A)` and rewards `(S, T)` of the training sequences."""
+        if self._kp is None:
+            self._kp = self.encode_sequences(self.train.data["frames"])
+        acts = torch.from_numpy(self.train.data["actions"]).float()
+        rews = torch.from_numpy(self.train.data["rewards"]).float()
+        return self._kp, acts, rews
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam with three rates: the networks, the physical constants, the start states (prepared first)."""
+        c = self.config
+        if self.start_q is None:
+            self.prepare()
+        self.start_q.requires_grad_(True)
+        self.start_v.requires_grad_(True)
+        self._optimizer = torch.optim.Adam([
+            {"params": self.model.network_parameters(), "lr": c.dynamics_lr},
+            {"params": self.model.physical_parameters(), "lr": c.physics_lr},
+            {"params": [self.start_q, self.start_v], "lr": c.start_state_lr},
+        ])
+        return self._optimizer
+
+    def prepare(self) -> None:
+        """Order keypoints by the constraints, start the constraint constants, fit the start states."""
+        kp = self.encode_sequences(self.train.data["frames"])
+        order = keypoint_order(kp.flatten(0, 1), self.model.spec)
+        if order != list(range(len(order))):
+            self.model.permute_keypoints(order)
+            kp = kp[:, :, order]
+        init_constraints_from(kp.flatten(0, 1), self.model)
+        self._kp = kp
+        if self.model.projects and self.model.config.dynamics.structured:
+            # the structured Lagrangian's constants from a least-squares fit of its equations of
+            # motion: gradient steps from a small start took too long to reach them
+            _, acts, _ = self.data()
+            fit = fit_physics(self.model.dynamics, kp, acts, self.model.dt)
+            apply_physics(self.model.dynamics, fit)
+            write_json(self.out / "physics_fit.json", fit.to_dict())
+        # a line fit over the first frames after each start to begin with; training refines them
+        guesses = [self.model.project(*initial_guess(kp[:, s:], self.model.dt)) for s in self.start_frames().tolist()]
+        self.start_q = torch.stack([g[0] for g in guesses], 1).detach().clone()  # (S, G, K, 2)
+        self.start_v = torch.stack([g[1] for g in guesses], 1).detach().clone()
+        if self.config.start_fit_frames >= 2:
+            self.refit_start_states(cold=True)
+
+    def refit_start_states(self, cold: bool = False) -> None:
+        """Fit every start state by shooting through the current model over the frames after it.
+
+        `cold`: from the line fits (L-BFGS, coarse to fine); else from the current start
+        states, which are close: a few Gauss-Newton steps, no backward pass.
+        """
+        kp, acts, _ = self.data()
+        t_len = kp.shape[1]
+        with torch.no_grad():
+            for g, s in enumerate(self.start_frames().tolist()):
+                n = min(self.config.start_fit_frames, t_len - s)
+                window, u = kp[:, s:s + n], acts[:, s:s + n - 1]
+                if cold:
+                    qs, vs = fit_trajectory(self.model, window, u)
+                else:
+                    qs, vs = refine_trajectory(self.model, window, u, (self.start_q[:, g], self.start_v[:, g]))
+                self.start_q[:, g] = qs[:, 0]
+                self.start_v[:, g] = vs[:, 0]
+        if self._optimizer is not None:
+            # the start states jumped: their Adam moments belong to the old values
+            for p in (self.start_q, self.start_v):
+                self._optimizer.state.pop(p, None)
+
+    def start_frames(self) -> torch.Tensor:
+        """Frames `(G,)` of each sequence where rollouts start (their states are fitted)."""
+        frames = self.train.data["frames"].shape[1]
+        return torch.arange(0, frames - 1 - self.config.horizon_start + 1, max(1, self.config.start_stride))
+
+    def horizon(self, step: int) -> int:
+        """Rollout length at `step`: grows linearly to the whole sequence (or `max_horizon`)."""
+        c = self.config
+        full = self.train.data["frames"].shape[1] - 1
+        if c.max_horizon is not None:
+            full = min(full, c.max_horizon)
+        frac = min(1.0, step / max(1, c.horizon_ramp_steps))
+        return int(round(c.horizon_start + frac * (full - c.horizon_start)))
+
+    def step(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
+        """One optimizer step on a random batch of rollouts; returns the logged values."""
+        c = self.config
+        if c.refit_starts_every and c.start_fit_frames >= 2 and step and step % c.refit_starts_every == 0:
+            self.refit_start_states()
+        kp, acts, rews = self.data()
+        h = self.horizon(step)
+        starts = self.start_frames()
+        usable = int((starts <= kp.shape[1] - 1 - h).sum())  # starts with h frames after them
+        idx = torch.from_numpy(self.rng.integers(0, kp.shape[0], c.dynamics_batch))
+        j = torch.from_numpy(self.rng.integers(0, usable, c.dynamics_batch))
+        frames = starts[j, None] + torch.arange(h + 1)  # (B, h + 1)
+        q0, v0 = self.model.project(self.start_q[idx, j], self.start_v[idx, j])
+        u = acts[idx[:, None], frames[:, :-1]]
+        qs, vs = self.model.rollout(q0, v0, u)
+        dyn = ((qs - kp[idx[:, None], frames]) ** 2).mean()
+        r_pred = self.model.reward(qs[:, 1:].detach(), vs[:, 1:].detach(), u)
+        rew = ((r_pred - rews[idx[:, None], frames[:, :-1]]) ** 2).mean()
+        has_damping = self.model.config.dynamics.kind != "neural_ode"
+        damping = self.model.dynamics.damping() if has_damping else qs.new_zeros(1)
+        loss = dyn + c.reward_weight * rew + c.damping_prior * damping.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in optimizer.param_groups:
+            # an ablation leaves some groups without gradients (the neural ODE has no physical constants)
+            grads = [p for p in group["params"] if p.grad is not None]
+            if grads:
+                torch.nn.utils.clip_grad_value_(grads, c.grad_clip)
+        optimizer.step()
+        values = {"dynamics_mse": dyn.item(), "reward_mse": rew.item(), "horizon": float(h)}
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"non-finite loss at dynamics step {step}: lower --dynamics-lr")
+        if has_damping:
+            values["damping_max"] = float(damping.detach().max())
+        return values
+
+    def extra_log(self, step: int) -> dict[str, float]:
+        """Nothing beyond the step's own values."""
+        return {}
+
+    def state(self) -> dict:
+        """What an exact resume needs beyond the model and optimizer: the fitted start states."""
+        return {"start_q": self.start_q, "start_v": self.start_v}
+
+    def load_state(self, state: dict) -> None:
+        """Inverse of `state`."""
+        self.start_q, self.start_v = state["start_q"], state["start_v"]

@@ -1,0 +1,102 @@
+"""The package's layout: each subpackage imports only the layers before it, with no cycles and no hidden imports."""
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import keycld_gym
+
+PACKAGE = Path(keycld_gym.__file__).parent
+BASE = {"errors", "files", "version"}
+# what each layer may import (besides itself), as each subpackage's docstring says
+ALLOWED = {
+    "base": {"base"},
+    "sim": {"base"},
+    "data": {"base", "sim"},
+    "model": {"base", "sim"},
+    "training": {"base", "sim", "data", "model"},
+    "evaluation": {"base", "sim", "data", "model"},
+    "envs": {"base", "sim", "data", "model"},
+    "rl": {"base", "sim", "data", "model", "envs", "agents"},
+    "benchmark": {"base", "sim", "data", "model", "envs", "rl"},
+    "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark"},
+    "package": {"base", "sim", "model", "envs"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {"keycld_gym": PACKAGE / "__init__.py"}
+    for info in pkgutil.walk_packages([str(PACKAGE)], "keycld_gym."):
+        spec = importlib.util.find_spec(info.name)
+        found[info.name] = Path(spec.origin)
+    return found
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "agents":
+        return "agents"
+    if len(parts) == 1:
+        return "package"
+    return "base" if parts[1] in BASE else parts[1]
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """(imported module, at module level) for every import of keycld_gym or agents in a file."""
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            if name.split(".")[0] in ("keycld_gym", "agents"):
+                found.append((name, id(node) in top))
+    return found
+
+
+def test_every_layer_imports_only_the_layers_before_it():
+    bad = []
+    for module, path in _modules().items():
+        layer = _layer(module)
+        for imported, _ in _imports(path):
+            target = _layer(imported)
+            if target != layer and target not in ALLOWED[layer]:
+                bad.append(f"{module} ({layer}) imports {imported} ({target})")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_function_local_imports_of_the_package():
+    local = [f"{module} imports {imported} inside a function"
+             for module, path in _modules().items() for imported, at_top in _imports(path) if not at_top]
+    assert not local, "\n".join(local)
+
+
+def test_no_import_cycles():
+    graph = {m: {i for i, _ in _imports(p) if i in _MODULES} for m, p in _MODULES.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in graph[m]:
+            assert state.get(n) != 1, "import cycle: " + " -> ".join(path + [m, n])
+            if n not in state:
+                visit(n, path + [m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_every_subpackage_says_what_it_may_import():
+    for sub in ("sim", "data", "model", "training", "envs", "rl"):
+        doc = importlib.import_module(f"keycld_gym.{sub}").__doc__
+        assert doc and "May import" in doc, sub
+
+
+_MODULES = _modules()
