@@ -20,7 +20,7 @@ from keycld_gym.errors import KeyCLDError
 from keycld_gym.evaluation import load_and_evaluate
 from keycld_gym.files import default_command, write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model, save_checkpoint
-from keycld_gym.model.dynamics import DynamicsConfig
+from keycld_gym.model.dynamics import DAMPINGS, INPUT_MATRICES, DynamicsConfig
 from keycld_gym.model.keycld import ModelConfig
 from keycld_gym.rl.agent import load_agent
 from keycld_gym.rl.agent_evaluation import evaluate_agent
@@ -61,7 +61,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         dynamics = DynamicsConfig(kind=args.dynamics, rail_walls=not args.no_rail_walls, input_matrix=args.input_matrix,
                                   linear_potential=args.linear_potential, potential_mlp=not args.no_potential_mlp,
-                                  input_keypoints=args.input_keypoints,
+                                  input_keypoints=args.input_keypoints, damping=args.damping,
                                   **({} if args.wall_damping is None else {"wall_damping": args.wall_damping}))
         config = TrainConfig(
             system=args.system, data=args.data, seed=args.seed,
@@ -220,8 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keypoint-steps", type=int, default=1500, help="phase 1 (encoder + renderer) steps")
     p.add_argument("--dynamics-steps", type=int, default=1500, help="phase 2 (dynamics + reward) steps")
     p.add_argument("--max-horizon", type=int, help="longest rollout in the dynamics loss, physics steps (default: whole sequences)")
-    p.add_argument("--input-matrix", choices=("state", "constant"), default="state",
-                   help="B(q) as an MLP, or one constant B (exact when the actuator pushes along a fixed direction: cartpole)")
+    p.add_argument("--input-matrix", choices=INPUT_MATRICES, default="state",
+                   help="B(q) as an MLP; one constant B (exact when the actuator pushes along a fixed direction: "
+                        "cartpole); or 'spec', the form the system's actuators name (a force on a keypoint, a torque "
+                        "on a joint: exact for every system)")
+    p.add_argument("--damping", choices=DAMPINGS, default="keypoints",
+                   help="damping per keypoint, or on the rates of the system's joints (the real pendulum's and acrobot's)")
     p.add_argument("--linear-potential", action="store_true",
                    help="a learned linear term (uniform gravity) beside the potential MLP")
     p.add_argument("--no-potential-mlp", action="store_true",

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from keycld_gym.sim.systems import Constraint
+from keycld_gym.sim.systems import Constraint, Joint
 
 
 def inv_softplus(x: float) -> float:
@@ -64,6 +64,38 @@ class ConstraintSet(nn.Module):
         if c.kind == "fixed_pivot_distance":
             return q[..., c.a, :] - self.pivot[i]
         return q[..., c.b, :] - q[..., c.a, :]
+
+    def link_into(self, keypoint: int) -> tuple[int, Constraint]:
+        """The rigid link that ends at `keypoint`: (index, constraint) of its distance constraint.
+
+        A ``fixed_pivot_distance`` on the keypoint (the link from the learned pivot) or a
+        ``fixed_distance`` whose second keypoint it is (the link from the first).
+        """
+        for i, c in enumerate(self.constraints):
+            if (c.kind == "fixed_pivot_distance" and c.a == keypoint) or (c.kind == "fixed_distance" and c.b == keypoint):
+                return i, c
+        raise ValueError(f"no rigid link ends at keypoint {keypoint}: a joint needs one (constraints {self.constraints})")
+
+    def joint_angle_gradient(self, q: torch.Tensor, joint: Joint) -> torch.Tensor:
+        """d theta / dq `(..., K, 2)` of a joint's angle at keypoints `(..., K, 2)`.
+
+        A link's direction angle theta = atan2(d_y, d_x), d = end - start, has gradient
+        R90(d) / |d|^2 at its end and the negative at its start (R90(d) = (-d_y, d_x)); a
+        joint between two links takes the difference. A torque tau on the joint is the
+        generalised force tau * d theta / dq, and damping b on its rate the force
+        -b (d theta / dq) (d theta / dq . qdot) (virtual work; docs/design.md section 2).
+        """
+        grad = q.new_zeros(q.shape)
+        for sign, keypoint in ((1.0, joint.child), (-1.0, joint.parent)):
+            if keypoint is None:
+                continue
+            i, c = self.link_into(keypoint)
+            d = self._diff(q, i, c)
+            r90 = torch.stack([-d[..., 1], d[..., 0]], -1) / (d * d).sum(-1, keepdim=True)
+            grad[..., keypoint, :] += sign * r90
+            if c.kind == "fixed_distance":
+                grad[..., c.a, :] -= sign * r90
+        return grad
 
     def phi(self, q: torch.Tensor) -> torch.Tensor:
         """Constraint violations `(..., C)` of keypoints `(..., K, 2)`."""

@@ -17,15 +17,18 @@ and `"neural_ode"` (an unstructured second-order ODE, qddot = MLP(q, qdot, u)).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from keycld_gym.model.constraints import ConstraintSet, inv_softplus
+from keycld_gym.sim.systems import Actuator, Joint
 
 DYNAMICS_KINDS = ("constrained", "unconstrained", "neural_ode")
-INPUT_MATRICES = ("state", "constant")
+INPUT_MATRICES = ("state", "constant", "spec")
+DAMPINGS = ("keypoints", "joints")
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,16 @@ class DynamicsConfig:
             which an undamped spring cannot follow. Measured with the structured cartpole
             model (two seeds each), damping from 20 lowered the held-out VPT (median 7.0 and
             6.0 against 8.0 and 7.0) and the learned push on the cart: off by default.
-        input_matrix: `"state"`, B(q) an MLP, or `"constant"`, one learned B for all states
+        input_matrix: `"state"`, B(q) an MLP; `"constant"`, one learned B for all states
             (exact where the actuator pushes a keypoint along a fixed direction, as the
-            cartpole's cart).
+            cartpole's cart); or `"spec"`, the form the system spec's actuators name: a
+            learned constant force on a keypoint, or a learned gain times a joint angle's
+            gradient for a torque (exact for all three systems and linear in its few
+            constants, so the least-squares start fits it; docs/design.md section 2).
+        damping: `"keypoints"`, D = diag(d) (x) I_2, a damping per keypoint, or `"joints"`,
+            a damping d_j on the rate of each joint the spec names, f = -sum_j d_j a_j (a_j . qdot)
+            with a_j = d theta_j / dq: the pendulum's and acrobot's real damping acts on
+            joint rates, which per-keypoint damping cannot represent.
         input_keypoints: the keypoints the actuators push (None: all). Where a motor drives
             one body (the cartpole's cart, keypoint 0) this removes a near-degeneracy: on
             data where the cart is ten times heavier than the pole, a direct push on the pole
@@ -70,8 +80,8 @@ class DynamicsConfig:
             with the cart alone pushed (`input_keypoints`), started from a least-squares fit
             (`keycld_gym.model.physics_fit`) and with start states refit by shooting, they gave
             the bundled cartpole model: VPT median 10 agent steps in 5.6 minutes of training
-            (BENCHMARKS.md). Off by default: the pendulums' motors are hinge torques, whose
-            force on a keypoint turns with the link.
+            (BENCHMARKS.md). Off by default; with the pendulums' hinge torques, whose force on a
+            keypoint turns with the link, use `input_matrix="spec"`.
     """
 
     kind: str = "constrained"
@@ -86,13 +96,14 @@ class DynamicsConfig:
     wall_damping: float = 0.0
     input_matrix: str = "state"
     input_keypoints: tuple[int, ...] | None = None
+    damping: str = "keypoints"
     linear_potential: bool = False
     potential_mlp: bool = True
 
     @property
     def structured(self) -> bool:
         """Whether the Lagrangian has the linear-in-parameters parts that `physics_fit` can start."""
-        return self.kind != "neural_ode" and self.linear_potential and self.input_matrix == "constant"
+        return self.kind != "neural_ode" and self.linear_potential and self.input_matrix in ("constant", "spec")
 
     def __post_init__(self) -> None:
         if self.input_keypoints is not None:
@@ -101,6 +112,8 @@ class DynamicsConfig:
             raise ValueError(f"dynamics kind must be one of {DYNAMICS_KINDS}, got {self.kind!r}")
         if self.input_matrix not in INPUT_MATRICES:
             raise ValueError(f"input_matrix must be one of {INPUT_MATRICES}, got {self.input_matrix!r}")
+        if self.damping not in DAMPINGS:
+            raise ValueError(f"damping must be one of {DAMPINGS}, got {self.damping!r}")
         if not (self.potential_mlp or self.linear_potential):
             raise ValueError("the potential needs its MLP or its linear term: set potential_mlp or linear_potential")
 
@@ -139,13 +152,26 @@ def mlp_input_gradient(net: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
 class Dynamics(nn.Module):
     """qddot = f(q, qdot, u) for K keypoints, A action dims (see the module docstring)."""
 
-    def __init__(self, num_keypoints: int, action_dim: int, constraints: ConstraintSet | None, config: DynamicsConfig):
+    def __init__(self, num_keypoints: int, action_dim: int, constraints: ConstraintSet | None, config: DynamicsConfig,
+                 actuators: Sequence[Actuator] = (), joints: Sequence[Joint] = ()):
         super().__init__()
         if config.kind == "constrained" and constraints is None:
             raise ValueError("constrained dynamics need a ConstraintSet")
         self.config = config
         self.num_keypoints, self.action_dim = num_keypoints, action_dim
         self.constraints = constraints if config.kind == "constrained" else None
+        self.actuators, self.joints = tuple(actuators), tuple(joints)
+        # the links' geometry (pivots) for joint angles, also without constraint forces (the
+        # unconstrained ablation); a list, so that it is not registered a second time
+        self._links = [constraints]
+        if config.kind != "neural_ode" and config.input_matrix == "spec" and len(self.actuators) != action_dim:
+            raise ValueError(f"input_matrix='spec' needs one actuator per action dimension ({action_dim}), "
+                             f"the spec names {len(self.actuators)}")
+        if config.kind != "neural_ode" and constraints is None and (
+                config.damping == "joints" or any(a.kind == "torque" for a in self.actuators if config.input_matrix == "spec")):
+            raise ValueError("joint torques and joint damping need the constraints' links (a ConstraintSet)")
+        if config.kind != "neural_ode" and config.damping == "joints" and not self.joints:
+            raise ValueError("damping='joints' needs the spec's joints")
         n = 2 * num_keypoints
         h, l, s = config.hidden, config.layers, config.init_std
         if config.kind == "neural_ode":
@@ -160,6 +186,10 @@ class Dynamics(nn.Module):
             self.potential_linear = nn.Parameter(torch.zeros(n))
         if config.input_matrix == "constant":
             self.input_const = nn.Parameter(torch.randn(n * action_dim) * s)
+        elif config.input_matrix == "spec":
+            # a force's direction and size per force actuator, a gain per torque actuator (unused entries stay 0)
+            self.actuator_force = nn.Parameter(torch.randn(action_dim, 2) * s)
+            self.actuator_gain = nn.Parameter(torch.randn(action_dim) * s)
         else:
             self.input_net = mlp(n, n * action_dim, h, l, s)
         mask = torch.ones(num_keypoints, 1, 1)
@@ -169,8 +199,9 @@ class Dynamics(nn.Module):
             mask = torch.zeros(num_keypoints, 1, 1)
             mask[list(config.input_keypoints)] = 1.0
         self.register_buffer("input_mask", mask, persistent=False)  # (K, 1, 1) over (K, 2, A)
+        n_damped = len(self.joints) if config.damping == "joints" else num_keypoints
         self.damping_raw = nn.Parameter(
-            torch.full((num_keypoints,), inv_softplus(config.init_damping)), requires_grad=config.learn_damping
+            torch.full((n_damped,), inv_softplus(config.init_damping)), requires_grad=config.learn_damping
         )
         rails = sorted({c.a for c in (constraints.constraints if constraints else ()) if c.kind == "fixed_height"})
         self.rail_keypoints = rails if config.rail_walls else []
@@ -200,7 +231,7 @@ class Dynamics(nn.Module):
         return low @ low.T
 
     def damping(self) -> torch.Tensor:
-        """Damping per keypoint `(K,)`, non-negative (D = diag(damping) kron I_2)."""
+        """Damping per keypoint `(K,)` (D = diag(damping) kron I_2) or per joint `(J,)`, non-negative."""
         if not self.config.learn_damping:
             return torch.zeros_like(self.damping_raw)
         return nn.functional.softplus(self.damping_raw)
@@ -231,8 +262,22 @@ class Dynamics(nn.Module):
         t, v = self.kinetic(qdot), self.potential(q)
         return {"kinetic": t, "potential": v, "total": t + v}
 
+    def joint_gradients(self, q: torch.Tensor) -> torch.Tensor:
+        """a_j = d theta_j / dq `(J, ..., K, 2)` of the spec's joints at keypoints `(..., K, 2)`."""
+        return torch.stack([self._links[0].joint_angle_gradient(q, j) for j in self.joints])
+
     def input_matrix(self, q: torch.Tensor) -> torch.Tensor:
         """B(q) `(..., K, 2, A)`: generalised force per unit action."""
+        if self.config.input_matrix == "spec":
+            columns = []
+            for i, act in enumerate(self.actuators):
+                if act.kind == "force":
+                    col = q.new_zeros(q.shape)
+                    col[..., act.keypoint, :] = self.actuator_force[i]
+                else:
+                    col = self.actuator_gain[i] * self._links[0].joint_angle_gradient(q, act.joint)
+                columns.append(col)
+            return torch.stack(columns, -1)
         if self.config.input_matrix == "constant":
             b = self.input_const.reshape(q.shape[-2:] + (self.action_dim,)).expand(*q.shape, self.action_dim)
         else:
@@ -260,7 +305,12 @@ class Dynamics(nn.Module):
     def force(self, q: torch.Tensor, qdot: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """f = -grad V + B(q) u - D qdot (- the walls' damping past a stop), `(..., K, 2)`."""
         f = -self.potential_gradient(q) + (self.input_matrix(q) @ u[..., None, :, None]).squeeze(-1)
-        f = f - self.damping()[:, None] * qdot
+        if self.config.damping == "joints":
+            a = self.joint_gradients(q)  # (J, ..., K, 2)
+            rates = (a * qdot).sum((-2, -1), keepdim=True)  # (J, ..., 1, 1)
+            f = f - (self.damping().reshape(-1, *[1] * q.dim()) * rates * a).sum(0)
+        else:
+            f = f - self.damping()[:, None] * qdot
         if self.rail_keypoints and self.config.wall_damping > 0:
             for i, k in enumerate(self.rail_keypoints):
                 x = q[..., k, 0]

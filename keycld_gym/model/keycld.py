@@ -81,7 +81,8 @@ class KeyCLDModel(nn.Module):
         links = [(c.a, c.b) for c in self.spec.constraints if c.kind == "fixed_distance"]
         self.renderer = KeypointRenderer(k, h, w, config.renderer, links=links)
         self.constraints = ConstraintSet(self.spec.constraints, k)
-        self.dynamics = Dynamics(k, action_dim, self.constraints, config.dynamics)
+        self.dynamics = Dynamics(k, action_dim, self.constraints, config.dynamics,
+                                 actuators=self.spec.actuators, joints=self.spec.joints)
         self.reward_net = mlp(4 * k + action_dim, 1, config.reward_hidden, 2, 0.1)
 
     # -- parameter groups: each learns at its own rate (training) --------------------------

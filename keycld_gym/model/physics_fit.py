@@ -36,8 +36,10 @@ from keycld_gym.model.dynamics import Dynamics
 class PhysicsFit:
     """A least-squares fit of the structured Lagrangian's constants.
 
-    Attributes: mass `(K, K)`, gravity `(2K,)` (the gradient of V), input `(2K, A)`, damping
-    `(K,)`; samples used; residual RMS over them, relative to the RMS of the mass term.
+    Attributes: mass `(K, K)`, gravity `(2K,)` (the gradient of V), input (a constant B
+    `(2K, A)`, or the spec's actuator constants in order: two per force, one per torque),
+    damping (per keypoint `(K,)` or per joint `(J,)`); samples used; residual RMS over
+    them, relative to the RMS of the mass term.
     """
 
     mass: np.ndarray
@@ -74,28 +76,58 @@ def smoothed_derivatives(q: np.ndarray, actions: np.ndarray, dt: float, window: 
     return tuple(a[:, h:t - h] for a in smooth)
 
 
-def _design(q: torch.Tensor, qd: torch.Tensor, qdd: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Columns `(N, 2K, P)` of M qddot + g - B u + D qdot for each unknown (upper M_K, g, B, d)."""
+def _design(dynamics: Dynamics, q: torch.Tensor, qd: torch.Tensor, qdd: torch.Tensor,
+            u: torch.Tensor) -> tuple[torch.Tensor, dict[str, slice]]:
+    """Columns `(N, 2K, P)` of M qddot + g - B u + D qdot for each unknown, and where each part's lie.
+
+    Unknowns: the upper triangle of M_K; g; the input's constants (a constant B, masked to
+    the pushed keypoints, or the spec's actuators: a force's two components, a torque's
+    gain); the damping (per keypoint, or per joint of the spec).
+    """
     n_samples, k, _ = q.shape
     n, a = 2 * k, u.shape[-1]
-    cols = []
+    cfg = dynamics.config
+    parts: dict[str, list[torch.Tensor]] = {"mass": [], "gravity": [], "input": [], "damping": []}
     for i in range(k):
         for j in range(i, k):
             c = q.new_zeros(n_samples, k, 2)
             c[:, i] += qdd[:, j]
             if i != j:
                 c[:, j] += qdd[:, i]
-            cols.append(c.flatten(1))
+            parts["mass"].append(c.flatten(1))
     eye = torch.eye(n, dtype=q.dtype)
-    cols += [eye[:, i].expand(n_samples, n) for i in range(n)]
-    for i in range(n):
-        for b in range(a):
-            cols.append(-u[:, b:b + 1] * eye[i])
-    for i in range(k):
-        c = q.new_zeros(n_samples, k, 2)
-        c[:, i] = qd[:, i]
-        cols.append(c.flatten(1))
-    return torch.stack(cols, -1)
+    parts["gravity"] = [eye[:, i].expand(n_samples, n) for i in range(n)]
+    if cfg.input_matrix == "spec":
+        for b, act in enumerate(dynamics.actuators):
+            if act.kind == "force":
+                for d in range(2):
+                    c = q.new_zeros(n_samples, k, 2)
+                    c[:, act.keypoint, d] = -u[:, b]
+                    parts["input"].append(c.flatten(1))
+            else:
+                grad = dynamics._links[0].joint_angle_gradient(q, act.joint)
+                parts["input"].append((-u[:, b, None, None] * grad).flatten(1))
+    else:
+        pushed = dynamics.input_mask.expand(k, 2, a).reshape(-1).to(q.dtype)
+        for i in range(n):
+            for b in range(a):
+                # B only where the actuators push: the other columns are zero (least norm: zero)
+                parts["input"].append(-u[:, b:b + 1] * eye[i] * pushed[i * a + b])
+    if cfg.damping == "joints":
+        for grad in dynamics.joint_gradients(q):
+            rate = (grad * qd).sum((-2, -1))
+            parts["damping"].append((rate[:, None, None] * grad).flatten(1))
+    else:
+        for i in range(k):
+            c = q.new_zeros(n_samples, k, 2)
+            c[:, i] = qd[:, i]
+            parts["damping"].append(c.flatten(1))
+    where, start, cols = {}, 0, []
+    for name, part in parts.items():
+        where[name] = slice(start, start + len(part))
+        start += len(part)
+        cols += part
+    return torch.stack(cols, -1), where
 
 
 def fit_physics(dynamics: Dynamics, keypoints: torch.Tensor, actions: torch.Tensor, dt: float,
@@ -109,7 +141,7 @@ def fit_physics(dynamics: Dynamics, keypoints: torch.Tensor, actions: torch.Tens
     samples whose residual is more than `trim` times the median's.
     """
     if dynamics.constraints is None or not dynamics.config.structured:
-        raise ValueError("fit_physics needs constrained dynamics with a linear potential and a constant input matrix")
+        raise ValueError("fit_physics needs constrained dynamics with a linear potential and a constant or spec input matrix")
     q, qd, qdd, u = (torch.from_numpy(np.ascontiguousarray(x)).double().flatten(0, 1) for x in
                      smoothed_derivatives(keypoints.double().numpy(), actions.double().numpy(), dt, window))
     keep = torch.ones(len(q), dtype=torch.bool)
@@ -118,18 +150,22 @@ def fit_physics(dynamics: Dynamics, keypoints: torch.Tensor, actions: torch.Tens
             x = q[:, c.a, 0]
             lo, hi = x.min(), x.max()
             keep &= (x > lo + rail_margin * (hi - lo)) & (x < hi - rail_margin * (hi - lo))
-    q, qd, qdd, u = q[keep], qd[keep], qdd[keep], u[keep]
+    return solve_physics(dynamics, q[keep], qd[keep], qdd[keep], u[keep], trim)
+
+
+def solve_physics(dynamics: Dynamics, q: torch.Tensor, qd: torch.Tensor, qdd: torch.Tensor, u: torch.Tensor,
+                  trim: float = 3.0) -> PhysicsFit:
+    """The least-squares constants from samples of keypoints, velocities, accelerations `(N, K, 2)` and actions `(N, A)`.
+
+    A second pass drops samples whose residual is more than `trim` times the median's.
+    """
     with torch.no_grad():
         j = dynamics.constraints.jacobian(q)  # float64, like q
     c, n = j.shape[-2], j.shape[-1]
     basis = torch.linalg.svd(j, full_matrices=True).Vh[:, c:].transpose(-1, -2)  # (N, 2K, 2K - C)
-    columns = _design(q, qd, qdd, u)  # (N, 2K, P)
+    with torch.no_grad():
+        columns, where = _design(dynamics, q, qd, qdd, u)  # (N, 2K, P)
     k, a = dynamics.num_keypoints, u.shape[-1]
-    n_mass = k * (k + 1) // 2
-    if dynamics.config.input_keypoints is not None:
-        # B only where the actuators push: the other columns drop out (least norm: zero)
-        pushed = dynamics.input_mask.expand(k, 2, a).reshape(-1).to(columns.dtype)
-        columns[..., n_mass + n:n_mass + n + n * a] *= pushed
     design = basis.transpose(-1, -2) @ columns  # (N, 2K - C, P)
     # M_K[0, 0] = 1 fixes the Lagrangian's free scale: its column moves to the right-hand side
     rhs, lhs = -design[..., 0], design[..., 1:]
@@ -143,11 +179,12 @@ def fit_physics(dynamics: Dynamics, keypoints: torch.Tensor, actions: torch.Tens
     theta = torch.cat([torch.ones(1, dtype=sol.dtype), sol])
     mass = torch.zeros(k, k, dtype=theta.dtype)
     iu = torch.triu_indices(k, k)
-    mass[iu[0], iu[1]] = theta[:n_mass]
+    mass[iu[0], iu[1]] = theta[where["mass"]]
     mass = mass + torch.triu(mass, 1).T
-    gravity = theta[n_mass:n_mass + n]
-    inp = theta[n_mass + n:n_mass + n + n * a].reshape(n, a)
-    damping = theta[n_mass + n + n * a:]
+    gravity = theta[where["gravity"]]
+    inp = theta[where["input"]]
+    inp = inp if dynamics.config.input_matrix == "spec" else inp.reshape(n, a)
+    damping = theta[where["damping"]]
     mass_term = (basis.transpose(-1, -2) @ torch.einsum("kl,nld->nkd", mass, qdd).flatten(1)[..., None]).squeeze(-1)
     rel = float((lhs[keep] @ sol - rhs[keep]).pow(2).mean().sqrt() / mass_term[keep].pow(2).mean().sqrt())
     return PhysicsFit(mass.numpy(), gravity.numpy(), inp.numpy(), damping.numpy(), int(keep.sum()), rel)
@@ -163,6 +200,14 @@ def apply_physics(dynamics: Dynamics, fit: PhysicsFit) -> None:
         dynamics.mass_offdiag.copy_(torch.from_numpy(np.tril(low, -1)))
         dynamics.mass_raw_diag.copy_(torch.tensor([inv_softplus(float(x)) for x in np.diag(low)]))
         dynamics.potential_linear.copy_(torch.from_numpy(fit.gravity))
-        dynamics.input_const.copy_(torch.from_numpy(fit.input.reshape(-1)))
+        if dynamics.config.input_matrix == "spec":
+            values = iter(fit.input.tolist())
+            for i, act in enumerate(dynamics.actuators):
+                if act.kind == "force":
+                    dynamics.actuator_force[i] = torch.tensor([next(values), next(values)])
+                else:
+                    dynamics.actuator_gain[i] = next(values)
+        else:
+            dynamics.input_const.copy_(torch.from_numpy(fit.input.reshape(-1)))
         if dynamics.config.learn_damping:
             dynamics.damping_raw.copy_(torch.tensor([inv_softplus(max(float(d), floor)) for d in fit.damping]))

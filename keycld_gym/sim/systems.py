@@ -68,6 +68,39 @@ class Constraint:
 
 
 @dataclass(frozen=True)
+class Joint:
+    """A hinge of the real system in keypoint terms (docs/design.md section 2).
+
+    Its angle is the direction of the link into keypoint `child` (from the learned pivot of a
+    ``fixed_pivot_distance`` constraint on `child`, or from the other keypoint of a
+    ``fixed_distance`` constraint ending at `child`), measured from the link into `parent`
+    (None: from the image's x axis).
+    """
+
+    child: int
+    parent: int | None = None
+
+
+ACTUATOR_KINDS = ("force", "torque")
+
+
+@dataclass(frozen=True)
+class Actuator:
+    """What one action dimension drives: a ``force`` on `keypoint` along a fixed direction
+    (the cartpole's cart), or a ``torque`` on `joint` (the pendulum's hinge, the acrobot's elbow)."""
+
+    kind: str
+    keypoint: int | None = None
+    joint: Joint | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ACTUATOR_KINDS:
+            raise ValueError(f"unknown actuator kind {self.kind!r}; valid: {ACTUATOR_KINDS}")
+        if (self.kind == "force") != (self.keypoint is not None) or (self.kind == "torque") != (self.joint is not None):
+            raise ValueError("a force actuator names its keypoint, a torque actuator its joint")
+
+
+@dataclass(frozen=True)
 class SystemSpec:
     """Everything that defines one system: the real task, its camera, timing and structure.
 
@@ -85,6 +118,9 @@ class SystemSpec:
         qpos_names: names of the physical coordinates, in dm_control's qpos order.
         state_qpos_low/high, state_qvel_low/high: the box the ``states`` data regime
             samples start states from (whole state space, as the KeyCLD authors did).
+        actuators: what each action dimension drives, in keypoint terms (the structured
+            input matrix follows from them).
+        joints: the hinges whose rates the task damps (the structured joint damping).
         render_scale: how much larger than the observation `render_mode="rgb_array"` is.
         camera_note: why this camera, with the measured facts behind the choice.
     """
@@ -103,6 +139,8 @@ class SystemSpec:
     state_qpos_high: tuple[float, ...]
     state_qvel_low: tuple[float, ...]
     state_qvel_high: tuple[float, ...]
+    actuators: tuple[Actuator, ...] = ()
+    joints: tuple[Joint, ...] = ()
     render_scale: int = 4
     camera_note: str = ""
 
@@ -112,6 +150,10 @@ class SystemSpec:
                 f"{self.name}: episode_steps {self.episode_steps} is not a multiple of "
                 f"action_repeat {self.action_repeat}"
             )
+        for act in self.actuators:
+            joint = act.joint or Joint(child=act.keypoint)
+            if any(not 0 <= k < self.num_keypoints for k in (joint.child, joint.parent) if k is not None):
+                raise ValueError(f"{self.name}: actuator {act} names a keypoint outside 0..{self.num_keypoints - 1}")
         n = len(self.qpos_names)
         for field in ("state_qpos_low", "state_qpos_high", "state_qvel_low", "state_qvel_high"):
             if len(getattr(self, field)) != n:
@@ -178,6 +220,8 @@ SYSTEMS: dict[str, SystemSpec] = {
             Constraint("fixed_distance", a=0, b=1),
         ),
         qpos_names=("slider", "hinge_1"),
+        actuators=(Actuator("force", keypoint=0),),  # the slider motor pushes the cart
+        joints=(Joint(child=1),),  # the pole's hinge (its damping, 2e-6, is negligible)
         state_qpos_low=(-1.7, -_PI),
         state_qpos_high=(1.7, _PI),
         state_qvel_low=(-2.0, -8.0),
@@ -202,6 +246,8 @@ SYSTEMS: dict[str, SystemSpec] = {
         num_keypoints=1,  # bob
         constraints=(Constraint("fixed_pivot_distance", a=0),),
         qpos_names=("hinge",),
+        actuators=(Actuator("torque", joint=Joint(child=0)),),  # the hinge motor turns the bob
+        joints=(Joint(child=0),),  # damping 0.1 on the hinge
         state_qpos_low=(-_PI,),
         state_qpos_high=(_PI,),
         state_qvel_low=(-6.0,),
@@ -226,6 +272,9 @@ SYSTEMS: dict[str, SystemSpec] = {
             Constraint("fixed_distance", a=0, b=1),
         ),
         qpos_names=("shoulder", "elbow"),
+        # only the elbow is driven; both joints are damped (0.05)
+        actuators=(Actuator("torque", joint=Joint(child=1, parent=0)),),
+        joints=(Joint(child=0), Joint(child=1, parent=0)),
         state_qpos_low=(-_PI, -_PI),
         state_qpos_high=(_PI, _PI),
         state_qvel_low=(-6.0, -10.0),
