@@ -46,7 +46,7 @@ def test_line_maps_draw_the_segment_between_linked_keypoints():
     from keycld_gym.model.renderer import line_maps
 
     q = torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]])
-    m = line_maps(q, [(0, 1)], 32, 64, 0.05)
+    m = line_maps(q[:, :1], q[:, 1:], 32, 64, 0.05)
     assert m.shape == (1, 1, 32, 64)
     grid = image_grid(32, 64)
     on = (grid[..., 1].abs() < 0.04) & (grid[..., 0].abs() < 0.45)  # rows nearest the line
@@ -68,3 +68,23 @@ def test_foreground_mask_keeps_keypoints_on_the_moving_parts():
     expected = image_grid(8, 16)[2:4, 12:14].reshape(-1, 2).mean(0)
     torch.testing.assert_close(q[0, 0], expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(q[1], spatial_softmax(heat)[1])  # no foreground: unmasked
+
+
+def test_links_to_a_learned_pivot_are_drawn_and_follow_permutations():
+    """The pendulum's rod runs from the renderer's own pivot to the bob; the acrobot's upper arm likewise."""
+    from keycld_gym.model.keycld import KeyCLDModel
+
+    model = KeyCLDModel("acrobot")
+    ren = model.renderer
+    assert ren.pivoted.tolist() == [0] and ren.links.tolist() == [[0, 1]]
+    with torch.no_grad():
+        ren.pivots[0] = torch.tensor([0.0, 0.2])
+    q = torch.tensor([[[0.0, -0.4], [0.3, -0.6]]])
+    starts, ends = ren.segments(q)  # the elbow-tip link, then pivot-elbow
+    torch.testing.assert_close(starts, torch.tensor([[[0.0, -0.4], [0.0, 0.2]]]))
+    torch.testing.assert_close(ends, torch.tensor([[[0.3, -0.6], [0.0, -0.4]]]))
+    frame = ren(q)
+    frame.mean().backward()
+    assert ren.pivots.grad.abs().sum() > 0  # the pivot learns from the reconstruction
+    model.permute_keypoints([1, 0])
+    assert ren.pivoted.tolist() == [1] and ren.links.tolist() == [[1, 0]]

@@ -79,7 +79,8 @@ class KeyCLDModel(nn.Module):
         # the scene without its moving parts (the data set's median image), set by training
         self.register_buffer("background", torch.zeros(h, w, 3))
         links = [(c.a, c.b) for c in self.spec.constraints if c.kind == "fixed_distance"]
-        self.renderer = KeypointRenderer(k, h, w, config.renderer, links=links)
+        pivoted = [c.a for c in self.spec.constraints if c.kind == "fixed_pivot_distance"]
+        self.renderer = KeypointRenderer(k, h, w, config.renderer, links=links, pivoted=pivoted)
         self.constraints = ConstraintSet(self.spec.constraints, k)
         self.dynamics = Dynamics(k, action_dim, self.constraints, config.dynamics,
                                  actuators=self.spec.actuators, joints=self.spec.joints)
@@ -182,6 +183,8 @@ class KeyCLDModel(nn.Module):
             first.weight[:, :k].copy_(first.weight[:, :k][:, idx])
         new_index = {old: new for new, old in enumerate(order)}
         self.renderer.links.apply_(lambda i: new_index[i])
+        if hasattr(self.renderer, "pivoted"):
+            self.renderer.pivoted.apply_(lambda i: new_index[i])
 
 
 def fit_circle(points: torch.Tensor) -> torch.Tensor:

@@ -3,10 +3,11 @@
 Everything but the keypoints (background, shadows, reflections) comes from the renderer's
 own parameters: the learned constant feature map and the decoder's weights.
 
-Beside the blobs, each rigid link that the system's constraints name (two keypoints at a
-fixed distance) is drawn as a Gaussian line between its keypoints, so the thin part between
-them (the cartpole pole, ~1.7 px wide) is drawn by a channel that moves with both keypoints
-instead of by a decoder that must learn to join two distant blobs. On its own the line did
+Beside the blobs, each rigid link that the system's constraints name is drawn as a Gaussian
+line: between two keypoints at a fixed distance (the cartpole pole, ~1.7 px wide), and from
+a learned pivot to a keypoint at a fixed distance from it (the pendulum's rod, the
+acrobot's upper arm). The thin part is then drawn by a channel that moves with the
+keypoints instead of by a decoder that must learn to join two distant blobs. On its own the line did
 not make the pole findable (two runs, pole angle error at chance; `keycld_gym.model.encoder` says
 what did); the measured and bundled configuration uses it.
 """
@@ -55,33 +56,39 @@ def segment_distance2(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor) ->
     return ((points - a - t * d) ** 2).sum(-1)
 
 
-def line_maps(keypoints: torch.Tensor, links: list[tuple[int, int]], height: int, width: int, sigma: float) -> torch.Tensor:
-    """Gaussian lines along the segments between linked keypoints: `(B, K, 2)` -> `(B, len(links), height, width)`."""
-    grid = image_grid(height, width, keypoints.device).to(keypoints.dtype)[None]  # (1, h, w, 2)
-    maps = [torch.exp(-segment_distance2(grid, keypoints[:, a, None, None], keypoints[:, b, None, None]) / (2 * sigma**2))
-            for a, b in links]
+def line_maps(starts: torch.Tensor, ends: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
+    """Gaussian lines along segments from `starts` to `ends` `(B, L, 2)`: `(B, L, height, width)`."""
+    grid = image_grid(height, width, starts.device).to(starts.dtype)[None]  # (1, h, w, 2)
+    maps = [torch.exp(-segment_distance2(grid, starts[:, i, None, None], ends[:, i, None, None]) / (2 * sigma**2))
+            for i in range(starts.shape[1])]
     return torch.stack(maps, 1)
 
 
 class KeypointRenderer(nn.Module):
     """Keypoints `(B, K, 2)` -> frames `(B, H, W, 3)` in [0, 1] for an `H x W` image.
 
-    `links`: pairs of keypoints joined by a rigid link, drawn as lines (see the module docstring).
+    `links`: pairs of keypoints joined by a rigid link; `pivoted`: keypoints joined by a rigid
+    link to a pivot of their own (learned); both drawn as lines (see the module docstring).
     """
 
     def __init__(self, num_keypoints: int, height: int, width: int, config: RendererConfig = RendererConfig(),
-                 links: list[tuple[int, int]] | tuple = ()):
+                 links: list[tuple[int, int]] | tuple = (), pivoted: list[int] | tuple = ()):
         super().__init__()
         if height % 2 or width % 2:
             raise ValueError(f"frame size must be even, got {height}x{width}")
         self.config, self.height, self.width = config, height, width
         links = [tuple(link) for link in links] if config.link_sigma > 0 else []
-        # a buffer, so a reordering of the keypoints (model.permute_keypoints) is saved with the weights
+        pivoted = [int(k) for k in pivoted] if config.link_sigma > 0 else []
+        # buffers, so a reordering of the keypoints (model.permute_keypoints) is saved with the weights
         self.register_buffer("links", torch.tensor(links, dtype=torch.long).reshape(-1, 2))
+        if pivoted:
+            self.register_buffer("pivoted", torch.tensor(pivoted, dtype=torch.long))
+            # where each pivoted link starts; the frontal cameras look at the pivot, so the centre
+            self.pivots = nn.Parameter(torch.zeros(len(pivoted), 2))
         self.num_keypoints = num_keypoints
         c, bg = config.channels, config.background_channels
         self.background = nn.Parameter(torch.zeros(1, bg, height // 2, width // 2))
-        n_in = num_keypoints + len(links) + bg
+        n_in = num_keypoints + len(links) + len(pivoted) + bg
         self.down = nn.Sequential(nn.Conv2d(n_in, c, 3, padding=1), nn.ReLU(),
                                   nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
         self.mid = nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(),
@@ -89,13 +96,23 @@ class KeypointRenderer(nn.Module):
                                  nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.ReLU())
         self.up = nn.ConvTranspose2d(2 * c, 3, 4, stride=2, padding=1)  # skip connection in
 
+    def segments(self, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start and end points `(B, L, 2)` each of the rigid links drawn for keypoints `(B, K, 2)`: keypoint pairs, then pivots."""
+        starts = [keypoints[:, self.links[:, 0]]]
+        ends = [keypoints[:, self.links[:, 1]]]
+        if hasattr(self, "pivoted"):
+            starts.append(self.pivots.to(keypoints.dtype).expand(len(keypoints), -1, -1))
+            ends.append(keypoints[:, self.pivoted])
+        return torch.cat(starts, 1), torch.cat(ends, 1)
+
     def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
         """Frames `(B, H, W, 3)` in [0, 1] rendered from keypoints `(B, K, 2)`."""
         b = keypoints.shape[0]
         h, w = self.height // 2, self.width // 2
         maps = [gaussian_maps(keypoints, h, w, self.config.sigma)]
-        if len(self.links):
-            maps.append(line_maps(keypoints, self.links.tolist(), h, w, self.config.link_sigma))
+        starts, ends = self.segments(keypoints)
+        if starts.shape[1]:
+            maps.append(line_maps(starts, ends, h, w, self.config.link_sigma))
         x = torch.cat([*maps, self.background.expand(b, -1, -1, -1)], 1)
         x = x.contiguous(memory_format=torch.channels_last)
         h = self.down(x)
