@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 
 from keycld_gym import SYSTEMS, get_system, make_real_env
 from keycld_gym.sim.camera import import_dm_control
-from keycld_gym.sim.exploration import CartpoleSwingUp
+from keycld_gym.sim.exploration import CartpoleSwingUp, PendulumSwingUp
 from keycld_gym.sim.real_env import RealEnv
 
 
@@ -157,6 +157,26 @@ def test_scripted_cartpole_controller_swings_up():
         total += reward
         done = terminated or truncated
     assert total > 700
+
+
+def test_scripted_pendulum_controller_balances_or_turns_over_as_drawn():
+    """Its draw decides: pumped to the upright energy it swings up and balances; above it, it turns over."""
+    env = RealEnv("pendulum", "state", action_repeat=1)
+    seen = {}
+    for seed in (1, 0):  # draws a balancing (target 0) and a rotating controller
+        _, info = env.reset(seed=seed)
+        controller = PendulumSwingUp(env.physics, np.random.default_rng(seed))
+        start, total, done = info["qpos"][0], 0.0, False
+        while not done:
+            _, reward, terminated, truncated, info = env.step(controller(info["qpos"], info["qvel"]))
+            total += reward
+            done = terminated or truncated
+        seen["balance" if controller.target == 0 else "rotate"] = (total, abs(info["qpos"][0] - start) / (2 * np.pi))
+    assert seen["balance"][0] > 700  # the task's own return, from its own reset
+    assert seen["rotate"][1] > 5  # full turns of the hinge in one episode
+    # the draw comes from the sequence's generator: the same seed, the same controller
+    a, b = (PendulumSwingUp(env.physics, np.random.default_rng(7)) for _ in range(2))
+    assert (a.pump, a.target) == (b.pump, b.target)
 
 
 @pytest.mark.parametrize("backend", ["bogus", "osmesa"])
