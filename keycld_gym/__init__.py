@@ -26,8 +26,10 @@ from keycld_gym.errors import (  # noqa: E402
 from keycld_gym.model.checkpoint import load_model  # noqa: E402
 from keycld_gym.sim.systems import (  # noqa: E402
     SYSTEMS,
+    Actuator,
     CameraSpec,
     Constraint,
+    Joint,
     SystemSpec,
     get_system,
 )
@@ -38,9 +40,11 @@ register_envs()
 __all__ = [
     "CheckpointError",
     "SYSTEMS",
+    "Actuator",
     "CameraSpec",
     "Constraint",
     "CorruptShardError",
+    "Joint",
     "KeyCLDError",
     "ManifestMismatchError",
     "RenderBackendError",

@@ -8,7 +8,13 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from keycld_gym.evaluation import angle_rms, evaluate_model, keypoint_state_metrics, mse_epsilon, valid_prediction_time
+from keycld_gym.evaluation import (
+    angle_rms,
+    evaluate_model,
+    keypoint_state_metrics,
+    mse_epsilon,
+    valid_prediction_time,
+)
 from keycld_gym.model.checkpoint import load_model
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.systems import get_system

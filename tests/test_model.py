@@ -5,7 +5,12 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from keycld_gym.model.keycld import KeyCLDModel, ModelConfig, init_constraints_from, keypoint_order
+from keycld_gym.model.keycld import (
+    KeyCLDModel,
+    ModelConfig,
+    init_constraints_from,
+    keypoint_order,
+)
 from keycld_gym.sim.systems import get_system
 
 

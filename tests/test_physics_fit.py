@@ -4,7 +4,12 @@ import torch
 
 from keycld_gym.model.constraints import ConstraintSet
 from keycld_gym.model.dynamics import Dynamics, DynamicsConfig
-from keycld_gym.model.physics_fit import PhysicsFit, apply_physics, fit_physics, smoothed_derivatives
+from keycld_gym.model.physics_fit import (
+    PhysicsFit,
+    apply_physics,
+    fit_physics,
+    smoothed_derivatives,
+)
 from keycld_gym.sim.systems import Constraint
 
 STRUCTURED = DynamicsConfig(input_matrix="constant", linear_potential=True, potential_mlp=False, rail_walls=False)
