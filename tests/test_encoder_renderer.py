@@ -46,7 +46,7 @@ def test_line_maps_draw_the_segment_between_linked_keypoints():
     from keycld_gym.model.renderer import line_maps
 
     q = torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]])
-    m = line_maps(q[:, :1], q[:, 1:], 32, 64, 0.05)
+    m = line_maps(q, [(0, 1)], 32, 64, 0.05)
     assert m.shape == (1, 1, 32, 64)
     grid = image_grid(32, 64)
     on = (grid[..., 1].abs() < 0.04) & (grid[..., 0].abs() < 0.45)  # rows nearest the line
@@ -80,9 +80,14 @@ def test_links_to_a_learned_pivot_are_drawn_and_follow_permutations():
     with torch.no_grad():
         ren.pivots[0] = torch.tensor([0.0, 0.2])
     q = torch.tensor([[[0.0, -0.4], [0.3, -0.6]]])
-    starts, ends = ren.segments(q)  # the elbow-tip link, then pivot-elbow
-    torch.testing.assert_close(starts, torch.tensor([[[0.0, -0.4], [0.0, 0.2]]]))
-    torch.testing.assert_close(ends, torch.tensor([[[0.3, -0.6], [0.0, -0.4]]]))
+    pivots, pivoted = ren.pivot_links()
+    assert pivoted == [0]
+    from keycld_gym.model.renderer import line_maps
+
+    lines = line_maps(q, ren.links.tolist(), 32, 32, 0.05, pivots, pivoted)  # elbow-tip, then pivot-elbow
+    grid = image_grid(32, 32)
+    on_arm = ((grid - torch.tensor([0.0, -0.1])).norm(dim=-1) < 0.04)  # halfway from the pivot to the elbow
+    assert lines.shape == (1, 2, 32, 32) and lines[0, 1][on_arm].min() > 0.7 and lines[0, 0][on_arm].max() < 1e-3
     frame = ren(q)
     frame.mean().backward()
     assert ren.pivots.grad.abs().sum() > 0  # the pivot learns from the reconstruction

@@ -159,14 +159,13 @@ def test_coverage_pulls_a_link_along_the_foreground_and_liveness_penalties():
     fg = torch.zeros(1, 32, 64)
     fg[0, 16, 32:44] = 1  # a horizontal bar from x = 0 to about 0.7
     q = torch.tensor([[[0.0, 0.0], [0.2, 0.0]]], requires_grad=True)
-    loss = coverage_loss(q, fg, (q[:, :1], q[:, 1:]), 1.0)
+    loss = coverage_loss(q, fg, [(0, 1)], 1.0)
     loss.backward()
     assert q.grad[0, 1, 0] < 0  # the free end is pulled outwards along the bar
-    far_q = torch.tensor([[[0.0, 0.0], [0.7, 0.0]]])
-    far = coverage_loss(far_q, fg, (far_q[:, :1], far_q[:, 1:]), 1.0)
+    far = coverage_loss(torch.tensor([[[0.0, 0.0], [0.7, 0.0]]]), fg, [(0, 1)], 1.0)
     assert far < loss
     bob = torch.tensor([[[0.2, 0.0]]], requires_grad=True)  # one keypoint on a rod from a pivot at the centre
-    coverage_loss(bob, fg, (torch.zeros(1, 1, 2), bob), 1.0).backward()
+    coverage_loss(bob, fg, [], 1.0, torch.zeros(1, 2), [0]).backward()
     assert bob.grad[0, 0, 0] < 0
     still = torch.zeros(8, 2, 2)
     spread, close = keypoint_liveness(still, 0.05, 0.1)

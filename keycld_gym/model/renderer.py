@@ -14,6 +14,7 @@ what did); the measured and bundled configuration uses it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -56,11 +57,18 @@ def segment_distance2(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor) ->
     return ((points - a - t * d) ** 2).sum(-1)
 
 
-def line_maps(starts: torch.Tensor, ends: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
-    """Gaussian lines along segments from `starts` to `ends` `(B, L, 2)`: `(B, L, height, width)`."""
-    grid = image_grid(height, width, starts.device).to(starts.dtype)[None]  # (1, h, w, 2)
-    maps = [torch.exp(-segment_distance2(grid, starts[:, i, None, None], ends[:, i, None, None]) / (2 * sigma**2))
-            for i in range(starts.shape[1])]
+def line_maps(keypoints: torch.Tensor, links: list[tuple[int, int]], height: int, width: int, sigma: float,
+              pivots: torch.Tensor | None = None, pivoted: Sequence[int] = ()) -> torch.Tensor:
+    """Gaussian lines along the rigid links of keypoints `(B, K, 2)`: `(B, len(links) + len(pivoted), height, width)`.
+
+    First the segments between linked keypoints, then from each pivot `pivots[i]` `(P, 2)`
+    to keypoint `pivoted[i]`.
+    """
+    grid = image_grid(height, width, keypoints.device).to(keypoints.dtype)[None]  # (1, h, w, 2)
+    maps = [torch.exp(-segment_distance2(grid, keypoints[:, a, None, None], keypoints[:, b, None, None]) / (2 * sigma**2))
+            for a, b in links]
+    maps += [torch.exp(-segment_distance2(grid, pivots[i].to(keypoints.dtype), keypoints[:, k, None, None]) / (2 * sigma**2))
+             for i, k in enumerate(pivoted)]
     return torch.stack(maps, 1)
 
 
@@ -96,23 +104,20 @@ class KeypointRenderer(nn.Module):
                                  nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.ReLU())
         self.up = nn.ConvTranspose2d(2 * c, 3, 4, stride=2, padding=1)  # skip connection in
 
-    def segments(self, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Start and end points `(B, L, 2)` each of the rigid links drawn for keypoints `(B, K, 2)`: keypoint pairs, then pivots."""
-        starts = [keypoints[:, self.links[:, 0]]]
-        ends = [keypoints[:, self.links[:, 1]]]
-        if hasattr(self, "pivoted"):
-            starts.append(self.pivots.to(keypoints.dtype).expand(len(keypoints), -1, -1))
-            ends.append(keypoints[:, self.pivoted])
-        return torch.cat(starts, 1), torch.cat(ends, 1)
+    def pivot_links(self) -> tuple[torch.Tensor | None, list[int]]:
+        """The learned pivots `(P, 2)` and the keypoint each is linked to (None and [] without any)."""
+        if not hasattr(self, "pivoted"):
+            return None, []
+        return self.pivots, self.pivoted.tolist()
 
     def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
         """Frames `(B, H, W, 3)` in [0, 1] rendered from keypoints `(B, K, 2)`."""
         b = keypoints.shape[0]
         h, w = self.height // 2, self.width // 2
         maps = [gaussian_maps(keypoints, h, w, self.config.sigma)]
-        starts, ends = self.segments(keypoints)
-        if starts.shape[1]:
-            maps.append(line_maps(starts, ends, h, w, self.config.link_sigma))
+        pivots, pivoted = self.pivot_links()
+        if len(self.links) or pivoted:
+            maps.append(line_maps(keypoints, self.links.tolist(), h, w, self.config.link_sigma, pivots, pivoted))
         x = torch.cat([*maps, self.background.expand(b, -1, -1, -1)], 1)
         x = x.contiguous(memory_format=torch.channels_last)
         h = self.down(x)

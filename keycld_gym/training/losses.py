@@ -6,6 +6,8 @@ ignored (docs/design.md section 5).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from keycld_gym.model.encoder import image_grid, spatial_softmax
@@ -28,13 +30,13 @@ def heatmap_sharpness_loss(heatmaps: torch.Tensor, keypoints: torch.Tensor, sigm
     return torch.nn.functional.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), target)
 
 
-def coverage_loss(q: torch.Tensor, foreground: torch.Tensor, segments: tuple[torch.Tensor, torch.Tensor],
-                  cutoff: float) -> torch.Tensor:
+def coverage_loss(q: torch.Tensor, foreground: torch.Tensor, links: list[tuple[int, int]], cutoff: float,
+                  pivots: torch.Tensor | None = None, pivoted: Sequence[int] = ()) -> torch.Tensor:
     """How badly the keypoints and their links cover the foreground, a stick-figure Chamfer distance.
 
     q: keypoints `(B, K, 2)`; foreground: masks `(B, h, w)` in {0, 1} (pixels that differ from
-    the median image); segments: start and end points `(B, L, 2)` of the rigid links
-    (`KeypointRenderer.segments`: between keypoints, and from a learned pivot). Two terms, squared
+    the median image); links: keypoint pairs joined by a rigid link; pivots `(P, 2)` and
+    pivoted: the links from a learned pivot to a keypoint (`KeypointRenderer.pivot_links`). Two terms, squared
     image-unit distances truncated at `cutoff`**2 (shadows and reflections are foreground
     too): each foreground pixel to the nearest keypoint or link segment, and each keypoint to
     the nearest foreground pixel. Unlike the reconstruction's gradient, which reaches a
@@ -46,9 +48,10 @@ def coverage_loss(q: torch.Tensor, foreground: torch.Tensor, segments: tuple[tor
     fg = foreground.reshape(len(q), h * w).to(q.dtype)
     d2 = ((grid[:, :, None] - q[:, None]) ** 2).sum(-1)  # (B, P, K)
     dists = [d2]
-    starts, ends = segments
-    for i in range(starts.shape[1]):
-        dists.append(segment_distance2(grid, starts[:, None, i], ends[:, None, i])[..., None])
+    for a, b in links:
+        dists.append(segment_distance2(grid, q[:, None, a], q[:, None, b])[..., None])
+    for i, k in enumerate(pivoted):
+        dists.append(segment_distance2(grid, pivots[i].to(q.dtype), q[:, None, k])[..., None])
     cap = cutoff**2
     nearest_part = torch.cat(dists, -1).amin(-1).clamp(max=cap)  # (B, P)
     cover = (fg * nearest_part).sum(1) / fg.sum(1).clamp(min=1)
@@ -87,7 +90,7 @@ def reconstruction_loss(model: KeyCLDModel, frames: torch.Tensor, config: TrainC
     if c.coverage_weight > 0:
         fg = (w[..., 0] > 1).float()[:, None]  # (B, 1, H, W)
         fg_half = torch.nn.functional.max_pool2d(fg, 2)[:, 0]
-        cov = coverage_loss(q, fg_half, model.renderer.segments(q), c.coverage_cutoff)
+        cov = coverage_loss(q, fg_half, model.renderer.links.tolist(), c.coverage_cutoff, *model.renderer.pivot_links())
         loss = loss + c.coverage_weight * cov
         values["coverage"] = cov.item()
     if c.spread_weight > 0 or c.separation_weight > 0:
