@@ -70,14 +70,17 @@ def load_shard(path: str | Path, sha256: str | None = None) -> dict[str, np.ndar
     return arrays
 
 
-def iter_shards(root: str | Path, system: str | None = None, *, verify: bool = True) -> Iterator[dict[str, np.ndarray]]:
+def iter_shards(root: str | Path, system: str | None = None, *, verify: bool = True,
+                manifest: dict | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The arrays of each shard of a complete data set in turn, checked (manifest, spec, checksums unless not `verify`).
+
+    `manifest`: the data set's manifest if the caller has already loaded and checked it.
 
     Arrays: frames uint8 `(S, T, H, W, 3)`, actions `(S, T, A)`, rewards `(S, T)`, qpos, qvel,
     sequence_ids, start_steps, explorers `(S,)`: one shard's S sequences of T frames.
     """
     root = Path(root)
-    manifest = load_manifest(root, system)
+    manifest = manifest if manifest is not None else load_manifest(root, system)
     for record in manifest["shards"]:
         yield load_shard(root / record["file"], record["sha256"] if verify else None)
 
@@ -136,7 +139,7 @@ class WindowDataset(torch.utils.data.Dataset):
                 f"{self.root} have {length}"
             )
         parts: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAYS}
-        for shard in iter_shards(self.root, system, verify=verify):
+        for shard in iter_shards(self.root, verify=verify, manifest=self.manifest):
             if split == "all":
                 keep = np.ones(len(shard["sequence_ids"]), bool)
             else:

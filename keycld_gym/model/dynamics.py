@@ -262,20 +262,27 @@ class Dynamics(nn.Module):
         t, v = self.kinetic(qdot), self.potential(q)
         return {"kinetic": t, "potential": v, "total": t + v}
 
-    def joint_gradients(self, q: torch.Tensor) -> torch.Tensor:
-        """a_j = d theta_j / dq `(J, ..., K, 2)` of the spec's joints at keypoints `(..., K, 2)`."""
-        return torch.stack([self._links[0].joint_angle_gradient(q, j) for j in self.joints])
+    def joint_angle_gradients(self, q: torch.Tensor) -> dict[Joint, torch.Tensor]:
+        """d theta / dq `(..., K, 2)` at keypoints `(..., K, 2)` of every joint a torque drives or the task damps, each once."""
+        joints = dict.fromkeys([a.joint for a in self.actuators if a.kind == "torque"] + list(self.joints))
+        return {j: self._links[0].joint_angle_gradient(q, j) for j in joints}
 
-    def input_matrix(self, q: torch.Tensor) -> torch.Tensor:
-        """B(q) `(..., K, 2, A)`: generalised force per unit action."""
+    def joint_gradients(self, q: torch.Tensor, grads: dict[Joint, torch.Tensor] | None = None) -> torch.Tensor:
+        """a_j = d theta_j / dq `(J, ..., K, 2)` of the spec's damped joints (from `grads` when given)."""
+        grads = grads if grads is not None else self.joint_angle_gradients(q)
+        return torch.stack([grads[j] for j in self.joints])
+
+    def input_matrix(self, q: torch.Tensor, grads: dict[Joint, torch.Tensor] | None = None) -> torch.Tensor:
+        """B(q) `(..., K, 2, A)`: generalised force per unit action (joint gradients from `grads` when given)."""
         if self.config.input_matrix == "spec":
+            grads = grads if grads is not None else self.joint_angle_gradients(q)
             columns = []
             for i, act in enumerate(self.actuators):
                 if act.kind == "force":
                     col = q.new_zeros(q.shape)
                     col[..., act.keypoint, :] = self.actuator_force[i]
                 else:
-                    col = self.actuator_gain[i] * self._links[0].joint_angle_gradient(q, act.joint)
+                    col = self.actuator_gain[i] * grads[act.joint]
                 columns.append(col)
             return torch.stack(columns, -1)
         if self.config.input_matrix == "constant":
@@ -304,9 +311,12 @@ class Dynamics(nn.Module):
 
     def force(self, q: torch.Tensor, qdot: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """f = -grad V + B(q) u - D qdot (- the walls' damping past a stop), `(..., K, 2)`."""
-        f = -self.potential_gradient(q) + (self.input_matrix(q) @ u[..., None, :, None]).squeeze(-1)
+        # each joint's angle gradient once per evaluation, for the torques and the damping alike
+        joint_specs = self.config.input_matrix == "spec" or self.config.damping == "joints"
+        grads = self.joint_angle_gradients(q) if joint_specs else None
+        f = -self.potential_gradient(q) + (self.input_matrix(q, grads) @ u[..., None, :, None]).squeeze(-1)
         if self.config.damping == "joints":
-            a = self.joint_gradients(q)  # (J, ..., K, 2)
+            a = self.joint_gradients(q, grads)  # (J, ..., K, 2)
             rates = (a * qdot).sum((-2, -1), keepdim=True)  # (J, ..., 1, 1)
             f = f - (self.damping().reshape(-1, *[1] * q.dim()) * rates * a).sum(0)
         else:

@@ -97,6 +97,7 @@ def _design(dynamics: Dynamics, q: torch.Tensor, qd: torch.Tensor, qdd: torch.Te
             parts["mass"].append(c.flatten(1))
     eye = torch.eye(n, dtype=q.dtype)
     parts["gravity"] = [eye[:, i].expand(n_samples, n) for i in range(n)]
+    grads = dynamics.joint_angle_gradients(q) if cfg.input_matrix == "spec" or cfg.damping == "joints" else {}
     if cfg.input_matrix == "spec":
         for b, act in enumerate(dynamics.actuators):
             if act.kind == "force":
@@ -105,8 +106,7 @@ def _design(dynamics: Dynamics, q: torch.Tensor, qd: torch.Tensor, qdd: torch.Te
                     c[:, act.keypoint, d] = -u[:, b]
                     parts["input"].append(c.flatten(1))
             else:
-                grad = dynamics._links[0].joint_angle_gradient(q, act.joint)
-                parts["input"].append((-u[:, b, None, None] * grad).flatten(1))
+                parts["input"].append((-u[:, b, None, None] * grads[act.joint]).flatten(1))
     else:
         pushed = dynamics.input_mask.expand(k, 2, a).reshape(-1).to(q.dtype)
         for i in range(n):
@@ -114,7 +114,7 @@ def _design(dynamics: Dynamics, q: torch.Tensor, qd: torch.Tensor, qdd: torch.Te
                 # B only where the actuators push: the other columns are zero (least norm: zero)
                 parts["input"].append(-u[:, b:b + 1] * eye[i] * pushed[i * a + b])
     if cfg.damping == "joints":
-        for grad in dynamics.joint_gradients(q):
+        for grad in dynamics.joint_gradients(q, grads):
             rate = (grad * qd).sum((-2, -1))
             parts["damping"].append((rate[:, None, None] * grad).flatten(1))
     else:

@@ -79,11 +79,11 @@ def check_run_config(path: str | Path, config: dict, defaults: dict) -> None:
     if not path.exists():
         write_json(path, config)
         return
-    theirs = json.loads(path.read_text())
+    theirs, mine = json.loads(path.read_text()), json_roundtrip(config)
     for k, v in json_roundtrip(defaults).items():
-        if k not in theirs and json_roundtrip(config).get(k) == v:
+        if k not in theirs and mine.get(k) == v:
             theirs[k] = v
-    differ = differing_keys(theirs, config, set(json_roundtrip(config)) | set(theirs))
+    differ = differing_keys(theirs, mine, set(mine) | set(theirs))
     if differ:
         raise CheckpointError(
             f"{path.parent} holds a run with other settings (differ in: {', '.join(differ)}): resume it with "
