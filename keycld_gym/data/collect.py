@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from tqdm.auto import tqdm
 
 from keycld_gym.errors import ManifestMismatchError

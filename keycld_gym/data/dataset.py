@@ -7,18 +7,17 @@ validation frame is ever seen in training.
 
 from __future__ import annotations
 
-import json
 import zipfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from keycld_gym.data.collect import DATASET_FORMAT, DATASET_FORMAT_VERSION, MANIFEST
-from keycld_gym.files import read_record, sha256_file
 from keycld_gym.errors import CorruptShardError, ManifestMismatchError
+from keycld_gym.files import read_record, sha256_file
 from keycld_gym.sim.systems import get_system
 
 _ARRAYS = ("frames", "actions", "rewards", "qpos", "qvel", "sequence_ids", "start_steps", "explorers")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from keycld_gym.data.dataset import WindowDataset
 from keycld_gym.sim.real_env import RealEnv
 

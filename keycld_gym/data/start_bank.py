@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from keycld_gym.files import atomic_write_bytes
 from keycld_gym.errors import CheckpointError
-from keycld_gym.sim.systems import get_system
+from keycld_gym.files import atomic_write_bytes
 from keycld_gym.sim.real_env import RealEnv
+from keycld_gym.sim.systems import get_system
 
 START_BANK = "start_frames.npz"
 
