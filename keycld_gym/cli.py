@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,21 +12,22 @@ from typing import Any
 import torch
 
 from keycld_gym.benchmark import run_benchmark
+from keycld_gym.bundling import bundle_agent, bundle_model
 from keycld_gym.data.collect import CollectConfig, collect
 from keycld_gym.data.preview import dataset_preview
-from keycld_gym.data.start_bank import START_BANK
 from keycld_gym.errors import KeyCLDError
 from keycld_gym.evaluation import load_and_evaluate
 from keycld_gym.files import default_command, write_json
-from keycld_gym.model.checkpoint import checkpoint_folder, load_model, save_checkpoint
-from keycld_gym.model.dynamics import DAMPINGS, INPUT_MATRICES, DynamicsConfig
-from keycld_gym.model.keycld import ModelConfig
+from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.model.dynamics import DAMPINGS, INPUT_MATRICES
+from keycld_gym.pipeline import Pipeline, refit_checkpoint
 from keycld_gym.rl.agent import load_agent
 from keycld_gym.rl.agent_evaluation import evaluate_agent
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
-from keycld_gym.rl.observation_noise import NOISE_FILE
+from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
 from keycld_gym.sim.systems import SYSTEMS
 from keycld_gym.training.config import TrainConfig
+from keycld_gym.training.recipes import get_recipe
 from keycld_gym.training.renderer_fit import fit_renderer
 from keycld_gym.training.reward_fit import fit_reward_head
 from keycld_gym.training.trainer import Trainer
@@ -59,24 +59,39 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and saved.exists():
         config = TrainConfig.from_dict(json.loads(saved.read_text()))
     else:
-        dynamics = DynamicsConfig(kind=args.dynamics, rail_walls=not args.no_rail_walls, input_matrix=args.input_matrix,
-                                  linear_potential=args.linear_potential, potential_mlp=not args.no_potential_mlp,
-                                  input_keypoints=args.input_keypoints, damping=args.damping,
-                                  **({} if args.wall_damping is None else {"wall_damping": args.wall_damping}))
-        config = TrainConfig(
-            system=args.system, data=args.data, seed=args.seed,
-            model=dataclasses.replace(ModelConfig(), dynamics=dynamics),
-            keypoints_from=args.keypoints_from,
-            keypoint_steps=0 if args.keypoints_from else args.keypoint_steps,
-            dynamics_steps=args.dynamics_steps, checkpoint_every_s=args.checkpoint_every,
-            max_horizon=args.max_horizon, horizon_ramp_steps=args.horizon_ramp,
-            **({"physics_lr": args.physics_lr} if args.physics_lr is not None else {}),
-        )
+        config = train_config_from_args(args)
     trainer = Trainer(config, args.out, command=default_command(), progress=not args.quiet)
     trainer.run(resume=args.resume)
     print(f"trained {config.system} ({config.model.dynamics.kind}) in {trainer.elapsed / 60:.1f} min of compute "
           f"-> {Path(args.out) / 'model'}")
     return 0
+
+
+def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
+    """{field: value} of the flags (`names`: flag attribute -> field) given on the command line."""
+    return {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag) is not None}
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The system's model recipe (`keycld_gym/training/recipes.py`) with the flags given on the command line applied."""
+    recipe = get_recipe(args.system)
+    dynamics = dataclasses.replace(recipe.model.dynamics, **_given(args, {
+        "dynamics": "kind", "input_matrix": "input_matrix", "damping": "damping",
+        "input_keypoints": "input_keypoints", "wall_damping": "wall_damping"}))
+    switches = {"no_rail_walls": ("rail_walls", False), "linear_potential": ("linear_potential", True),
+                "no_potential_mlp": ("potential_mlp", False), "potential_mlp": ("potential_mlp", True),
+                "no_linear_potential": ("linear_potential", False)}
+    dynamics = dataclasses.replace(dynamics, **{f: v for flag, (f, v) in switches.items() if getattr(args, flag)})
+    overrides = _given(args, {"seed": "seed", "keypoint_steps": "keypoint_steps", "dynamics_steps": "dynamics_steps",
+                              "max_horizon": "max_horizon", "horizon_ramp": "horizon_ramp_steps",
+                              "physics_lr": "physics_lr", "keypoints_from": "keypoints_from",
+                              "checkpoint_every": "checkpoint_every_s"})
+    if args.keypoints_from:
+        overrides["keypoint_steps"] = 0
+    if overrides.get("max_horizon") == 0:
+        overrides["max_horizon"] = None
+    config = recipe.train_config(args.data, **overrides)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, dynamics=dynamics))
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
@@ -111,21 +126,10 @@ def format_model_report(r: dict) -> str:
 
 
 def _refit(args: argparse.Namespace, part: str, fit: Any, **kwargs: Any) -> dict:
-    """Load `--checkpoint`, refit one part with `fit(model, data, ...)`, save the result to `--out`; the fit's record."""
+    """Refit one part of `--checkpoint` with `fit`, saved to `--out`; the fit's record."""
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    source = checkpoint_folder(args.checkpoint)
-    model = load_model(source)
-    result = fit(model, args.data, steps=args.steps, seed=args.seed, progress=not args.quiet, **kwargs)
-    result["command"] = default_command()
-    # the model's provenance kept, the refit recorded under `part`
-    meta = {k: v for k, v in model.checkpoint_config.items()
-            if k not in ("format", "format_version", "package_version", "system", "spec", "model", "action_dim", "weights_sha256")}
-    save_checkpoint(args.out, model, {**meta, part: result})
-    for name in (START_BANK, NOISE_FILE):  # neither depends on the reward head or the renderer
-        if (source / name).exists():
-            shutil.copy2(source / name, Path(args.out) / name)
-    return result
+    return refit_checkpoint(args.checkpoint, args.out, part, fit, data=args.data, steps=args.steps, seed=args.seed,
+                            progress=not args.quiet, command=default_command(), **kwargs)
 
 
 def _fit_renderer(args: argparse.Namespace) -> int:
@@ -177,6 +181,38 @@ def _evaluate_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    pipeline = Pipeline(args.system, args.out, workers=args.workers, progress=not args.quiet, command=default_command())
+    record = pipeline.run(until=args.until)
+    times = ", ".join(f"{name} {s['wall_s'] / 60:.1f}" for name, s in record["steps"].items())
+    print(f"{args.system} pipeline: {record['total_wall_s'] / 60:.1f} min ({times} min) -> {pipeline.model_folder}")
+    if (Path(args.out) / "eval.json").exists():
+        print(format_model_report(json.loads((Path(args.out) / "eval.json").read_text())))
+    return 0
+
+
+def _observation_noise(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint)
+    result = measure_estimation_error(model, args.data, max_sequences=args.max_sequences)
+    k = model.spec.num_keypoints
+    print(json.dumps({"position_std": result["std"][: 2 * k], "velocity_std": result["std"][2 * k:],
+                      "frame_std": result["frame_std"], "samples": result["samples"], "seconds": result["seconds"]}))
+    print("wrote", write_noise(args.out or checkpoint_folder(args.checkpoint), result))
+    return 0
+
+
+def _bundle_model(args: argparse.Namespace) -> int:
+    print(f"bundled {args.model} -> {bundle_model(args.model, args.eval, args.dest)}")
+    return 0
+
+
+def _bundle_agent(args: argparse.Namespace) -> int:
+    print(f"bundled {args.agent} -> {bundle_agent(args.agent, args.eval, args.dest)}")
+    return 0
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     run_benchmark(args.system, args.out, budget_min=args.budget, seed=args.seed, episodes=args.episodes,
@@ -213,21 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="data set folder from `keycld-gym collect`")
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs; the model lands in OUT/model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dynamics", choices=("constrained", "unconstrained", "neural_ode"), default="constrained",
-                   help="KeyCLD, or one of the project page's ablations")
+    p.add_argument("--seed", type=int, help="default: the recipe's (0)")
+    p.add_argument("--dynamics", choices=("constrained", "unconstrained", "neural_ode"),
+                   help="KeyCLD (the recipe's), or one of the project page's ablations")
     p.add_argument("--no-rail-walls", action="store_true", help="no learned wall potential at the rail stops")
-    p.add_argument("--keypoint-steps", type=int, default=1500, help="phase 1 (encoder + renderer) steps")
-    p.add_argument("--dynamics-steps", type=int, default=1500, help="phase 2 (dynamics + reward) steps")
-    p.add_argument("--max-horizon", type=int, help="longest rollout in the dynamics loss, physics steps (default: whole sequences)")
-    p.add_argument("--input-matrix", choices=INPUT_MATRICES, default="state",
+    p.add_argument("--keypoint-steps", type=int, help="phase 1 (encoder + renderer) steps")
+    p.add_argument("--dynamics-steps", type=int, help="phase 2 (dynamics + reward) steps")
+    p.add_argument("--max-horizon", type=int, help="longest rollout in the dynamics loss, physics steps (0: whole sequences)")
+    p.add_argument("--input-matrix", choices=INPUT_MATRICES,
                    help="B(q) as an MLP; one constant B (exact when the actuator pushes along a fixed direction: "
                         "cartpole); or 'spec', the form the system's actuators name (a force on a keypoint, a torque "
                         "on a joint: exact for every system)")
-    p.add_argument("--damping", choices=DAMPINGS, default="keypoints",
+    p.add_argument("--damping", choices=DAMPINGS,
                    help="damping per keypoint, or on the rates of the system's joints (the real pendulum's and acrobot's)")
     p.add_argument("--linear-potential", action="store_true",
                    help="a learned linear term (uniform gravity) beside the potential MLP")
+    p.add_argument("--no-linear-potential", action="store_true", help="no linear potential term (the recipe's on)")
+    p.add_argument("--potential-mlp", action="store_true", help="a potential MLP (the recipes' structured form has none)")
     p.add_argument("--no-potential-mlp", action="store_true",
                    help="with --linear-potential: no potential MLP (gravity and rail walls only; with --input-matrix "
                         "constant the exact form of the cartpole, started by a least-squares fit)")
@@ -237,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial damping of the rail walls past a stop (learned; default 0: undamped walls)")
     p.add_argument("--physics-lr", type=float,
                    help="learning rate of the physical constants: mass matrix, damping, walls, constraints (default 1e-2)")
-    p.add_argument("--horizon-ramp", type=int, default=750, help="dynamics steps over which the horizon grows to its maximum")
+    p.add_argument("--horizon-ramp", type=int, help="dynamics steps over which the horizon grows to its maximum")
     p.add_argument("--keypoints-from", help="reuse the encoder and renderer of this checkpoint (skips phase 1)")
-    p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
+    p.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (default 120)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -248,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="held-out data set (its sequences need start + horizon frames)")
     p.add_argument("--json", help="write the full result here")
     p.add_argument("--agent-steps", type=int, default=45)
-    p.add_argument("--start-frames", type=int, default=33, help="frames (physics interval) the start state is estimated from")
+    p.add_argument("--start-frames", type=int, help="frames (physics interval) the start state is estimated from "
+                   "(default: 0.32 s of frames, WINDOWS.evaluation_start)")
     p.add_argument("--physics-frames", type=int, default=50, help="horizon of the physics-interval VPT")
     p.add_argument("--max-sequences", type=int)
     p.add_argument("--no-references", action="store_true", help="skip the true-simulator reference")
@@ -319,6 +358,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_benchmark)
+    p = sub.add_parser("pipeline", help="from nothing to a bundle-ready model by the system's recipe (resumable)")
+    p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+    p.add_argument("--out", required=True, help="run folder: data sets, each step's output; the model lands in OUT/model")
+    p.add_argument("--until", help="stop after this step (collect-<data>, keypoints, dynamics, reward, renderer, "
+                                   "observation-noise, evaluate)")
+    p.add_argument("--workers", type=int, default=2, help="collection processes")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_pipeline)
+    p = sub.add_parser("observation-noise", help="measure the real state estimate's error and store it beside the weights")
+    p.add_argument("--checkpoint", required=True, help="model folder (or a bundled name); the result is written into it")
+    p.add_argument("--data", required=True, help="held-out real sequences (a collected data set the model never trained on)")
+    p.add_argument("--max-sequences", type=int)
+    p.add_argument("--out", help="folder to write observation_noise.json to (default: the checkpoint)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_observation_noise)
+    p = sub.add_parser("bundle-model", help="copy a finished model into the package as its system's bundled model")
+    p.add_argument("--model", required=True, help="a finished model folder (OUT/model of train or pipeline)")
+    p.add_argument("--eval", help="its evaluate-model JSON on held-out data (recorded in the model card)")
+    p.add_argument("--dest", help="folder to bundle into (default: keycld_gym/weights/<system>)")
+    p.set_defaults(func=_bundle_model)
+    p = sub.add_parser("bundle-agent", help="copy a trained agent into the package as the bundled agent")
+    p.add_argument("--agent", required=True, help="an agent folder (OUT/agent of train-agent)")
+    p.add_argument("--eval", required=True, help="its evaluate-agent JSON, or a benchmark.json")
+    p.add_argument("--dest", help="folder to bundle into (default: keycld_gym/weights/<system>-<algo>-<obs>)")
+    p.set_defaults(func=_bundle_agent)
     return parser
 
 

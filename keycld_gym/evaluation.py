@@ -30,7 +30,7 @@ from keycld_gym.model.estimation import fit_trajectory
 from keycld_gym.model.keycld import KeyCLDModel, fit_circle
 from keycld_gym.sim.angles import wrap_angle
 from keycld_gym.sim.real_env import RealEnv
-from keycld_gym.sim.systems import SystemSpec
+from keycld_gym.sim.systems import WINDOWS, SystemSpec
 
 
 def valid_prediction_time(errors: np.ndarray, epsilon: float) -> np.ndarray:
@@ -126,7 +126,7 @@ def evaluate_model(
     model: KeyCLDModel,
     data: str | Path,
     *,
-    start_frames: int = 33,
+    start_frames: int | None = None,
     agent_steps: int = 45,
     physics_frames: int = 50,
     noise: tuple[float, float] = (0.005, 0.035),
@@ -140,6 +140,8 @@ def evaluate_model(
     model.eval()
     spec = model.spec
     repeat = spec.action_repeat
+    if start_frames is None:
+        start_frames = spec.frames(WINDOWS.evaluation_start)
     ckpt = getattr(model, "checkpoint_config", {}) or {}
     manifest_sha = sha256_file(Path(data) / MANIFEST)
     trained_on_it = ckpt.get("data", {}).get("manifest_sha256") == manifest_sha

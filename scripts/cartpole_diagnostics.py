@@ -192,7 +192,7 @@ def tracked_agent(args: argparse.Namespace, model, w: np.ndarray) -> dict:
 def estimate(args: argparse.Namespace, model, w: np.ndarray) -> dict:
     """Velocity error of the real env's state estimate against the true state (see the module docstring)."""
     tracking = _tracking(args)
-    n, kps, acts, truth, cart = tracking.window, [], [], [], []
+    n, kps, acts, truth, cart = tracking.frames(model.spec), [], [], [], []
     for seq in iter_sequences(args.data, "cartpole"):
         frames, qpos, qvel = seq["frames"], seq["qpos"], seq["qvel"]
         kp, a = model.encode_frames(frames), torch.from_numpy(seq["actions"].astype(np.float32))
@@ -222,7 +222,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--velocity-noise", type=float, default=0.0,
                    help="oracle-agent: std of noise on the cart velocity (image units/s) and pole rate (rad/s)")
-    p.add_argument("--window", type=int, default=Tracking.window, help="estimate, tracked-agent: frames per window (estimate: at most 49)")
+    p.add_argument("--window", type=int, help="estimate, tracked-agent: frames per window (estimate: at most 49; default: the real env's)")
     p.add_argument("--iterations", type=int, default=Tracking.iterations, help="estimate, tracked-agent: Gauss-Newton iterations")
     p.add_argument("--robust", type=float, default=Tracking.robust,
                    help="estimate, tracked-agent: Huber threshold in image units (0: plain least squares)")

@@ -22,13 +22,14 @@ from keycld_gym.data.dataset import WindowDataset
 from keycld_gym.envs.imagined_env import KeyCLDEnv
 from keycld_gym.evaluation import frame_mse, mse_epsilon, valid_prediction_time
 from keycld_gym.model.checkpoint import load_model
+from keycld_gym.sim.systems import WINDOWS
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--start-frames", type=int, default=33)
+    p.add_argument("--start-frames", type=int, help="default: 0.32 s of frames (WINDOWS.evaluation_start)")
     p.add_argument("--agent-steps", type=int, default=45)
     p.add_argument("--model-json", help="evaluate-model JSON of the same checkpoint and data, to compare with")
     p.add_argument("--json", default="runs/env_vpt.json")
@@ -39,11 +40,12 @@ def main() -> None:
     env = KeyCLDEnv(model.spec.name, args.checkpoint, obs_type="pixels", action_repeat=1)
     d = WindowDataset(args.data, 1, split="all").data
     frames, actions = d["frames"], d["actions"].astype(np.float32)
-    repeat, last = model.spec.action_repeat, args.start_frames - 1
+    start_frames = args.start_frames or model.spec.frames(WINDOWS.evaluation_start)
+    repeat, last = model.spec.action_repeat, start_frames - 1
     epsilon = mse_epsilon(frames[:, ::10].reshape(-1, *frames.shape[2:]))
     errors = np.empty((len(frames), args.agent_steps))
     for s in range(len(frames)):
-        env.reset(options={"frames": frames[s, :args.start_frames], "frame_dt": model.spec.physics_dt,
+        env.reset(options={"frames": frames[s, :start_frames], "frame_dt": model.spec.physics_dt,
                            "actions": actions[s, :last]})
         for t in range(1, args.agent_steps * repeat + 1):
             obs, *_ = env.step(actions[s, last + t - 1])

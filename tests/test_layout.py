@@ -20,7 +20,9 @@ ALLOWED = {
     "envs": {"base", "sim", "data", "model"},
     "rl": {"base", "sim", "data", "model", "envs", "agents"},
     "benchmark": {"base", "sim", "data", "model", "envs", "rl"},
-    "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark"},
+    "pipeline": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl"},
+    "bundling": {"base", "sim", "data", "model", "rl"},
+    "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "bundling"},
     "package": {"base", "sim", "model", "envs"},
 }
 

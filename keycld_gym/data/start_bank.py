@@ -15,14 +15,16 @@ import numpy as np
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import atomic_write_bytes
 from keycld_gym.sim.real_env import RealEnv
-from keycld_gym.sim.systems import get_system
+from keycld_gym.sim.systems import WINDOWS, get_system
 
 START_BANK = "start_frames.npz"
 
 
-def collect_start_bank(system: str, count: int = 32, frames: int = 9, seed: int = 10_000) -> dict[str, np.ndarray]:
+def collect_start_bank(system: str, count: int = 32, frames: int | None = None, seed: int = 10_000) -> dict[str, np.ndarray]:
     """Real start windows: frames uint8 `(count, frames, H, W, 3)`, actions `(count, frames - 1, A)`, seeds `(count,)`."""
     spec = get_system(system)
+    if frames is None:
+        frames = spec.frames(WINDOWS.start_bank)
     env = RealEnv(spec, "state", action_repeat=1)
     nu = env.action_space.shape[0]
     out = np.empty((count, frames, *env.frame_shape), np.uint8)

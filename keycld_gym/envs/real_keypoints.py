@@ -36,24 +36,28 @@ from keycld_gym.model.estimation import fit_trajectory, refine_trajectory
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.actions import checked_action, repeat_action
 from keycld_gym.sim.real_env import RealEnv
-from keycld_gym.sim.systems import get_system
+from keycld_gym.sim.systems import WINDOWS, SystemSpec, get_system
 
 
 @dataclass(frozen=True)
 class Tracking:
     """How each agent step's keypoint state is estimated from the last frames (module docstring)."""
 
-    window: int = 17  # frames: two cartpole agent steps
+    window: int | None = None  # frames; None: `WINDOWS.tracking` seconds at the system's physics rate
     iterations: int = 2  # Gauss-Newton steps from the previous fit
     robust: float | None = 0.02  # Huber threshold, image units; None: plain least squares
 
     def __post_init__(self) -> None:
-        if self.window < 2:
+        if self.window is not None and self.window < 2:
             raise ValueError(f"window must be at least 2 frames, got {self.window}")
         if self.iterations < 1:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
         if self.robust is not None and not self.robust > 0:
             raise ValueError(f"robust must be a positive threshold or None, got {self.robust}")
+
+    def frames(self, spec: SystemSpec) -> int:
+        """Frames per window for a system."""
+        return spec.frames(WINDOWS.tracking) if self.window is None else self.window
 
     def fit(self, model: KeyCLDModel, keypoints: torch.Tensor, actions: torch.Tensor,
             init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +86,7 @@ class RealKeypointEnv(gym.Env):
         self.system = self.env.system
         self.action_repeat = self.system.checked_action_repeat(action_repeat)
         self.tracking, self.render_mode = tracking, render_mode
-        window = tracking.window
+        window = self.window = tracking.frames(self.system)
         k = self.system.num_keypoints
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4 * k,), dtype=np.float32)
         self.action_space = self.env.action_space
@@ -122,7 +126,7 @@ class RealKeypointEnv(gym.Env):
         # zero action (the window then grows to its full length); it counts towards the return
         zero = np.zeros(self.action_space.shape, np.float32)
         self._pending = 0.0
-        for _ in range(min(self.action_repeat, self.tracking.window - 1)):
+        for _ in range(min(self.action_repeat, self.window - 1)):
             frame, reward, _, _, info = self.env.step(zero)
             self._add_frame(frame)
             self._actions.append(zero)

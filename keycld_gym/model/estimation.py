@@ -13,6 +13,7 @@ import torch
 
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.model.parameters import frozen
+from keycld_gym.sim.systems import WINDOWS
 
 
 def initial_guess(keypoints: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +59,7 @@ def fit_trajectory(
     *,
     stride: int = 1,
     iterations: int = 20,
-    stages: tuple[int, ...] = (9, 17),
+    stages: tuple[int, ...] | None = None,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """States at the frames of a window that best explain its keypoints: two `(B, n, K, 2)`.
@@ -67,7 +68,8 @@ def fit_trajectory(
         keypoints: encoded keypoints `(B, n, K, 2)` of n frames, `stride` physics steps apart.
         actions: physics-rate actions `(B, (n - 1) * stride, A)` between the frames.
         iterations: L-BFGS iterations per stage.
-        stages: shorter prefixes (in frames) fitted first, coarse to fine, then the whole window.
+        stages: shorter prefixes (in frames) fitted first, coarse to fine, then the whole window
+            (default: `WINDOWS.estimation_stages` at the model's physics rate).
         init: a guess `(B, K, 2)` x2 of the state at the window's first frame (a tracker's
             previous fit): the stages are skipped and the whole window is refined from it.
     """
@@ -83,6 +85,8 @@ def fit_trajectory(
     keypoints, actions = keypoints.detach(), actions.detach().to(keypoints.dtype)
     if init is None:
         q0, v0 = initial_guess(keypoints, model.dt * stride)
+        if stages is None:
+            stages = tuple(model.spec.frames(s) for s in WINDOWS.estimation_stages)
         lengths = [s for s in stages if s < n] + [n]
     else:
         q0, v0 = (x.detach().to(keypoints) for x in init)

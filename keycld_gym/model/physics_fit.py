@@ -30,6 +30,7 @@ from scipy.signal import savgol_filter
 
 from keycld_gym.model.constraints import inv_softplus
 from keycld_gym.model.dynamics import Dynamics
+from keycld_gym.sim.systems import WINDOWS, frames_in
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,10 @@ def _design(dynamics: Dynamics, q: torch.Tensor, qd: torch.Tensor, qdd: torch.Te
 
 
 def fit_physics(dynamics: Dynamics, keypoints: torch.Tensor, actions: torch.Tensor, dt: float,
-                window: int = 17, trim: float = 3.0, rail_margin: float = 0.15) -> PhysicsFit:
+                window: int | None = None, trim: float = 3.0, rail_margin: float = 0.15) -> PhysicsFit:
     """Least-squares (M, g, B, d) of `dynamics`' structured Lagrangian from keypoint sequences.
 
+    `window` is the smoothing window in frames (default: `WINDOWS.smoothing` seconds at `dt`).
     keypoints `(S, T, K, 2)` (encoded, in the order the constraints name), actions `(S, T, A)`
     or `(S, T - 1, A)`, dt the frame interval. Samples where a keypoint on a rail (a
     `fixed_height` constraint) is in the outer `rail_margin` of its observed travel are left
@@ -142,6 +144,7 @@ def fit_physics(dynamics: Dynamics, keypoints: torch.Tensor, actions: torch.Tens
     """
     if dynamics.constraints is None or not dynamics.config.structured:
         raise ValueError("fit_physics needs constrained dynamics with a linear potential and a constant or spec input matrix")
+    window = frames_in(WINDOWS.smoothing, dt) if window is None else window
     q, qd, qdd, u = (torch.from_numpy(np.ascontiguousarray(x)).double().flatten(0, 1) for x in
                      smoothed_derivatives(keypoints.double().numpy(), actions.double().numpy(), dt, window))
     keep = torch.ones(len(q), dtype=torch.bool)

@@ -32,12 +32,13 @@ from keycld_gym.envs.real_keypoints import Tracking
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import sha256_file, write_json
 from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.sim.systems import WINDOWS
 
 NOISE_FILE = "observation_noise.json"
 
 
 def measure_estimation_error(
-    model: KeyCLDModel, data: str | Path, *, tracking: Tracking = Tracking(), reference: int = 33, every: int = 8,
+    model: KeyCLDModel, data: str | Path, *, tracking: Tracking = Tracking(), reference: int | None = None, every: int = 8,
     max_sequences: int | None = None,
 ) -> dict[str, Any]:
     """Error of the real env's causal state estimate (`tracking`) against a centred `reference`-frame fit on real sequences in `data`.
@@ -45,7 +46,9 @@ def measure_estimation_error(
     Returns per-coordinate `std` and `mean` of (estimate - reference) over the observation's
     4K numbers (positions, then velocities), with what it was measured on.
     """
-    window = tracking.window
+    window = tracking.frames(model.spec)
+    if reference is None:
+        reference = model.spec.frames(WINDOWS.start_fit)
     if reference % 2 == 0 or reference <= window:
         raise ValueError(f"reference must be an odd number of frames above window={window}, got {reference}")
     half = reference // 2
@@ -101,18 +104,18 @@ def read_noise(folder: str | Path, key: str = "std") -> np.ndarray:
     if not path.exists():
         raise CheckpointError(
             f"{path} is missing: measure the model's estimation error with "
-            f"`python scripts/observation_noise.py --checkpoint {folder} --data HELD_OUT_DATA`, or train with noise 'none'"
+            f"`keycld-gym observation-noise --checkpoint {folder} --data HELD_OUT_DATA`, or train with noise 'none'"
         )
     try:
         measured = json.loads(path.read_text())
     except ValueError as err:
-        raise CheckpointError(f"{path} is corrupt ({err}); measure it again with scripts/observation_noise.py") from err
+        raise CheckpointError(f"{path} is corrupt ({err}); measure it again with `keycld-gym observation-noise`") from err
     if key not in measured:
-        raise CheckpointError(f"{path} has no {key!r} (an older measurement): measure it again with scripts/observation_noise.py")
+        raise CheckpointError(f"{path} has no {key!r} (an older measurement): measure it again with `keycld-gym observation-noise`")
     try:
         return np.asarray(measured[key], np.float32)
     except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path} is corrupt ({err}); measure it again with scripts/observation_noise.py") from err
+        raise CheckpointError(f"{path} is corrupt ({err}); measure it again with `keycld-gym observation-noise`") from err
 
 
 class KeypointNoise(VectorWrapper):

@@ -20,6 +20,32 @@ COMPATIBILITY_FIELDS = ("name", "domain", "task", "camera", "physics_dt", "episo
 
 
 @dataclass(frozen=True)
+class Windows:
+    """How long each window of frames is, in seconds: the same durations for every system.
+
+    A window of `s` seconds spans `SystemSpec.frames(s)` frames at the physics rate (both
+    ends included), so a system whose physics step is twice as long uses half the frames
+    for the same stretch of motion. The durations were chosen on cartpole (0.01 s steps),
+    where they are the frame counts measured there: 9, 17 and 33 frames.
+    """
+
+    tracking: float = 0.16  # the real env's causal state estimate at each agent step
+    start_fit: float = 0.32  # training: each rollout's start state, fitted by shooting
+    evaluation_start: float = 0.32  # evaluation: the start state of every held-out prediction
+    smoothing: float = 0.16  # centred fits that smooth keypoints into states (reward head, physics start)
+    start_bank: float = 0.08  # the shipped real start frames of each imagined episode
+    estimation_stages: tuple[float, ...] = (0.08, 0.16)  # coarse-to-fine prefixes of a cold fit
+
+
+WINDOWS = Windows()
+
+
+def frames_in(seconds: float, dt: float) -> int:
+    """Frames `dt` apart spanning `seconds`, both ends included (at least 2)."""
+    return max(2, round(seconds / dt) + 1)
+
+
+@dataclass(frozen=True)
 class CameraSpec:
     """Where the observation camera looks from and the frame it renders.
 
@@ -163,6 +189,10 @@ class SystemSpec:
     def agent_dt(self) -> float:
         """Seconds between two agent steps."""
         return self.action_repeat * self.physics_dt
+
+    def frames(self, seconds: float) -> int:
+        """Frames at the physics rate spanning `seconds`, both ends included (at least 2)."""
+        return frames_in(seconds, self.physics_dt)
 
     @property
     def agent_steps(self) -> int:

@@ -44,7 +44,7 @@ class TrainConfig:
     # the learned accelerations came out 10-15% weak (a line through the first frames
     # overestimates the start velocity along the acceleration, and the model adapts);
     # with the true start states they came within 1-3% of the truth.
-    start_fit_frames: int = 33
+    start_fit_frames: int | None = None  # None: `WINDOWS.start_fit` seconds at the physics rate
     refit_starts_every: int = 100
     horizon_start: int = 4
     # Rollouts start every `start_stride` physics steps of a sequence, not only at its first

@@ -23,6 +23,7 @@ from keycld_gym.files import write_json
 from keycld_gym.model.estimation import fit_trajectory, initial_guess, refine_trajectory
 from keycld_gym.model.keycld import KeyCLDModel, init_constraints_from, keypoint_order
 from keycld_gym.model.physics_fit import apply_physics, fit_physics
+from keycld_gym.sim.systems import WINDOWS
 from keycld_gym.training.config import TrainConfig
 
 
@@ -90,7 +91,7 @@ class DynamicsPhase:
         guesses = [self.model.project(*initial_guess(kp[:, s:], self.model.dt)) for s in self.start_frames().tolist()]
         self.start_q = torch.stack([g[0] for g in guesses], 1).detach().clone()  # (S, G, K, 2)
         self.start_v = torch.stack([g[1] for g in guesses], 1).detach().clone()
-        if self.config.start_fit_frames >= 2:
+        if self.start_fit_frames >= 2:
             self.refit_start_states(cold=True)
 
     def refit_start_states(self, cold: bool = False) -> None:
@@ -103,7 +104,7 @@ class DynamicsPhase:
         t_len = kp.shape[1]
         with torch.no_grad():
             for g, s in enumerate(self.start_frames().tolist()):
-                n = min(self.config.start_fit_frames, t_len - s)
+                n = min(self.start_fit_frames, t_len - s)
                 window, u = kp[:, s:s + n], acts[:, s:s + n - 1]
                 if cold:
                     qs, vs = fit_trajectory(self.model, window, u)
@@ -115,6 +116,12 @@ class DynamicsPhase:
             # the start states jumped: their Adam moments belong to the old values
             for p in (self.start_q, self.start_v):
                 self._optimizer.state.pop(p, None)
+
+    @property
+    def start_fit_frames(self) -> int:
+        """Frames each start state is fitted over."""
+        c = self.config.start_fit_frames
+        return self.model.spec.frames(WINDOWS.start_fit) if c is None else c
 
     def start_frames(self) -> torch.Tensor:
         """Frames `(G,)` of each sequence where rollouts start (their states are fitted)."""
@@ -133,7 +140,7 @@ class DynamicsPhase:
     def step(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
         """One optimizer step on a random batch of rollouts; returns the logged values."""
         c = self.config
-        if c.refit_starts_every and c.start_fit_frames >= 2 and step and step % c.refit_starts_every == 0:
+        if c.refit_starts_every and self.start_fit_frames >= 2 and step and step % c.refit_starts_every == 0:
             self.refit_start_states()
         kp, acts, rews = self.data()
         h = self.horizon(step)

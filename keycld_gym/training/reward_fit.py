@@ -25,14 +25,17 @@ from keycld_gym.data.dataset import is_validation, iter_sequences
 from keycld_gym.files import sha256_file
 from keycld_gym.model.estimation import fit_trajectory
 from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.sim.systems import WINDOWS
 
 
-def window_samples(model: KeyCLDModel, data: str | Path, *, window: int = 17, every: int = 8,
+def window_samples(model: KeyCLDModel, data: str | Path, *, window: int | None = None, every: int = 8,
                    val_fraction: float = 0.1, chunk: int = 512) -> dict[str, dict[str, torch.Tensor]]:
     """Reward-head samples of a data set, split by sequence: {"train"|"val": {"x": (N, 4K + A), "r": (N,)}}.
 
     x is the estimated state the system arrives at and the action that took it there.
     """
+    if window is None:
+        window = model.spec.frames(WINDOWS.smoothing)
     kps, acts, rews, val = [], [], [], []
     for seq in iter_sequences(data, model.spec.name):
         frames, actions, rewards = seq["frames"], seq["actions"], seq["rewards"]
@@ -85,6 +88,6 @@ def fit_reward_head(model: KeyCLDModel, data: list[str | Path], *, steps: int = 
     return {
         "rmse_before": before, "rmse_after": after, "samples": {"train": len(x), "val": len(val["x"])},
         "data": [{"path": str(d), "manifest_sha256": sha256_file(Path(d) / MANIFEST)} for d in data],
-        "window": window_kwargs.get("window", 17), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
+        "window": window_kwargs.get("window") or model.spec.frames(WINDOWS.smoothing), "steps": steps, "batch": batch, "lr": lr, "seed": seed,
         "wall_time_s": round(time.time() - t0, 1),
     }

@@ -1,0 +1,139 @@
+"""Copy a trained model or agent into the package as the bundled one, with its card.
+
+    keycld-gym bundle-model --model runs/pendulum/model --eval runs/pendulum/eval.json
+    keycld-gym bundle-agent --agent runs/benchmark/train/agent --eval runs/benchmark/benchmark.json
+
+A model goes to keycld_gym/weights/<system>/ (model.safetensors, config.json, start frames,
+measured observation noise) with a README.md recording how it was made (command, seed, data
+regime and size, training time) and what it measured on held-out data. An agent goes to
+keycld_gym/weights/<system>-<algo>-<obs>/ with its evaluation and card.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from keycld_gym.data.start_bank import START_BANK
+from keycld_gym.errors import CheckpointError
+from keycld_gym.files import write_json
+from keycld_gym.model.checkpoint import CONFIG, WEIGHTS, bundled_path, load_model
+from keycld_gym.rl.agent import (
+    AGENT_CONFIG,
+    AGENT_WEIGHTS,
+    bundled_agent_path,
+    load_agent,
+)
+from keycld_gym.rl.observation_noise import NOISE_FILE
+
+
+def model_card(config: dict, result: dict | None) -> str:
+    """The bundled model's README: provenance and held-out numbers."""
+    d, t = config["data"], config["training"]
+    lines = [
+        f"# Bundled KeyCLD model: {config['system']}",
+        "",
+        "Made by the project's own commands (data collection, then training):",
+        "",
+        f"    keycld-gym collect --system {config['system']} --out {d['path']} --episodes {d['sequences']} "
+        f"--frames {d['frames_per_sequence']} --seed {d['seed']} --workers 2",
+        f"    {t['command']}",
+        "",
+        f"- data: {d['sequences']} sequences x {d['frames_per_sequence']} frames = {d['frames']} real frames, regime "
+        f"`{d['regime']}` ({d.get('regime_description')}); {d['train_sequences']} sequences ({d['train_frames']} frames) "
+        f"for training, the rest held out; data set manifest sha256 `{d['manifest_sha256']}`",
+        *([f"- encoder and renderer from `{config['keypoints_from']['checkpoint']}`, trained by "
+           f"`{config['keypoints_from']['training']['command']}` on {config['keypoints_from']['data']['frames']} real "
+           f"frames of `{config['keypoints_from']['data']['path']}` (regime `{config['keypoints_from']['data']['regime']}`, "
+           f"{config['keypoints_from']['training']['wall_time_s'] / 60:.1f} min)"] if config.get("keypoints_from") else []),
+        f"- training seed {t['seed']}; wall time {t['wall_time_s'] / 60:.1f} min on 2 CPU cores ({t['torch_threads']} torch threads)",
+        f"- package version {config['package_version']}; weights sha256 `{config['weights_sha256']}`",
+        f"- `{START_BANK}`: real start windows from the task's own reset (reset seeds 10000+), used by the env's reset",
+    ]
+    r = config.get("reward_head")
+    if r:
+        lines += [
+            f"- reward head refit on estimated states ({r['samples']['train']} samples of "
+            f"{', '.join(d['path'] for d in r['data'])}; {r['wall_time_s']:.0f} s): `{r['command']}`; RMSE per physics "
+            f"step on the validation sequences {r['rmse_before']['val']:.4f} -> {r['rmse_after']['val']:.4f}",
+        ]
+    lines.append(f"- `{NOISE_FILE}`: the real state estimate's error per keypoint coordinate, measured on held-out real "
+                 "sequences by `keycld-gym observation-noise`; agents can train with it as noise (`--noise measured`)")
+    if result:
+        m, h = result["model"], result["hold_frame"]
+        lines += [
+            "",
+            f"Held out ({result['sequences']} sequences of `{result['data']}`, split `{result['split']}`; "
+            "`keycld-gym evaluate-model`):",
+            "",
+            f"- VPT at the agent interval ({result['agent_interval_s']} s), median / mean over {result['agent_steps']} steps: "
+            f"model {m['vpt_agent_median']:.1f} / {m['vpt_agent_mean']:.1f}, hold-frame {h['vpt_agent_median']:.1f} / {h['vpt_agent_mean']:.1f}"
+            + (f", noisy true simulator {result['true_simulator_noisy']['vpt_agent_median']:.1f} / "
+               f"{result['true_simulator_noisy']['vpt_agent_mean']:.1f}" if "true_simulator_noisy" in result else ""),
+            "- keypoints: " + ", ".join(f"{k} {v:.4f}" for k, v in result["keypoints"].items()),
+            f"- reconstruction MSE {result['reconstruction_mse']:.5f}; reward RMSE {result['reward_rmse']:.4f} per physics step",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _recipe_summary(r: dict) -> str:
+    if r["obs_type"] == "pixels":
+        return f"{r['policy']}, the last {r['frame_stack']} frames, features {r.get('features', 'cnn')}"
+    return f"{r['policy']}, observation noise {r['observation_noise']}"
+
+
+def agent_card(config: dict, evaluation: dict) -> str:
+    """The bundled agent's README: provenance and real / imagined returns."""
+    r, t, m = config["recipe"], config["training"], config["model"]
+    e = evaluation
+    return "\n".join([
+        f"# Bundled agent: {r['system']}, {r['algo'].upper()} on {r['obs_type']}",
+        "",
+        "Trained only in the bundled KeyCLD model's imagination by the project's own command:",
+        "",
+        f"    {t['command']}",
+        "",
+        f"- seed {t['seed']}; {t['steps']} imagined agent steps in {t['wall_s'] / 60:.1f} min on 2 CPU cores "
+        f"({t['torch_threads']} torch threads); recipe `agents/{r['system']}.py` ({_recipe_summary(r)})",
+        f"- the model learned from {m['model_real_frames']} real frames (regime {m['model_data_regime']}); the policy from none",
+        f"- real task, {e['episodes']} episodes (reset seeds {e['seed']}+, the `keycld-gym evaluate-agent` protocol): return "
+        f"{e['real_return_mean']:.1f} ± {e['real_return_std']:.1f}; in imagination {e['imagined_return_mean']:.1f} ± "
+        f"{e['imagined_return_std']:.1f}; gap {100 * e['gap']:+.1f}%",
+        "- files: `agent.safetensors` (policy weights), `agent.json` (recipe, spaces, provenance, this evaluation); "
+        "loading reads tensors only, nothing is unpickled",
+        "",
+    ])
+
+
+def bundle_model(model_folder: str | Path, evaluation: str | Path | None = None, dest: str | Path | None = None) -> Path:
+    """Copy a finished model folder (and its card) to `dest` (default: the package's bundled folder of its system)."""
+    model = load_model(model_folder)  # checks the checkpoint before it is bundled
+    config = model.checkpoint_config
+    if config["training"].get("phase") != "done":
+        raise CheckpointError(f"{model_folder} is from an unfinished run (phase {config['training'].get('phase')!r})")
+    dest = Path(dest) if dest is not None else bundled_path(config["system"])
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (WEIGHTS, CONFIG, START_BANK, NOISE_FILE):
+        if (Path(model_folder) / name).exists():
+            shutil.copy2(Path(model_folder) / name, dest / name)
+    result = json.loads(Path(evaluation).read_text()) if evaluation else None
+    (dest / "README.md").write_text(model_card(config, result))
+    return dest
+
+
+def bundle_agent(agent_folder: str | Path, evaluation: str | Path, dest: str | Path | None = None) -> Path:
+    """Copy a trained agent with its evaluate-agent (or benchmark) JSON to `dest` (default: the bundled agent's folder)."""
+    agent = load_agent(agent_folder)  # checks it before it is bundled
+    result = json.loads(Path(evaluation).read_text())
+    if "real_return_mean" not in result:  # a benchmark.json: its agent's evaluation
+        result = result["agent"]
+    r = agent.recipe
+    dest = Path(dest) if dest is not None else bundled_agent_path(r.system, r.obs_type, r.algo)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(Path(agent_folder) / AGENT_WEIGHTS, dest / AGENT_WEIGHTS)
+    config = json.loads((Path(agent_folder) / AGENT_CONFIG).read_text())
+    config["evaluation"] = {k: v for k, v in result.items() if k != "model_data"}
+    write_json(dest / AGENT_CONFIG, config)
+    (dest / "README.md").write_text(agent_card(config, result))
+    return dest

@@ -1,0 +1,158 @@
+"""From nothing to a bundle-ready model folder for one system, by its recipe (`keycld-gym pipeline`).
+
+    keycld-gym pipeline --system pendulum --out runs/pendulum
+
+Steps, in order (the recipe is `keycld_gym/training/recipes.py`):
+
+1. collect the keypoint, dynamics and held-out data sets from the task's own reset;
+2. the keypoint phase (encoder and renderer) on the keypoint data;
+3. the dynamics phase (structured Lagrangian, reward head) on the dynamics data, from that
+   encoder; the trainer adds the real start frames the imagined env resets from;
+4. the reward head refit on estimated states, then the renderer's read-back refit: OUT/model;
+5. the real state estimate's error on the held-out data (`observation_noise.json`);
+6. the held-out evaluation (OUT/eval.json).
+
+Every step's wall time goes to OUT/pipeline.json. Rerunning continues: finished steps are
+skipped, an interrupted collection or training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from keycld_gym.data.collect import collect
+from keycld_gym.data.start_bank import START_BANK
+from keycld_gym.evaluation import evaluate_model
+from keycld_gym.files import write_json
+from keycld_gym.model.checkpoint import checkpoint_folder, load_model, save_checkpoint
+from keycld_gym.rl.observation_noise import (
+    NOISE_FILE,
+    measure_estimation_error,
+    write_noise,
+)
+from keycld_gym.training.recipes import ModelRecipe, get_recipe
+from keycld_gym.training.renderer_fit import fit_renderer
+from keycld_gym.training.reward_fit import fit_reward_head
+from keycld_gym.training.trainer import Trainer
+
+RECORD = "pipeline.json"
+# checkpoint fields a refit keeps from its source (the rest is the model's own or rewritten)
+_OWN_FIELDS = ("format", "format_version", "package_version", "system", "spec", "model", "action_dim", "weights_sha256")
+
+
+def refit_checkpoint(checkpoint: str | Path, out: str | Path, part: str, fit: Callable[..., dict], *,
+                     data: list[str], steps: int, seed: int = 0, progress: bool = True,
+                     command: str | None = None, **kwargs: Any) -> dict:
+    """Load `checkpoint`, refit one part with `fit(model, data, ...)`, save to `out`; the fit's record.
+
+    The source's provenance is kept and the refit recorded under `part`; its start frames
+    and measured observation noise travel along (neither depends on the reward head or the
+    renderer).
+    """
+    torch.manual_seed(seed)
+    source = checkpoint_folder(checkpoint)
+    model = load_model(source)
+    result = fit(model, data, steps=steps, seed=seed, progress=progress, **kwargs)
+    result["command"] = command
+    meta = {k: v for k, v in model.checkpoint_config.items() if k not in _OWN_FIELDS}
+    save_checkpoint(out, model, {**meta, part: result})
+    for name in (START_BANK, NOISE_FILE):
+        if (source / name).exists():
+            shutil.copy2(source / name, Path(out) / name)
+    return result
+
+
+class Pipeline:
+    """The steps of one system's recipe into the folder `out` (module docstring)."""
+
+    def __init__(self, recipe: ModelRecipe | str, out: str | Path, *, workers: int = 2, progress: bool = True,
+                 command: str | None = None):
+        self.recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+        self.out, self.workers, self.progress, self.command = Path(out), workers, progress, command
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / RECORD
+        try:
+            self.record = json.loads(path.read_text()) if path.exists() else {"system": self.recipe.system, "steps": {}}
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is corrupt ({err}): delete it to rerun every step's check") from err
+        if self.record["system"] != self.recipe.system:
+            raise ValueError(f"{self.out} holds a {self.record['system']} pipeline, not {self.recipe.system}; "
+                             "choose another --out")
+        self.record["command"] = command
+
+    def data(self, plan_name: str) -> str:
+        """The folder of one of the recipe's data sets."""
+        return str(self.out / "data" / plan_name)
+
+    @property
+    def model_folder(self) -> Path:
+        """Where the finished model lands."""
+        return self.out / "model"
+
+    def steps(self) -> list[tuple[str, Callable[[], Any]]]:
+        """(name, action) of every step, in order."""
+        r = self.recipe
+        plans = (r.keypoint_data, r.dynamics_data, r.eval_data)
+        collects = [(f"collect-{p.name}", lambda p=p: collect(self.data(p.name), p.config(r.system), workers=self.workers,
+                                                              progress=self.progress, command=self.command))
+                    for p in plans]
+        return [
+            *collects,
+            ("keypoints", lambda: self._train("keypoints", r.keypoint_data.name, dynamics_steps=0)),
+            ("dynamics", lambda: self._train("dynamics", r.dynamics_data.name, keypoint_steps=0,
+                                             keypoints_from=str(self.out / "keypoints" / "model"))),
+            ("reward", lambda: refit_checkpoint(
+                self.out / "dynamics" / "model", self.out / "reward", "reward_head", fit_reward_head,
+                data=self._training_data(), steps=r.reward_steps, seed=r.seed, progress=self.progress,
+                command=self.command)),
+            ("renderer", lambda: refit_checkpoint(
+                self.out / "reward", self.model_folder, "renderer", fit_renderer,
+                data=self._training_data(), steps=r.renderer_steps, seed=r.seed, progress=self.progress,
+                command=self.command)),
+            ("observation-noise", self._noise),
+            ("evaluate", self._evaluate),
+        ]
+
+    def _training_data(self) -> list[str]:
+        return [self.data(self.recipe.keypoint_data.name), self.data(self.recipe.dynamics_data.name)]
+
+    def _train(self, name: str, data: str, **overrides: Any) -> None:
+        config = self.recipe.train_config(self.data(data), **overrides)
+        Trainer(config, self.out / name, command=self.command, progress=self.progress).run(resume=True)
+
+    def _noise(self) -> dict:
+        result = measure_estimation_error(load_model(self.model_folder), self.data(self.recipe.eval_data.name))
+        write_noise(self.model_folder, result)
+        return result
+
+    def _evaluate(self) -> dict:
+        result = evaluate_model(load_model(self.model_folder), self.data(self.recipe.eval_data.name))
+        write_json(self.out / "eval.json", result)
+        return result
+
+    def run(self, until: str | None = None) -> dict:
+        """Run every unfinished step (up to and including `until`); returns the record."""
+        names = [n for n, _ in self.steps()]
+        if until is not None and until not in names:
+            raise ValueError(f"unknown step {until!r}; steps: {', '.join(names)}")
+        for name, action in self.steps():
+            if name in self.record["steps"]:
+                if self.progress:
+                    print(f"== {name}: done already ({self.record['steps'][name]['wall_s']:.0f} s)")
+            else:
+                if self.progress:
+                    print(f"== {name}")
+                t0 = time.monotonic()
+                action()
+                self.record["steps"][name] = {"wall_s": round(time.monotonic() - t0, 1)}
+                self.record["total_wall_s"] = round(sum(s["wall_s"] for s in self.record["steps"].values()), 1)
+                write_json(self.out / RECORD, self.record)
+            if name == until:
+                break
+        return self.record

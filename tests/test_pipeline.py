@@ -1,0 +1,101 @@
+"""The one-command pipeline and the model recipes, end to end on a tiny pendulum."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_MODEL
+
+from keycld_gym.cli import build_parser, main, train_config_from_args
+from keycld_gym.files import json_roundtrip
+from keycld_gym.pipeline import RECORD, Pipeline
+from keycld_gym.training.recipes import RECIPES, DataPlan, ModelRecipe, get_recipe
+
+
+def test_every_system_has_a_recipe_with_held_out_data_of_another_seed():
+    for system, recipe in RECIPES.items():
+        assert recipe.system == system
+        seeds = {recipe.keypoint_data.seed, recipe.dynamics_data.seed}
+        assert recipe.eval_data.seed not in seeds
+        assert recipe.training_frames <= 50_000
+    with pytest.raises(ValueError, match="unknown training settings"):
+        replace(RECIPES["pendulum"], train={"keypoint_stepz": 3})
+
+
+def test_train_defaults_to_the_recipe_and_flags_override_it():
+    """`keycld-gym train` reads the system's recipe: for cartpole, the bundled model's dynamics settings."""
+    bundled = json.loads(open("keycld_gym/weights/cartpole/config.json").read())["training"]["config"]
+    args = build_parser().parse_args(["train", "--system", "cartpole", "--data", bundled["data"], "--out", "x",
+                                      "--keypoints-from", bundled["keypoints_from"]])
+    config = json_roundtrip(train_config_from_args(args).to_dict())
+    for key in ("dynamics_steps", "max_horizon", "horizon_ramp_steps", "keypoint_steps", "seed"):
+        assert config[key] == bundled[key], key
+    for key, value in bundled["model"]["dynamics"].items():
+        assert config["model"]["dynamics"][key] == value, key
+    args = build_parser().parse_args(["train", "--system", "pendulum", "--data", "d", "--out", "x",
+                                      "--damping", "keypoints", "--potential-mlp", "--max-horizon", "0"])
+    config = train_config_from_args(args)
+    assert config.model.dynamics.input_matrix == "spec" and config.model.dynamics.damping == "keypoints"
+    assert config.model.dynamics.potential_mlp and config.max_horizon is None
+
+
+@pytest.mark.slow
+def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
+    """Collect, both training phases, refits, noise, evaluation; then the imagined env, an agent, a real episode."""
+    from gymnasium.utils.env_checker import check_env
+
+    from keycld_gym.envs.imagined_env import KeyCLDEnv
+    from keycld_gym.model.checkpoint import load_model
+    from keycld_gym.rl.agent import load_agent
+    from keycld_gym.rl.agent_evaluation import evaluate_agent
+    from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
+
+    torch.set_num_threads(1)
+    spec_form = replace(get_recipe("pendulum").model.dynamics, hidden=16)
+    recipe = ModelRecipe(
+        system="pendulum",
+        keypoint_data=DataPlan("short", episodes=4, frames=20, seed=0),
+        dynamics_data=DataPlan("long", episodes=4, frames=40, seed=2),
+        eval_data=DataPlan("eval", episodes=2, frames=110, seed=1),  # 0.32 s start + 45 agent steps of 2
+        model=replace(TINY_MODEL, dynamics=spec_form),
+        train=dict(keypoint_steps=4, keypoint_batch=8, dynamics_steps=3, dynamics_batch=4, horizon_ramp_steps=2,
+                   val_fraction=0.3, checkpoint_every_s=1e9),
+        reward_steps=5, renderer_steps=2,
+    )
+    out = tmp_path / "run"
+    record = Pipeline(recipe, out, workers=1, progress=False, command="pytest").run(until="dynamics")
+    assert list(record["steps"]) == ["collect-short", "collect-long", "collect-eval", "keypoints", "dynamics"]
+    fit = json.loads((out / "dynamics" / "physics_fit.json").read_text())
+    assert len(fit["input"]) == 1 and len(fit["damping"]) == 1  # one torque gain, one joint damping
+    # a rerun skips what is done and finishes the rest
+    record = Pipeline(recipe, out, workers=1, progress=True, command="pytest").run()
+    assert "keypoints: done already" in capsys.readouterr().out
+    assert set(record["steps"]) >= {"reward", "renderer", "observation-noise", "evaluate"}
+    assert all(s["wall_s"] >= 0 for s in record["steps"].values())
+    assert json.loads((out / RECORD).read_text())["total_wall_s"] == record["total_wall_s"]
+
+    model = load_model(out / "model")
+    assert model.config.dynamics.input_matrix == "spec" and model.dynamics.actuator_gain.abs().item() > 0
+    assert model.checkpoint_config["reward_head"] and model.checkpoint_config["renderer"]
+    assert (out / "model" / "observation_noise.json").exists() and (out / "model" / "start_frames.npz").exists()
+    result = json.loads((out / "eval.json").read_text())
+    assert result["split"] == "all" and result["sequences"] == 2 and result["start_frames"] == 17  # 0.32 s at 0.02 s
+    assert np.isfinite(result["model"]["vpt_agent_median"]) and "link0_angle_rms_rad" in result["keypoints"]
+
+    check_env(KeyCLDEnv("pendulum", out / "model", obs_type="keypoints"), skip_render_check=True)
+    config = AgentTrainConfig(system="pendulum", checkpoint=str(out / "model"), total_steps=32, eval_every=32,
+                              eval_episodes=1, observation_noise="measured")
+    train_agent(config, tmp_path / "agent", progress=False, command="pytest")
+    agent = load_agent(tmp_path / "agent" / "agent", "pendulum", "keypoints")
+    real = evaluate_agent(agent, episodes=1, seed=5, checkpoint=str(out / "model"), imagined=False, workers=1)
+    assert real["episodes"] == 1 and 0.0 <= real["real_return_mean"] <= 1000.0
+    assert real["model_real_frames"] == 4 * 20 + 4 * 40
+
+
+def test_pipeline_refuses_another_systems_folder(tmp_path):
+    (tmp_path / RECORD).write_text(json.dumps({"system": "cartpole", "steps": {}}))
+    with pytest.raises(ValueError, match="holds a cartpole pipeline"):
+        Pipeline("pendulum", tmp_path)
+    assert main(["pipeline", "--system", "pendulum", "--out", str(tmp_path), "--until", "nope"]) == 2
