@@ -15,6 +15,7 @@ from keycld_gym.benchmark import run_benchmark
 from keycld_gym.bundling import bundle_agent, bundle_model
 from keycld_gym.data.collect import CollectConfig, collect
 from keycld_gym.data.preview import dataset_preview
+from keycld_gym.diagnostics import diagnose
 from keycld_gym.errors import KeyCLDError
 from keycld_gym.evaluation import load_and_evaluate
 from keycld_gym.files import default_command, write_json
@@ -122,6 +123,14 @@ def format_model_report(r: dict) -> str:
     lines.append("keypoints: " + ", ".join(f"{k} {v:.4f}" for k, v in r["keypoints"].items()))
     lines.append(f"reconstruction MSE {r['reconstruction_mse']:.5f}; reward RMSE {r['reward_rmse']:.4f} (reward std {r['reward_std']:.4f}); "
                  f"max |phi| over {r['long_rollout']['steps']} steps {r['long_rollout']['max_abs_constraint_violation']:.2e}")
+    rs = r.get("reward_sequences")
+    if rs:
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x:.4f}"
+        lines.append(f"reward head on whole sequences ({rs['samples']} physics steps): RMSE {fmt(rs['rmse'])}; where the task "
+                     f"rewards ({rs['rewarded_samples']}) {fmt(rs['rmse_rewarded'])}, mean predicted "
+                     f"{fmt(rs['mean_predicted_rewarded'])} of {fmt(rs['mean_true_rewarded'])}; within {rs['near_s']} s of it "
+                     f"({rs['near_samples']}) {fmt(rs['rmse_near_rewarded'])}")
     return "\n".join(lines)
 
 
@@ -200,6 +209,31 @@ def _observation_noise(args: argparse.Namespace) -> int:
     print(json.dumps({"position_std": result["std"][: 2 * k], "velocity_std": result["std"][2 * k:],
                       "frame_std": result["frame_std"], "samples": result["samples"], "seconds": result["seconds"]}))
     print("wrote", write_noise(args.out or checkpoint_folder(args.checkpoint), result))
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint)
+    agent = load_agent(args.agent, model.spec.name, "keypoints") if args.agent else None
+    result = diagnose(model, args.data, agent=agent, episodes=args.episodes, seed=args.seed,
+                      true_physics=not args.no_true_physics)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(args.json), result)
+    k, r = result["keypoints"], result["response"]
+    print(f"{result['system']}: keypoint error against the true bodies {k['rms_px']:.3f} px RMS, {k['p99_px']:.3f} px "
+          f"99th percentile ({k['frames']} held-out frames; per keypoint {k['per_keypoint_rms_px']})")
+    print(f"response against the true system ({r['samples']} states): passive relative error "
+          f"{r['passive_relative_error']:.3f}, actuator {r['actuator_relative_error']:.3f} (gain ratio {r['actuator_gain_ratio']:.3f})")
+    if "true_physics" in result:
+        t = result["true_physics"]
+        print(f"true constants behind this encoder: VPT agent median / mean {t['vpt_agent_median']:.1f} / "
+              f"{t['vpt_agent_mean']:.1f}, physics {t['vpt_physics_median']:.1f} / {t['vpt_physics_mean']:.1f}")
+    if "oracle_agent" in result:
+        o = result["oracle_agent"]
+        print(f"agent on true keypoints: real return {o['real_return_mean']:.1f} ± {o['real_return_std']:.1f} "
+              f"over {o['episodes']} episodes (seeds {o['seed']}+)")
     return 0
 
 
@@ -374,6 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder to write observation_noise.json to (default: the checkpoint)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_observation_noise)
+    p = sub.add_parser("diagnose", help="a model's keypoints, response and VPT against the true system; an agent on true keypoints")
+    p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
+    p.add_argument("--data", required=True, help="held-out real sequences (with their true states)")
+    p.add_argument("--agent", help="also run this keypoint agent (folder or 'bundled') on true keypoints in the real task")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=100_000, help="episode i of the real task is reset with seed + i")
+    p.add_argument("--no-true-physics", action="store_true", help="skip the VPT with the true constants")
+    p.add_argument("--json", help="write the full result here")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_diagnose)
     p = sub.add_parser("bundle-model", help="copy a finished model into the package as its system's bundled model")
     p.add_argument("--model", required=True, help="a finished model folder (OUT/model of train or pipeline)")
     p.add_argument("--eval", help="its evaluate-model JSON on held-out data (recorded in the model card)")

@@ -14,57 +14,17 @@ from dm_control import suite
 from keycld_gym.model.constraints import ConstraintSet
 from keycld_gym.model.dynamics import Dynamics, DynamicsConfig
 from keycld_gym.model.physics_fit import apply_physics, solve_physics
+from keycld_gym.sim.keypoint_truth import exact_samples, true_points
 from keycld_gym.sim.systems import Joint, get_system
 
 SPEC_FORM = DynamicsConfig(input_matrix="spec", damping="joints", linear_potential=True, potential_mlp=False,
                            rail_walls=False)
 
 
-def _keypoints(physics, system: str) -> np.ndarray:
-    """The spec's keypoints in the world's x-z plane `(K, 2)` (the camera maps them affinely)."""
-    d = physics.named.data
-    if system == "pendulum":
-        points = [d.geom_xpos["mass"]]
-    elif system == "acrobot":
-        points = [d.xpos["lower_arm"], d.site_xpos["tip"]]
-    else:
-        points = [d.xpos["cart"], d.xpos["pole_1"] + d.xmat["pole_1"].reshape(3, 3) @ np.array([0, 0, 1.0])]
-    return np.array([[p[0], p[2]] for p in points])
-
-
 def _samples(system: str, n: int, seed: int) -> tuple[torch.Tensor, ...]:
     """Exact keypoints, velocities, accelerations `(n, K, 2)` and actions `(n, 1)` at random states of the real task."""
-    import mujoco
-
-    physics = suite.load(system, "swingup").physics
-    rng = np.random.default_rng(seed)
-    spec = get_system(system)
-    out = {k: [] for k in ("q", "qd", "qdd", "u")}
-
-    def at(qpos: np.ndarray) -> np.ndarray:
-        physics.data.qpos[:] = qpos
-        mujoco.mj_kinematics(physics.model.ptr, physics.data.ptr)
-        return _keypoints(physics, system)
-
-    for _ in range(n):
-        qpos = rng.uniform(spec.state_qpos_low, spec.state_qpos_high)
-        if "slider" in spec.qpos_names:
-            qpos[0] = rng.uniform(-1.0, 1.0)  # away from the rail stops (not part of this form)
-        qvel = rng.uniform(spec.state_qvel_low, spec.state_qvel_high)
-        u = rng.uniform(-1, 1, 1)
-        with physics.reset_context():
-            physics.data.qpos[:], physics.data.qvel[:] = qpos, qvel
-        physics.data.ctrl[:] = u
-        mujoco.mj_forward(physics.model.ptr, physics.data.ptr)
-        qacc = physics.data.qacc.copy()
-        h = 1e-5
-        jac = np.stack([(at(qpos + h * e) - at(qpos - h * e)) / (2 * h) for e in np.eye(len(qpos))], -1)  # (K, 2, nq)
-        curv = (at(qpos + 1e-3 * qvel) - 2 * at(qpos) + at(qpos - 1e-3 * qvel)) / 1e-6
-        out["q"].append(at(qpos))
-        out["qd"].append(jac @ qvel)
-        out["qdd"].append(jac @ qacc + curv)
-        out["u"].append(u)
-    return tuple(torch.tensor(np.array(out[k])) for k in ("q", "qd", "qdd", "u"))
+    s = exact_samples(suite.load(system, "swingup").physics, get_system(system), n, seed)
+    return tuple(torch.tensor(x) for x in (s["q"], s["qd"], s["qdd"][:, 0], s["u"][:, 0]))
 
 
 def _dynamics(system: str) -> Dynamics:
@@ -72,7 +32,7 @@ def _dynamics(system: str) -> Dynamics:
     spec = get_system(system)
     physics = suite.load(system, "swingup").physics
     constraints = ConstraintSet(spec.constraints, spec.num_keypoints).double()
-    q = torch.tensor(_keypoints(physics, system))
+    q = torch.tensor(true_points(physics, spec))
     with torch.no_grad():
         for i, c in enumerate(spec.constraints):
             if c.kind == "fixed_pivot_distance":

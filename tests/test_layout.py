@@ -22,7 +22,9 @@ ALLOWED = {
     "benchmark": {"base", "sim", "data", "model", "envs", "rl"},
     "pipeline": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl"},
     "bundling": {"base", "sim", "data", "model", "rl"},
-    "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "bundling"},
+    "diagnostics": {"base", "sim", "data", "model", "evaluation", "rl"},
+    "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "bundling",
+            "diagnostics"},
     "package": {"base", "sim", "model", "envs"},
 }
 

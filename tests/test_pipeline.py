@@ -83,6 +83,9 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     result = json.loads((out / "eval.json").read_text())
     assert result["split"] == "all" and result["sequences"] == 2 and result["start_frames"] == 17  # 0.32 s at 0.02 s
     assert np.isfinite(result["model"]["vpt_agent_median"]) and "link0_angle_rms_rad" in result["keypoints"]
+    rewards = result["reward_sequences"]
+    assert rewards["samples"] == 2 * 13 * 8  # 13 windows of 9 frames (0.16 s) per 110-frame sequence and rewards["rewarded_samples"] + rewards["near_samples"] <= rewards["samples"]
+    assert np.isfinite(rewards["rmse"])
 
     check_env(KeyCLDEnv("pendulum", out / "model", obs_type="keypoints"), skip_render_check=True)
     config = AgentTrainConfig(system="pendulum", checkpoint=str(out / "model"), total_steps=32, eval_every=32,
@@ -92,6 +95,17 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     real = evaluate_agent(agent, episodes=1, seed=5, checkpoint=str(out / "model"), imagined=False, workers=1)
     assert real["episodes"] == 1 and 0.0 <= real["real_return_mean"] <= 1000.0
     assert real["model_real_frames"] == 4 * 20 + 4 * 40
+
+    # the diagnostics against the true pendulum: keypoints in pixels, the response, true constants, an oracle agent
+    assert main(["diagnose", "--checkpoint", str(out / "model"), "--data", str(out / "data" / "eval"), "--agent",
+                 str(tmp_path / "agent" / "agent"), "--episodes", "1", "--json", str(tmp_path / "diag.json"),
+                 "--threads", "1"]) == 0
+    diag = json.loads((tmp_path / "diag.json").read_text())
+    assert diag["keypoints"]["frames"] == 2 * 22 and diag["keypoints"]["rms_px"] > 0
+    assert diag["true_physics"]["fit"]["samples"] > 0 and np.isfinite(diag["true_physics"]["vpt_agent_median"])
+    assert np.isfinite(diag["response"]["actuator_relative_error"])
+    assert 0.0 <= diag["oracle_agent"]["real_return_mean"] <= 1000.0
+    assert "real return" in capsys.readouterr().out
 
 
 def test_pipeline_refuses_another_systems_folder(tmp_path):

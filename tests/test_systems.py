@@ -115,3 +115,33 @@ def test_observation_camera_projection_matches_the_pixels(tmp_path):
     c, r = (int(round(v)) for v in bob)
     assert frame[r, c, 0] - frame[r, c, 2] > 60  # the orange bob is where the projection says
     assert isinstance(env.camera, ObservationCamera)
+
+
+def test_windows_are_durations_the_same_on_every_system():
+    """Each window spans the same seconds on every system: the frame counts measured at 0.01 s, halved at 0.02 s."""
+    from keycld_gym.sim.systems import WINDOWS
+
+    counts = {name: (spec.frames(WINDOWS.tracking), spec.frames(WINDOWS.start_fit), spec.frames(WINDOWS.start_bank))
+              for name, spec in SYSTEMS.items()}
+    assert counts == {"cartpole": (17, 33, 9), "acrobot": (17, 33, 9), "pendulum": (9, 17, 5)}
+    for spec in SYSTEMS.values():
+        assert (spec.frames(WINDOWS.start_fit) - 1) * spec.physics_dt == pytest.approx(WINDOWS.start_fit)
+
+
+def test_keypoint_points_are_the_bodies_the_keypoints_stand_for():
+    """The spec's true keypoints in the real task: the pendulum's bob 0.5 m below its pivot at rest, the acrobot's tip 2 m out."""
+    from keycld_gym.sim.keypoint_truth import true_points, true_motion
+
+    env = RealEnv("pendulum", "state", action_repeat=1)
+    env.reset(seed=0)
+    env.set_state(np.array([0.0]), np.array([2.0]))  # upright, turning
+    pivot = env.physics.named.data.xpos["pole"]
+    (bob,) = true_points(env.physics, env.system)
+    assert bob[1] - pivot[2] == pytest.approx(0.5, abs=1e-6) and bob[0] == pytest.approx(pivot[0], abs=1e-6)
+    _, v = true_motion(env.physics, env.system)
+    assert np.linalg.norm(v) == pytest.approx(0.5 * 2.0, rel=1e-4)  # r omega
+    env = RealEnv("acrobot", "state", action_repeat=1)
+    env.reset(seed=0)
+    env.set_state(np.zeros(2), np.zeros(2))
+    elbow, tip = true_points(env.physics, env.system)
+    assert np.linalg.norm(tip - elbow) == pytest.approx(1.0, abs=1e-6)

@@ -107,6 +107,27 @@ class Joint:
     parent: int | None = None
 
 
+POINT_KINDS = ("body", "geom", "site")
+
+
+@dataclass(frozen=True)
+class BodyPoint:
+    """Where a keypoint sits on the real system: a body's, geom's or site's origin plus `offset` in its frame (metres).
+
+    Only diagnostics read it (the keypoints are learned without it): the true state mapped
+    into keypoint space, to tell the encoder's, the dynamics' and the state estimate's
+    errors apart.
+    """
+
+    kind: str
+    name: str
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if self.kind not in POINT_KINDS:
+            raise ValueError(f"unknown point kind {self.kind!r}; valid: {POINT_KINDS}")
+
+
 ACTUATOR_KINDS = ("force", "torque")
 
 
@@ -147,6 +168,7 @@ class SystemSpec:
         actuators: what each action dimension drives, in keypoint terms (the structured
             input matrix follows from them).
         joints: the hinges whose rates the task damps (the structured joint damping).
+        keypoint_points: where each keypoint sits on the real system (diagnostics only).
         render_scale: how much larger than the observation `render_mode="rgb_array"` is.
         camera_note: why this camera, with the measured facts behind the choice.
     """
@@ -167,6 +189,7 @@ class SystemSpec:
     state_qvel_high: tuple[float, ...]
     actuators: tuple[Actuator, ...] = ()
     joints: tuple[Joint, ...] = ()
+    keypoint_points: tuple[BodyPoint, ...] = ()
     render_scale: int = 4
     camera_note: str = ""
 
@@ -180,6 +203,8 @@ class SystemSpec:
             joint = act.joint or Joint(child=act.keypoint)
             if any(not 0 <= k < self.num_keypoints for k in (joint.child, joint.parent) if k is not None):
                 raise ValueError(f"{self.name}: actuator {act} names a keypoint outside 0..{self.num_keypoints - 1}")
+        if self.keypoint_points and len(self.keypoint_points) != self.num_keypoints:
+            raise ValueError(f"{self.name}: keypoint_points must name {self.num_keypoints} points")
         n = len(self.qpos_names)
         for field in ("state_qpos_low", "state_qpos_high", "state_qvel_low", "state_qvel_high"):
             if len(getattr(self, field)) != n:
@@ -252,6 +277,7 @@ SYSTEMS: dict[str, SystemSpec] = {
         qpos_names=("slider", "hinge_1"),
         actuators=(Actuator("force", keypoint=0),),  # the slider motor pushes the cart
         joints=(Joint(child=1),),  # the pole's hinge (its damping, 2e-6, is negligible)
+        keypoint_points=(BodyPoint("body", "cart"), BodyPoint("body", "pole_1", (0.0, 0.0, 1.0))),  # the pole is 1 m
         state_qpos_low=(-1.7, -_PI),
         state_qpos_high=(1.7, _PI),
         state_qvel_low=(-2.0, -8.0),
@@ -278,6 +304,7 @@ SYSTEMS: dict[str, SystemSpec] = {
         qpos_names=("hinge",),
         actuators=(Actuator("torque", joint=Joint(child=0)),),  # the hinge motor turns the bob
         joints=(Joint(child=0),),  # damping 0.1 on the hinge
+        keypoint_points=(BodyPoint("geom", "mass"),),
         state_qpos_low=(-_PI,),
         state_qpos_high=(_PI,),
         state_qvel_low=(-6.0,),
@@ -305,6 +332,7 @@ SYSTEMS: dict[str, SystemSpec] = {
         # only the elbow is driven; both joints are damped (0.05)
         actuators=(Actuator("torque", joint=Joint(child=1, parent=0)),),
         joints=(Joint(child=0), Joint(child=1, parent=0)),
+        keypoint_points=(BodyPoint("body", "lower_arm"), BodyPoint("site", "tip")),
         state_qpos_low=(-_PI, -_PI),
         state_qpos_high=(_PI, _PI),
         state_qvel_low=(-6.0, -10.0),

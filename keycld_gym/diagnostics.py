@@ -1,0 +1,181 @@
+"""Where a model and its agents lose, measured against the true simulator, for every system.
+
+    keycld-gym diagnose --checkpoint pendulum --data runs/pendulum/data/task-eval [--agent bundled]
+
+The true keypoints (`sim/keypoint_truth.py`: the bodies each keypoint stands for, in the
+plane the camera sees) are mapped into the model's keypoint space by one affine map, fitted
+by least squares on held-out frames. Then:
+
+- `keypoints`: the encoder's error against that map, in pixels (RMS and 99th percentile):
+  how precisely the keypoints carry the state.
+- `response`: the model's accelerations against the true ones at random states, split into
+  the passive part (gravity, damping, the constraints; action 0) and the actuator's part
+  (action 1 minus action 0), as relative errors.
+- `true_physics`: the model's encoder, renderer and start-state estimation with the true
+  system's constants in place of the learned ones (the structured form solved by least
+  squares on exact samples of the true system, mapped into keypoint space), scored by the
+  held-out VPT: about the best any learned dynamics can do behind this encoder.
+- `oracle_agent`: an agent's real return when its observations are the true keypoints
+  (mapped, no rendering) instead of the estimate from rendered frames: the gap to its real
+  return is what the state estimate costs.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from keycld_gym.data.dataset import iter_sequences
+from keycld_gym.evaluation import evaluate_model
+from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.model.physics_fit import apply_physics, solve_physics
+from keycld_gym.rl.agent import Agent
+from keycld_gym.sim.keypoint_truth import exact_samples, point_jacobian, true_points
+from keycld_gym.sim.real_env import RealEnv
+
+
+class KeypointMap:
+    """The affine map `kp = A p + b` from true points (world x, z) to a model's keypoint space."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray):
+        self.a, self.b = a, b
+
+    def points(self, p: np.ndarray) -> np.ndarray:
+        """Keypoints `(..., K, 2)` of true points `(..., K, 2)`."""
+        return p @ self.a.T + self.b
+
+    def vectors(self, v: np.ndarray) -> np.ndarray:
+        """Keypoint velocities or accelerations `(..., K, 2)` of the true ones."""
+        return v @ self.a.T
+
+    @property
+    def scale(self) -> float:
+        """Keypoint units per metre (the map's mean singular value)."""
+        return float(np.linalg.svd(self.a, compute_uv=False).mean())
+
+
+def true_keypoint_samples(model: KeyCLDModel, data: str | Path, every: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded keypoints and the true points `(N, K, 2)` each, on every `every`-th frame of `data`."""
+    spec = model.spec
+    env = RealEnv(spec, "state", action_repeat=1)
+    kps, points = [], []
+    for seq in iter_sequences(data, spec.name):
+        frames, qpos = seq["frames"][::every], seq["qpos"][::every]
+        kps.append(model.encode_frames(frames).numpy())
+        for q in qpos:
+            env.physics.data.qpos[:] = q
+            env.physics.forward()
+            points.append(true_points(env.physics, spec))
+    env.close()
+    return np.concatenate(kps), np.array(points)
+
+
+def fit_keypoint_map(keypoints: np.ndarray, points: np.ndarray) -> KeypointMap:
+    """The least-squares affine map (one for all keypoints) from true points to encoded keypoints `(N, K, 2)`."""
+    p = points.reshape(-1, 2)
+    x = np.concatenate([p, np.ones((len(p), 1))], 1)
+    w, *_ = np.linalg.lstsq(x, keypoints.reshape(-1, 2), rcond=None)
+    return KeypointMap(w[:2].T, w[2])
+
+
+def keypoint_error(model: KeyCLDModel, keypoints: np.ndarray, points: np.ndarray, kmap: KeypointMap) -> dict[str, Any]:
+    """The encoder's error against the mapped true points: pixels (RMS, 99th percentile), per keypoint and overall."""
+    # image units span [-1, 1] over the frame's height (docs/design.md section 2): px = units * H / 2
+    px = model.spec.camera.height / 2
+    err = np.linalg.norm(keypoints - kmap.points(points), axis=-1) * px  # (N, K)
+    return {
+        "rms_px": float(np.sqrt((err**2).mean())), "p99_px": float(np.percentile(err, 99)),
+        "per_keypoint_rms_px": np.sqrt((err**2).mean(0)).round(4).tolist(),
+        "frames": len(err), "map_scale_units_per_m": kmap.scale,
+    }
+
+
+def true_response(model: KeyCLDModel, kmap: KeypointMap, n: int = 200, seed: int = 0) -> dict[str, Any]:
+    """The model's accelerations against the true ones at random states: relative errors of the passive and actuator parts."""
+    spec = model.spec
+    env = RealEnv(spec, "state", action_repeat=1)
+    s = exact_samples(env.physics, spec, n, seed, actions=(0.0, 1.0))
+    env.close()
+    q, qd = (torch.tensor(kmap.points(s["q"]) if k == "q" else kmap.vectors(s[k]), dtype=torch.float32) for k in ("q", "qd"))
+    true = kmap.vectors(s["qdd"])  # (n, 2, K, 2)
+    q, qd = model.project(q, qd, iterations=20)
+    with torch.no_grad():
+        acc = [model.dynamics.acceleration(q, qd, torch.full((n, 1), u)).numpy() for u in (0.0, 1.0)]
+    passive, push = acc[0], acc[1] - acc[0]
+    true_passive, true_push = true[:, 0], true[:, 1] - true[:, 0]
+
+    def rel(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    return {"samples": n, "passive_relative_error": rel(passive, true_passive),
+            "actuator_relative_error": rel(push, true_push),
+            "actuator_gain_ratio": float((push * true_push).sum() / (true_push**2).sum())}
+
+
+def true_physics_model(model: KeyCLDModel, kmap: KeypointMap, n: int = 400, seed: int = 0) -> tuple[KeyCLDModel, dict]:
+    """A copy of `model` with the true system's constants in its structured dynamics; and the fit's record."""
+    if not model.config.dynamics.structured or model.config.dynamics.potential_mlp:
+        raise ValueError("true physics needs a model with the structured dynamics (a linear potential, no potential MLP, "
+                         "a constant or spec input matrix): train it with the system's recipe")
+    spec = model.spec
+    env = RealEnv(spec, "state", action_repeat=1)
+    s = exact_samples(env.physics, spec, n, seed)
+    env.close()
+    truth = copy.deepcopy(model)
+    dyn = truth.dynamics.double()
+    fit = solve_physics(dyn, *(torch.tensor(x, dtype=torch.float64) for x in
+                               (kmap.points(s["q"]), kmap.vectors(s["qd"]), kmap.vectors(s["qdd"][:, 0]), s["u"][:, 0])))
+    apply_physics(dyn, fit)
+    truth.dynamics = dyn.float()
+    return truth, {"samples": fit.samples, "relative_residual": fit.relative_residual}
+
+
+def true_physics_vpt(model: KeyCLDModel, kmap: KeypointMap, data: str | Path) -> dict[str, Any]:
+    """Held-out VPT of the model's encoder and estimation with the true constants (module docstring)."""
+    truth, fit = true_physics_model(model, kmap)
+    r = evaluate_model(truth, data, references=False)
+    return {**{k: v for k, v in r["model"].items() if k.endswith(("median", "mean"))}, "fit": fit,
+            "sequences": r["sequences"], "split": r["split"]}
+
+
+def oracle_agent_returns(agent: Agent, kmap: KeypointMap, episodes: int = 10, seed: int = 100_000) -> dict[str, Any]:
+    """Real returns of an agent whose observations are the true keypoints (mapped) instead of an estimate from frames."""
+    spec = agent.recipe.system
+    env = RealEnv(spec, "state")
+    returns = []
+    for i in range(episodes):
+        env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            qpos, qvel = env.physics.data.qpos.copy(), env.physics.data.qvel.copy()
+            q = kmap.points(true_points(env.physics, env.system))
+            v = kmap.vectors(point_jacobian(env.physics, env.system, qpos) @ qvel)
+            obs = np.concatenate([q.ravel(), v.ravel()])[None].astype(np.float32)
+            _, reward, terminated, truncated, _ = env.step(agent.act(obs)[0])
+            total, done = total + reward, terminated or truncated
+        returns.append(float(total))
+    env.close()
+    return {"episodes": episodes, "seed": seed, "real_returns": returns,
+            "real_return_mean": float(np.mean(returns)), "real_return_std": float(np.std(returns))}
+
+
+def diagnose(model: KeyCLDModel, data: str | Path, *, agent: Agent | None = None, episodes: int = 10,
+             seed: int = 100_000, true_physics: bool = True) -> dict[str, Any]:
+    """Every diagnostic of the module docstring for `model` on held-out `data` (and `agent`, if given)."""
+    keypoints, points = true_keypoint_samples(model, data)
+    kmap = fit_keypoint_map(keypoints, points)
+    result: dict[str, Any] = {
+        "system": model.spec.name, "data": str(data),
+        "keypoint_map": {"a": kmap.a.tolist(), "b": kmap.b.tolist()},
+        "keypoints": keypoint_error(model, keypoints, points, kmap),
+        "response": true_response(model, kmap),
+    }
+    if true_physics and model.config.dynamics.structured and not model.config.dynamics.potential_mlp:
+        result["true_physics"] = true_physics_vpt(model, kmap, data)
+    if agent is not None:
+        result["oracle_agent"] = oracle_agent_returns(agent, kmap, episodes, seed)
+    return result

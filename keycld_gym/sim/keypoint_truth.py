@@ -1,0 +1,88 @@
+"""The real system's keypoints from its true state: what the learned keypoints should be.
+
+Every spec names where its keypoints sit on the real bodies (`SystemSpec.keypoint_points`).
+Their positions in the plane the camera looks at (world x and z: every spec's camera looks
+along the world y axis), their velocities and accelerations come straight from MuJoCo. The
+diagnostics map them into a model's keypoint space by one affine map; no model or policy
+ever sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mujoco
+import numpy as np
+
+from keycld_gym.sim.systems import SystemSpec
+
+
+def true_points(physics: Any, spec: SystemSpec) -> np.ndarray:
+    """The keypoints' positions `(K, 2)` (world x, z; metres) in the physics' current kinematics."""
+    if not spec.keypoint_points:
+        raise ValueError(f"{spec.name}: the spec names no keypoint_points")
+    d = physics.named.data
+    out = []
+    for p in spec.keypoint_points:
+        pos = getattr(d, f"{'x' if p.kind == 'body' else p.kind + '_x'}pos")[p.name]
+        mat = getattr(d, f"{'x' if p.kind == 'body' else p.kind + '_x'}mat")[p.name].reshape(3, 3)
+        world = pos + mat @ np.asarray(p.offset)
+        out.append((world[0], world[2]))
+    return np.array(out)
+
+
+def _points_at(physics: Any, spec: SystemSpec, qpos: np.ndarray) -> np.ndarray:
+    physics.data.qpos[:] = qpos
+    mujoco.mj_kinematics(physics.model.ptr, physics.data.ptr)
+    return true_points(physics, spec)
+
+
+def point_jacobian(physics: Any, spec: SystemSpec, qpos: np.ndarray, h: float = 1e-5) -> np.ndarray:
+    """d points / d qpos `(K, 2, nq)` at `qpos` (central differences; leaves the physics' kinematics at `qpos`)."""
+    jac = np.stack([(_points_at(physics, spec, qpos + h * e) - _points_at(physics, spec, qpos - h * e)) / (2 * h)
+                    for e in np.eye(len(qpos))], -1)
+    _points_at(physics, spec, qpos)
+    return jac
+
+
+def true_motion(physics: Any, spec: SystemSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The keypoints' positions and velocities `(K, 2)` each in the physics' current state."""
+    qpos, qvel = physics.data.qpos.copy(), physics.data.qvel.copy()
+    jac = point_jacobian(physics, spec, qpos)
+    return true_points(physics, spec), jac @ qvel
+
+
+def exact_samples(physics: Any, spec: SystemSpec, n: int, seed: int, actions: tuple[float, ...] | None = None,
+                  slider_range: float = 1.0) -> dict[str, np.ndarray]:
+    """Keypoints, velocities `(n, K, 2)` and accelerations `(n, U, K, 2)` under actions `(n, U, A)` at random states.
+
+    States are drawn from the spec's ``states`` box (sliders within `slider_range` of the
+    centre, away from the rail stops, which no smooth Lagrangian holds). `actions`: the
+    constant actions each state is evaluated under (default one random action per state).
+    """
+    rng = np.random.default_rng(seed)
+    nu = physics.model.nu
+    out: dict[str, list] = {k: [] for k in ("q", "qd", "qdd", "u")}
+    for _ in range(n):
+        qpos = rng.uniform(spec.state_qpos_low, spec.state_qpos_high)
+        for i, name in enumerate(spec.qpos_names):
+            if "slider" in name:
+                qpos[i] = rng.uniform(-slider_range, slider_range)
+        qvel = rng.uniform(spec.state_qvel_low, spec.state_qvel_high)
+        us = [rng.uniform(-1, 1, nu)] if actions is None else [np.full(nu, a) for a in actions]
+        points = _points_at(physics, spec, qpos)
+        curv = (_points_at(physics, spec, qpos + 1e-3 * qvel) - 2 * points
+                + _points_at(physics, spec, qpos - 1e-3 * qvel)) / 1e-6
+        jac = point_jacobian(physics, spec, qpos)
+        qdds = []
+        for u in us:
+            with physics.reset_context():
+                physics.data.qpos[:], physics.data.qvel[:] = qpos, qvel
+            physics.data.ctrl[:] = u
+            mujoco.mj_forward(physics.model.ptr, physics.data.ptr)
+            qdds.append(jac @ physics.data.qacc + curv)
+        out["q"].append(points)
+        out["qd"].append(jac @ qvel)
+        out["qdd"].append(qdds)
+        out["u"].append(us)
+    return {k: np.array(v) for k, v in out.items()}
