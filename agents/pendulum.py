@@ -8,8 +8,10 @@ episodes rather than 8 short ones.
 
 from agents import cartpole
 
+# The benchmark's 18 minutes of training keep the whole run under 25 minutes (its 10 real
+# episodes of 500 agent steps take about 3 minutes on two processes).
 SAC_KEYPOINTS = cartpole.SAC_KEYPOINTS.replace(
-    system="pendulum", total_steps=100_000,
+    system="pendulum", total_steps=100_000, benchmark_budget_min=18.0,
     hyperparams={**cartpole.SAC_KEYPOINTS.hyperparams, "learning_starts": 5000},
 )
 PPO_KEYPOINTS = cartpole.PPO_KEYPOINTS.replace(

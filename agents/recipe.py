@@ -40,6 +40,9 @@ class AgentRecipe:
     # drawn uniformly from this range (robustness to the model's error in the action's
     # effect); None: gain 1
     action_gain: tuple[float, float] | None = None
+    # `keycld-gym benchmark`'s default minutes of training (the whole run adds its real
+    # evaluation, about a quarter more)
+    benchmark_budget_min: float = 12.0
 
     def __post_init__(self) -> None:
         if self.action_gain is not None:

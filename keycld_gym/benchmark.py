@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from agents import get_recipe
 from keycld_gym.envs.imagined_env import KeyCLDEnv, upscale_with_keypoints
 from keycld_gym.envs.real_keypoints import RealKeypointEnv
 from keycld_gym.files import write_json
@@ -83,13 +84,15 @@ def side_by_side(agent: Any, checkpoint: str | Path, seed: int, path: Path, scal
 
 
 def run_benchmark(
-    system: str = "cartpole", out: str | Path = "benchmark", *, budget_min: float = 12.0, seed: int = 0,
+    system: str = "cartpole", out: str | Path = "benchmark", *, budget_min: float | None = None, seed: int = 0,
     episodes: int = 10, eval_seed: int = EVAL_SEED, checkpoint: str | Path | None = None, total_steps: int | None = None,
     real_curve_points: int = 3, workers: int = 2, video: bool = True, video_steps: int | None = None, progress: bool = True,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Train a keypoint SAC agent in imagination within `budget_min` minutes, evaluate it for real, write the report."""
+    """Train a keypoint SAC agent in imagination within `budget_min` minutes (default: the recipe's), evaluate it for real, write the report."""
     t0 = time.time()
+    if budget_min is None:
+        budget_min = get_recipe(system, "keypoints", "sac").benchmark_budget_min
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_path = checkpoint_folder(checkpoint, system)

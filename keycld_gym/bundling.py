@@ -30,15 +30,18 @@ from keycld_gym.rl.observation_noise import NOISE_FILE
 
 def model_card(config: dict, result: dict | None) -> str:
     """The bundled model's README: provenance and held-out numbers."""
-    d, t = config["data"], config["training"]
+    d, t, k = config["data"], config["training"], config.get("keypoints_from")
+    sets = ([k["data"]] if k else []) + [d]
+    commands = [f"keycld-gym collect --system {config['system']} --out {s['path']} --episodes {s['sequences']} "
+                f"--frames {s['frames_per_sequence']} --seed {s['seed']} --workers 2" for s in sets]
+    commands += ([k["training"]["command"]] if k else []) + [t["command"]]
     lines = [
         f"# Bundled KeyCLD model: {config['system']}",
         "",
-        "Made by the project's own commands (data collection, then training):",
+        "Made by the project's own commands (data collection, then training; `keycld-gym pipeline --system "
+        f"{config['system']}` runs the system's whole recipe, `keycld_gym/training/recipes.py`):",
         "",
-        f"    keycld-gym collect --system {config['system']} --out {d['path']} --episodes {d['sequences']} "
-        f"--frames {d['frames_per_sequence']} --seed {d['seed']} --workers 2",
-        f"    {t['command']}",
+        *(f"    {c}" for c in dict.fromkeys(commands)),
         "",
         f"- data: {d['sequences']} sequences x {d['frames_per_sequence']} frames = {d['frames']} real frames, regime "
         f"`{d['regime']}` ({d.get('regime_description')}); {d['train_sequences']} sequences ({d['train_frames']} frames) "

@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="the main job: train in imagination, evaluate in the real task, report")
     p.add_argument("--system", default="cartpole", choices=sorted(SYSTEMS))
     p.add_argument("--out", default="benchmark", help="report folder (rerun to resume an interrupted run)")
-    p.add_argument("--budget", type=float, default=12.0, help="minutes of training in imagination")
+    p.add_argument("--budget", type=float, help="minutes of training in imagination (default: the recipe's; cartpole 12)")
     p.add_argument("--steps", type=int, help="imagined agent steps at most (default: the recipe's)")
     p.add_argument("--episodes", type=int, default=10, help="real evaluation episodes")
     p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")

@@ -234,3 +234,19 @@ def test_bundled_cartpole_model_and_default_env():
     for _ in range(5):
         obs, r, term, trunc, info = env.step(env.action_space.sample())
     assert env.render().shape == (256, 512, 3)
+
+
+def test_bundled_pendulum_model_and_default_env():
+    """`gym.make("KeyCLD-Pendulum-v0")` out of the box: the bundled model, made by its recipe's pipeline."""
+    from gymnasium.utils.env_checker import check_env
+
+    model = keycld_gym.load_model("pendulum")
+    cfg = model.checkpoint_config
+    assert cfg["training"]["phase"] == "done" and cfg["data"]["regime"] == "task"
+    assert "keycld-gym pipeline --system pendulum" in cfg["training"]["command"]
+    assert cfg["keypoints_from"]["data"]["frames"] + cfg["data"]["frames"] <= 50_000
+    assert model.config.dynamics.input_matrix == "spec" and model.config.reward_output == "sigmoid"
+    env = gym.make("KeyCLD-Pendulum-v0")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    check_env(env.unwrapped, skip_render_check=True)

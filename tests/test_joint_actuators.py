@@ -83,26 +83,3 @@ def test_structured_form_from_the_spec_is_exact_for_the_real_system(system):
         assert np.all(fit.damping > 0)
         if system == "acrobot":
             assert abs(fit.damping[0] / fit.damping[1] - 1) < 1e-3
-
-
-def test_pendulum_trains_with_the_spec_form_from_a_least_squares_start(tmp_path):
-    """A tiny pendulum run: real data, keypoints, then the spec's torque input and joint damping fitted and trained."""
-    import json
-    from dataclasses import replace
-
-    from conftest import TINY_MODEL, tiny_train_config
-
-    from keycld_gym.data.collect import CollectConfig, collect
-    from keycld_gym.model.checkpoint import load_model
-    from keycld_gym.training.trainer import Trainer
-
-    data = tmp_path / "pendulum"
-    collect(data, CollectConfig("pendulum", episodes=4, frames=40, seed=3, shard_size=2), progress=False, command="test")
-    torch.manual_seed(0)
-    model = replace(TINY_MODEL, dynamics=replace(SPEC_FORM, hidden=16, rail_walls=True))
-    cfg = tiny_train_config(data, system="pendulum", model=model, keypoint_steps=4, dynamics_steps=3, val_fraction=0.0)
-    Trainer(cfg, tmp_path / "run", progress=False).run()
-    fit = json.loads((tmp_path / "run" / "physics_fit.json").read_text())
-    assert len(fit["input"]) == 1 and len(fit["damping"]) == 1  # one torque gain, one joint damping
-    trained = load_model(tmp_path / "run" / "model")
-    assert trained.config.dynamics.input_matrix == "spec" and trained.dynamics.actuator_gain.abs().item() > 0

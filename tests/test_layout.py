@@ -19,7 +19,7 @@ ALLOWED = {
     "evaluation": {"base", "sim", "data", "model"},
     "envs": {"base", "sim", "data", "model"},
     "rl": {"base", "sim", "data", "model", "envs", "agents"},
-    "benchmark": {"base", "sim", "data", "model", "envs", "rl"},
+    "benchmark": {"base", "sim", "data", "model", "envs", "rl", "agents"},
     "pipeline": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl"},
     "bundling": {"base", "sim", "data", "model", "rl"},
     "diagnostics": {"base", "sim", "data", "model", "evaluation", "rl"},

@@ -83,3 +83,19 @@ def test_config_round_trip_and_bad_settings():
         ModelConfig(integrator="leapfrog")
     with pytest.raises(TypeError):
         ModelConfig.from_dict({**cfg.to_dict(), "unknown": 1})
+    with pytest.raises(ValueError, match="reward_output"):
+        ModelConfig(reward_output="softmax")
+
+
+def test_sigmoid_reward_head_stays_in_the_suites_reward_range():
+    """dm_control rewards lie in [0, 1]: a sigmoid head never leaves it, however far out the state."""
+    from dataclasses import replace
+
+    model = KeyCLDModel("pendulum", replace(TINY_MODEL, reward_output="sigmoid"), action_dim=1)
+    q, v = 100 * torch.randn(64, 1, 2), 100 * torch.randn(64, 1, 2)
+    r = model.reward(q, v, torch.randn(64, 1))
+    assert r.shape == (64,) and bool(((r >= 0) & (r <= 1)).all())
+    # a model saved without the setting (the bundled cartpole's) reads back with a linear head
+    d = ModelConfig().to_dict()
+    del d["reward_output"]
+    assert ModelConfig.from_dict(d).reward_output == "linear"

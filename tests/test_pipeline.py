@@ -59,7 +59,7 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
         keypoint_data=DataPlan("short", episodes=4, frames=20, seed=0),
         dynamics_data=DataPlan("long", episodes=4, frames=40, seed=2),
         eval_data=DataPlan("eval", episodes=2, frames=110, seed=1),  # 0.32 s start + 45 agent steps of 2
-        model=replace(TINY_MODEL, dynamics=spec_form),
+        model=replace(TINY_MODEL, dynamics=spec_form, reward_output="sigmoid"),
         train=dict(keypoint_steps=4, keypoint_batch=8, dynamics_steps=3, dynamics_batch=4, horizon_ramp_steps=2,
                    val_fraction=0.3, checkpoint_every_s=1e9),
         reward_steps=5, renderer_steps=2,
@@ -92,9 +92,20 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
                               eval_episodes=1, observation_noise="measured")
     train_agent(config, tmp_path / "agent", progress=False, command="pytest")
     agent = load_agent(tmp_path / "agent" / "agent", "pendulum", "keypoints")
-    real = evaluate_agent(agent, episodes=1, seed=5, checkpoint=str(out / "model"), imagined=False, workers=1)
+    real = evaluate_agent(agent, episodes=1, seed=5, checkpoint=str(out / "model"), workers=1)
     assert real["episodes"] == 1 and 0.0 <= real["real_return_mean"] <= 1000.0
     assert real["model_real_frames"] == 4 * 20 + 4 * 40
+    (tmp_path / "real.json").write_text(json.dumps(real))
+
+    # bundled as the package bundles its own: the folders load, the cards say how they were made
+    assert main(["bundle-model", "--model", str(out / "model"), "--eval", str(out / "eval.json"),
+                 "--dest", str(tmp_path / "bundle" / "model")]) == 0
+    assert main(["bundle-agent", "--agent", str(tmp_path / "agent" / "agent"), "--eval", str(tmp_path / "real.json"),
+                 "--dest", str(tmp_path / "bundle" / "agent")]) == 0
+    assert load_model(tmp_path / "bundle" / "model").spec.name == "pendulum"
+    assert "keycld-gym observation-noise" in (tmp_path / "bundle" / "model" / "README.md").read_text()
+    bundled = load_agent(tmp_path / "bundle" / "agent", "pendulum", "keypoints")
+    assert bundled.info["evaluation"]["real_returns"] == real["real_returns"]
 
     # the diagnostics against the true pendulum: keypoints in pixels, the response, true constants, an oracle agent
     assert main(["diagnose", "--checkpoint", str(out / "model"), "--data", str(out / "data" / "eval"), "--agent",

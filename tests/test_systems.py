@@ -130,7 +130,7 @@ def test_windows_are_durations_the_same_on_every_system():
 
 def test_keypoint_points_are_the_bodies_the_keypoints_stand_for():
     """The spec's true keypoints in the real task: the pendulum's bob 0.5 m below its pivot at rest, the acrobot's tip 2 m out."""
-    from keycld_gym.sim.keypoint_truth import true_points, true_motion
+    from keycld_gym.sim.keypoint_truth import true_motion, true_points
 
     env = RealEnv("pendulum", "state", action_repeat=1)
     env.reset(seed=0)

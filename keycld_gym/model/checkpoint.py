@@ -93,8 +93,8 @@ def checkpoint_folder(name_or_path: str | Path | None, system: str | None = None
             raise CheckpointError(f"{name_or_path!r} is neither a checkpoint folder nor a system: {err}") from err
         if not (path / CONFIG).exists():
             raise CheckpointError(
-                f"no bundled weights for {name_or_path!r} yet: train a model with `keycld-gym collect` and "
-                f"`keycld-gym train --system {name_or_path} ...`, then pass its folder as the checkpoint"
+                f"no bundled weights for {name_or_path!r} yet: make a model with `keycld-gym pipeline --system "
+                f"{name_or_path} --out runs/{name_or_path}`, then pass runs/{name_or_path}/model as the checkpoint"
             )
     elif not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")

@@ -29,6 +29,8 @@ from keycld_gym.model.integrators import INTEGRATORS, rollout_step
 from keycld_gym.model.renderer import KeypointRenderer, RendererConfig
 from keycld_gym.sim.systems import SystemSpec, get_system
 
+REWARD_OUTPUTS = ("linear", "sigmoid")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -37,6 +39,10 @@ class ModelConfig:
     Attributes:
         encoder, renderer, dynamics: the parts' settings.
         reward_hidden: width of the reward head's two hidden layers.
+        reward_output: `"linear"`, or `"sigmoid"`: the head's output squashed into (0, 1), where
+            every dm_control reward lies. A sparse reward (the pendulum's: 0 almost everywhere)
+            needs it: a linear head predicted about 0.035 per physics step for the pendulum hanging
+            still near the bottom, and SAC learned to sit there in imagination (BENCHMARKS.md).
         integrator: "rk4" or "euler"; substeps: integrator steps per physics step.
     """
 
@@ -44,12 +50,15 @@ class ModelConfig:
     renderer: RendererConfig = field(default_factory=RendererConfig)
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     reward_hidden: int = 64
+    reward_output: str = "linear"
     integrator: str = "rk4"
     substeps: int = 1
 
     def __post_init__(self) -> None:
         if self.integrator not in INTEGRATORS:
             raise ValueError(f"integrator must be one of {INTEGRATORS}, got {self.integrator!r}")
+        if self.reward_output not in REWARD_OUTPUTS:
+            raise ValueError(f"reward_output must be one of {REWARD_OUTPUTS}, got {self.reward_output!r}")
         if self.substeps < 1:
             raise ValueError(f"substeps must be positive, got {self.substeps}")
 
@@ -164,7 +173,8 @@ class KeyCLDModel(nn.Module):
 
     def reward(self, q: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Predicted reward of one physics step `(B,)` from state `(B, K, 2)` x2 and action `(B, A)`."""
-        return self.reward_net(torch.cat([q.flatten(-2), v.flatten(-2), u], -1)).squeeze(-1)
+        out = self.reward_net(torch.cat([q.flatten(-2), v.flatten(-2), u], -1)).squeeze(-1)
+        return torch.sigmoid(out) if self.config.reward_output == "sigmoid" else out
 
     def permute_keypoints(self, order: list[int]) -> None:
         """Reorder the keypoints in place: new keypoint i is old keypoint `order[i]`.

@@ -111,7 +111,10 @@ RECIPES: dict[str, ModelRecipe] = {
         keypoint_data=DataPlan("task-short", episodes=400, frames=50, seed=0),
         dynamics_data=DataPlan("task-long", episodes=100, frames=200, seed=2),
         eval_data=DataPlan("task-eval", episodes=40, frames=200, seed=1),
-        model=ModelConfig(dynamics=DynamicsConfig(input_matrix="spec", damping="joints", **_STRUCTURED)),
+        # The reward is sparse (1 within about 8 degrees of upright): a sigmoid head, whose
+        # zero is exact far from upright.
+        model=ModelConfig(dynamics=DynamicsConfig(input_matrix="spec", damping="joints", **_STRUCTURED),
+                          reward_output="sigmoid"),
         train=dict(dynamics_steps=800, max_horizon=48, horizon_ramp_steps=200, start_stride=12, damping_prior=0.0),
     ),
     "acrobot": ModelRecipe(
