@@ -10,8 +10,11 @@ from agents import cartpole
 
 # The benchmark's 18 minutes of training keep the whole run under 25 minutes (its 10 real
 # episodes of 500 agent steps take about 3 minutes on two processes).
+# Half the training episodes start anywhere in the model's training data (upright,
+# mid-swing): from the task's reset alone SAC found no reward in 28k imagined steps
+# (imagined return 1-3; BENCHMARKS.md).
 SAC_KEYPOINTS = cartpole.SAC_KEYPOINTS.replace(
-    system="pendulum", total_steps=100_000, benchmark_budget_min=18.0,
+    system="pendulum", total_steps=100_000, benchmark_budget_min=18.0, exploring_starts=0.5,
     hyperparams={**cartpole.SAC_KEYPOINTS.hyperparams, "learning_starts": 5000},
 )
 PPO_KEYPOINTS = cartpole.PPO_KEYPOINTS.replace(

@@ -43,6 +43,10 @@ class AgentRecipe:
     # `keycld-gym benchmark`'s default minutes of training (the whole run adds its real
     # evaluation, about a quarter more)
     benchmark_budget_min: float = 12.0
+    # share of imagined training episodes that start anywhere in the model's training data
+    # (exploring_starts.npz beside the weights) instead of the task's reset; evaluations
+    # always start from the task's reset
+    exploring_starts: float = 0.0
 
     def __post_init__(self) -> None:
         if self.action_gain is not None:
@@ -61,6 +65,8 @@ class AgentRecipe:
             raise ValueError(f"observation_noise must be one of {NOISES}, got {self.observation_noise!r}")
         if self.observation_noise != "none" and self.obs_type != "keypoints" and self.features != "keycld-encoder":
             raise ValueError("observation noise applies to keypoint observations (or keycld-encoder pixels) only")
+        if not 0.0 <= self.exploring_starts <= 1.0:
+            raise ValueError(f"exploring_starts must be a share in [0, 1], got {self.exploring_starts}")
         if self.total_steps < 1 or self.num_envs < 1 or self.frame_stack < 1:
             raise ValueError(f"total_steps, num_envs and frame_stack must be positive: {self}")
 

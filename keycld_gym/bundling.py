@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from keycld_gym.data.start_bank import START_BANK
+from keycld_gym.data.start_bank import EXPLORING_STARTS, START_BANK
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import CONFIG, WEIGHTS, bundled_path, load_model
@@ -117,7 +117,7 @@ def bundle_model(model_folder: str | Path, evaluation: str | Path | None = None,
         raise CheckpointError(f"{model_folder} is from an unfinished run (phase {config['training'].get('phase')!r})")
     dest = Path(dest) if dest is not None else bundled_path(config["system"])
     dest.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS, CONFIG, START_BANK, NOISE_FILE):
+    for name in (WEIGHTS, CONFIG, START_BANK, EXPLORING_STARTS, NOISE_FILE):
         if (Path(model_folder) / name).exists():
             shutil.copy2(Path(model_folder) / name, dest / name)
     result = json.loads(Path(evaluation).read_text()) if evaluation else None

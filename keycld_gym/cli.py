@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="from nothing to a bundle-ready model by the system's recipe (resumable)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--out", required=True, help="run folder: data sets, each step's output; the model lands in OUT/model")
-    p.add_argument("--until", help="stop after this step (collect-<data>, keypoints, dynamics, reward, renderer, "
+    p.add_argument("--until", help="stop after this step (collect-<data>, keypoints, dynamics, reward, renderer, exploring-starts, "
                                    "observation-noise, evaluate)")
     p.add_argument("--workers", type=int, default=2, help="collection processes")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -9,6 +9,7 @@ Steps, in order (the recipe is `keycld_gym/training/recipes.py`):
 3. the dynamics phase (structured Lagrangian, reward head) on the dynamics data, from that
    encoder; the trainer adds the real start frames the imagined env resets from;
 4. the reward head refit on estimated states, then the renderer's read-back refit: OUT/model;
+   and start windows from anywhere in the dynamics data, for agents' exploring starts;
 5. the real state estimate's error on the held-out data (`observation_noise.json`);
 6. the held-out evaluation (OUT/eval.json).
 
@@ -27,7 +28,12 @@ from typing import Any, Callable
 import torch
 
 from keycld_gym.data.collect import collect
-from keycld_gym.data.start_bank import START_BANK
+from keycld_gym.data.start_bank import (
+    EXPLORING_STARTS,
+    START_BANK,
+    start_bank_from_data,
+    write_start_bank,
+)
 from keycld_gym.evaluation import evaluate_model
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model, save_checkpoint
@@ -62,7 +68,7 @@ def refit_checkpoint(checkpoint: str | Path, out: str | Path, part: str, fit: Ca
     result["command"] = command
     meta = {k: v for k, v in model.checkpoint_config.items() if k not in _OWN_FIELDS}
     save_checkpoint(out, model, {**meta, part: result})
-    for name in (START_BANK, NOISE_FILE):
+    for name in (START_BANK, EXPLORING_STARTS, NOISE_FILE):
         if (source / name).exists():
             shutil.copy2(source / name, Path(out) / name)
     return result
@@ -115,6 +121,9 @@ class Pipeline:
                 self.out / "reward", self.model_folder, "renderer", fit_renderer,
                 data=self._training_data(), steps=r.renderer_steps, seed=r.seed, progress=self.progress,
                 command=self.command)),
+            ("exploring-starts", lambda: write_start_bank(
+                self.model_folder, start_bank_from_data(self.data(r.dynamics_data.name), r.system, seed=r.seed),
+                EXPLORING_STARTS)),
             ("observation-noise", self._noise),
             ("evaluate", self._evaluate),
         ]

@@ -44,6 +44,8 @@ def test_recipes_cover_every_system_and_check_their_fields():
         AgentRecipe.from_dict({**get_recipe("cartpole").to_dict(), "gamma": 0.9})
     with pytest.raises(ValueError, match="action_gain"):
         get_recipe("cartpole").replace(action_gain=(0.0, 1.0))
+    with pytest.raises(ValueError, match="exploring_starts"):
+        get_recipe("pendulum").replace(exploring_starts=1.5)
 
 
 def test_keypoint_noise_matches_its_std(model_dir):

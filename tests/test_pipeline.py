@@ -46,7 +46,8 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     """Collect, both training phases, refits, noise, evaluation; then the imagined env, an agent, a real episode."""
     from gymnasium.utils.env_checker import check_env
 
-    from keycld_gym.envs.imagined_env import KeyCLDEnv
+    from keycld_gym.envs.imagined_env import KeyCLDEnv, KeyCLDVectorEnv
+    from keycld_gym.errors import CheckpointError
     from keycld_gym.model.checkpoint import load_model
     from keycld_gym.rl.agent import load_agent
     from keycld_gym.rl.agent_evaluation import evaluate_agent
@@ -72,7 +73,7 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     # a rerun skips what is done and finishes the rest
     record = Pipeline(recipe, out, workers=1, progress=True, command="pytest").run()
     assert "keypoints: done already" in capsys.readouterr().out
-    assert set(record["steps"]) >= {"reward", "renderer", "observation-noise", "evaluate"}
+    assert set(record["steps"]) >= {"reward", "renderer", "exploring-starts", "observation-noise", "evaluate"}
     assert all(s["wall_s"] >= 0 for s in record["steps"].values())
     assert json.loads((out / RECORD).read_text())["total_wall_s"] == record["total_wall_s"]
 
@@ -88,6 +89,13 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     assert np.isfinite(rewards["rmse"])
 
     check_env(KeyCLDEnv("pendulum", out / "model", obs_type="keypoints"), skip_render_check=True)
+    # exploring starts: training episodes may start anywhere in the model's training data
+    venv = KeyCLDVectorEnv(4, "pendulum", out / "model", obs_type="keypoints", exploring_starts=1.0)
+    obs, _ = venv.reset(seed=0)
+    starts, _ = venv.sim.bank_states(venv.explore_bank)
+    assert all(np.abs(starts.flatten(1).numpy() - o[:2]).max(1).min() < 1e-5 for o in obs)
+    with pytest.raises(CheckpointError, match="exploring_starts.npz"):
+        KeyCLDVectorEnv(2, "pendulum", out / "dynamics" / "model", obs_type="keypoints", exploring_starts=0.5)
     config = AgentTrainConfig(system="pendulum", checkpoint=str(out / "model"), total_steps=32, eval_every=32,
                               eval_episodes=1, observation_noise="measured")
     train_agent(config, tmp_path / "agent", progress=False, command="pytest")

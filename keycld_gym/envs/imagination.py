@@ -34,16 +34,17 @@ class Imagination:
         h, w = self.spec.image_shape[:2]
         # a state is diverged once it is non-finite or a keypoint is far outside the frame
         self.bound = 2.0 * max(1.0, w / h) + 1.0
-        self._bank_states: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._bank_states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- start states -----------------------------------------------------------------------
     def bank_states(self, bank: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """States `(M, K, 2)` x2 at the last frame of each start-bank window (computed once)."""
-        if self._bank_states is None:
+        key = id(bank["frames"])
+        if key not in self._bank_states:
             frames = torch.from_numpy(bank["frames"]).to(self.device)
             actions = torch.from_numpy(bank["actions"]).float().to(self.device)
-            self._bank_states = estimate_state_from_frames(self.model, frames, actions)
-        return self._bank_states
+            self._bank_states[key] = estimate_state_from_frames(self.model, frames, actions)
+        return self._bank_states[key]
 
     def set_state(self, index: np.ndarray | slice, q: torch.Tensor, v: torch.Tensor) -> None:
         """Put envs `index` in state (q, v) `(n, K, 2)`, projected onto the constraints."""

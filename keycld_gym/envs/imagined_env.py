@@ -25,7 +25,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from keycld_gym.data.start_bank import START_BANK, read_start_bank
+from keycld_gym.data.start_bank import EXPLORING_STARTS, START_BANK, read_start_bank
 from keycld_gym.envs.imagination import Imagination
 from keycld_gym.errors import CheckpointError
 from keycld_gym.model.checkpoint import bundled_path, load_model
@@ -68,6 +68,8 @@ class _Spaces:
         self._init_spaces(obs_type)
         self._steps = np.zeros(num_envs, np.int64)
         self.action_gain_range: tuple[float, float] | None = None
+        self.exploring_starts = 0.0  # share of default resets drawn from the exploring starts
+        self.explore_bank: dict[str, np.ndarray] | None = None
 
     def _init_spaces(self, obs_type: str) -> None:
         if obs_type not in OBS_TYPES:
@@ -114,7 +116,14 @@ class _Spaces:
                 raise CheckpointError("this model has no start frames; pass options={'frames': ...} or {'state': ...}")
             bq, bv = self.sim.bank_states(self.bank)
             pick = torch.from_numpy(rng.integers(0, len(bq), len(index)))
-            self.sim.set_state(index, bq[pick], bv[pick])
+            q, v = bq[pick], bv[pick]
+            if self.exploring_starts > 0:
+                eq, ev = self.sim.bank_states(self.explore_bank)
+                explore = torch.from_numpy(rng.random(len(index)) < self.exploring_starts)
+                other = torch.from_numpy(rng.integers(0, len(eq), len(index)))
+                q = torch.where(explore[:, None, None], eq[other], q)
+                v = torch.where(explore[:, None, None], ev[other], v)
+            self.sim.set_state(index, q, v)
         self._steps[index] = 0
         if self.action_gain_range is not None:  # a new gain for each episode
             low, high = self.action_gain_range
@@ -174,11 +183,21 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
 
     def __init__(self, num_envs: int, system: str = "cartpole", checkpoint: str | Path | KeyCLDModel | None = None,
                  obs_type: str = "pixels", action_repeat: int | None = None, device: str = "cpu",
-                 render_mode: str | None = None, action_gain: tuple[float, float] | None = None):
+                 render_mode: str | None = None, action_gain: tuple[float, float] | None = None,
+                 exploring_starts: float = 0.0):
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
         self.num_envs, self.render_mode = num_envs, None
         self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs)
+        if not 0.0 <= exploring_starts <= 1.0:
+            raise ValueError(f"exploring_starts must be a share in [0, 1], got {exploring_starts}")
+        if exploring_starts > 0:
+            if self.checkpoint_path is None or not (self.checkpoint_path / EXPLORING_STARTS).exists():
+                raise CheckpointError(
+                    f"exploring_starts needs {EXPLORING_STARTS} beside the model's weights: write one with "
+                    "`keycld-gym pipeline` (its exploring-starts step) or `start_bank_from_data`")
+            self.explore_bank = read_start_bank(self.checkpoint_path, EXPLORING_STARTS)
+            self.exploring_starts = float(exploring_starts)
         if action_gain is not None:
             low, high = (float(g) for g in action_gain)
             if not 0 < low <= high:

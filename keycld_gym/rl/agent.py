@@ -80,9 +80,13 @@ def wrap_observations(venv: VecEnv, recipe: AgentRecipe, model: Any = None, fram
 
 
 def imagined_vec_env(recipe: AgentRecipe, num_envs: int, checkpoint: Any = None, *, noise: bool = True,
-                     seed: int | None = None) -> VecEnv:
-    """`num_envs` batched imagined envs as the recipe's agent sees them (keypoint noise included if `noise`)."""
-    venv = KeyCLDVectorEnv(num_envs, recipe.system, checkpoint, obs_type=recipe.obs_type, action_gain=recipe.action_gain)
+                     seed: int | None = None, training: bool = False) -> VecEnv:
+    """`num_envs` batched imagined envs as the recipe's agent sees them (keypoint noise included if `noise`).
+
+    `training`: the recipe's exploring starts too (evaluations start from the task's reset only).
+    """
+    venv = KeyCLDVectorEnv(num_envs, recipe.system, checkpoint, obs_type=recipe.obs_type, action_gain=recipe.action_gain,
+                           exploring_starts=recipe.exploring_starts if training else 0.0)
     model, frame_noise = venv.model, None
     if noise and recipe.observation_noise == "measured":
         folder = venv.checkpoint_path

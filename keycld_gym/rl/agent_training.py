@@ -114,7 +114,7 @@ class _Trainer:
         torch.manual_seed(config.seed)
         self.model_path = checkpoint_folder(config.checkpoint, config.system)
         self.model = load_model(self.model_path)
-        self.venv = imagined_vec_env(self.recipe, self.recipe.num_envs, self.model_path, seed=config.seed)
+        self.venv = imagined_vec_env(self.recipe, self.recipe.num_envs, self.model_path, seed=config.seed, training=True)
         self.curve: list[dict[str, Any]] = []
         self.wall_before = 0.0  # training time of earlier (interrupted) sessions
         self.started = time.time()
