@@ -121,7 +121,11 @@ def bundle_model(model_folder: str | Path, evaluation: str | Path | None = None,
         if (Path(model_folder) / name).exists():
             shutil.copy2(Path(model_folder) / name, dest / name)
     result = json.loads(Path(evaluation).read_text()) if evaluation else None
-    (dest / "README.md").write_text(model_card(config, result))
+    card = model_card(config, result)
+    if (dest / EXPLORING_STARTS).exists():
+        card += (f"\n`{EXPLORING_STARTS}`: 256 real start windows from anywhere in the dynamics data, where agent "
+                 "recipes with exploring starts begin part of their imagined training episodes.\n")
+    (dest / "README.md").write_text(card)
     return dest
 
 
