@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from keycld_gym.data.start_bank import EXPLORING_STARTS, START_BANK
+from keycld_gym.data.start_bank import EXPLORING_STARTS, START_BANK, read_start_bank
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import CONFIG, WEIGHTS, bundled_path, load_model
@@ -123,7 +123,8 @@ def bundle_model(model_folder: str | Path, evaluation: str | Path | None = None,
     result = json.loads(Path(evaluation).read_text()) if evaluation else None
     card = model_card(config, result)
     if (dest / EXPLORING_STARTS).exists():
-        card += (f"\n`{EXPLORING_STARTS}`: 256 real start windows from anywhere in the dynamics data, where agent "
+        count = len(read_start_bank(dest, EXPLORING_STARTS)["seeds"])
+        card += (f"\n`{EXPLORING_STARTS}`: {count} real start windows from anywhere in the dynamics data, where agent "
                  "recipes with exploring starts begin part of their imagined training episodes.\n")
     (dest / "README.md").write_text(card)
     return dest
