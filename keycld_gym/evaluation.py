@@ -105,10 +105,10 @@ def reward_errors(model: KeyCLDModel, frames: np.ndarray, actions: np.ndarray, r
     kps = torch.from_numpy(_encode(model, frames.reshape(-1, *frames.shape[2:]))).reshape(s_count, t_len, -1, 2)
     act = torch.from_numpy(actions)
     starts = range(0, t_len - window + 1, window - 1)
-    qs, vs = fit_trajectory(model, torch.cat([kps[:, s:s + window] for s in starts]),
-                            torch.cat([act[:, s:s + window - 1] for s in starts]))
+    window_actions = torch.cat([act[:, s:s + window - 1] for s in starts])
+    qs, vs = fit_trajectory(model, torch.cat([kps[:, s:s + window] for s in starts]), window_actions)
     with torch.no_grad():
-        pred = model.reward(qs[:, 1:], vs[:, 1:], torch.cat([act[:, s:s + window - 1] for s in starts])).numpy()
+        pred = model.reward(qs[:, 1:], vs[:, 1:], window_actions).numpy()
     true = np.concatenate([rewards[:, s:s + window - 1] for s in starts])
     pred, true = pred.reshape(len(starts), s_count, -1).transpose(1, 0, 2).reshape(s_count, -1), \
         true.reshape(len(starts), s_count, -1).transpose(1, 0, 2).reshape(s_count, -1)
