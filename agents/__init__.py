@@ -6,8 +6,12 @@ observation pipeline) lives here; the training, evaluation and benchmark code re
 
 from __future__ import annotations
 
-from agents import acrobot, cartpole, pendulum
-from agents.recipe import ALGOS, OBS_TYPES, AgentRecipe
+from typing import Any
+
+from keycld_gym.envs.registration import env_id
+
+from . import acrobot, cartpole, pendulum
+from .recipe import ALGOS, OBS_TYPES, AgentRecipe
 
 RECIPES: dict[tuple[str, str, str], AgentRecipe] = {
     (r.system, r.obs_type, r.algo): r for module in (pendulum, cartpole, acrobot) for r in module.RECIPES
@@ -23,4 +27,17 @@ def get_recipe(system: str, obs_type: str = "keypoints", algo: str = "sac") -> A
     return RECIPES[key]
 
 
-__all__ = ["ALGOS", "OBS_TYPES", "RECIPES", "AgentRecipe", "get_recipe"]
+def rl_zoo_hyperparams(algo: str) -> dict[str, dict[str, Any]]:
+    """An RL Zoo hyper-parameter file's contents for `algo`: one entry per KeyCLD env id, from the recipes.
+
+    Each keypoint recipe serves the imagined keypoint id; each pixel recipe with the policy's
+    own CNN serves the imagined pixel id. Read by RL Zoo through `agents/rl_zoo_<algo>.py`.
+    """
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algorithm {algo!r}; choose one of {ALGOS}")
+    variants = {"keypoints": "keypoints", "pixels": "pixels"}
+    return {env_id(r.system, variants[r.obs_type]): r.rl_zoo() for r in RECIPES.values()
+            if r.algo == algo and r.features == "cnn"}
+
+
+__all__ = ["ALGOS", "OBS_TYPES", "RECIPES", "AgentRecipe", "get_recipe", "rl_zoo_hyperparams"]

@@ -1,5 +1,5 @@
 """Acrobot swing-up recipes (action repeat 4). No bundled model yet: train one first."""
 
-from agents import cartpole
+from . import cartpole
 
 RECIPES = [r.replace(system="acrobot") for r in cartpole.RECIPES]

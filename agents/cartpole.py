@@ -1,6 +1,6 @@
 """Cartpole swing-up recipes (action repeat 8: 125 agent steps per episode)."""
 
-from agents.recipe import AgentRecipe
+from .recipe import AgentRecipe
 
 # SAC on keypoints: 8 batched imagined envs, 8 gradient steps per vector step (one per
 # transition collected), measured: 15k steps reach an imagined return of about 830 in ~3 min.

@@ -77,6 +77,23 @@ class AgentRecipe:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def rl_zoo(self) -> dict[str, Any]:
+        """This recipe as one entry of an RL Zoo hyper-parameter file (algorithm settings and budget).
+
+        What RL Zoo cannot express is left out: the measured observation noise, exploring
+        starts and action gains (those need the model's own files; `keycld-gym train-agent`
+        applies them). Pixel recipes that read the world model's encoder have no RL Zoo form.
+        """
+        if self.features != "cnn":
+            raise ValueError(f"features={self.features!r} has no RL Zoo form (a custom extractor on the model's encoder)")
+        entry: dict[str, Any] = {"n_timesteps": self.total_steps, "policy": self.policy, "n_envs": self.num_envs,
+                                 **self.hyperparams}
+        if self.policy_kwargs:
+            entry["policy_kwargs"] = dict(self.policy_kwargs)
+        if self.frame_stack > 1:
+            entry["frame_stack"] = self.frame_stack
+        return entry
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "AgentRecipe":
         names = {f.name for f in dataclasses.fields(cls)}

@@ -13,6 +13,13 @@ import os
 # user already chose a backend.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import torch  # noqa: E402
+
+# A process forked after torch ran a parallel op hangs at its next one (its OpenMP pool does
+# not survive a fork), and forking is how gymnasium's AsyncVectorEnv starts its workers by
+# default on Linux: forked children run torch on one thread, as PyTorch's DataLoader workers do.
+os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
+
 from keycld_gym.envs.real import make_real_env  # noqa: E402
 from keycld_gym.envs.registration import env_id, register_envs  # noqa: E402
 from keycld_gym.errors import (  # noqa: E402

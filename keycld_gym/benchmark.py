@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from agents import get_recipe
+from keycld_gym.agents import get_recipe
 from keycld_gym.envs.imagined_env import KeyCLDEnv, upscale_with_keypoints
 from keycld_gym.envs.real_keypoints import RealKeypointEnv
 from keycld_gym.files import write_json

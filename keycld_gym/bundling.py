@@ -103,6 +103,8 @@ def agent_card(config: dict, evaluation: dict) -> str:
         f"- real task, {e['episodes']} episodes (reset seeds {e['seed']}+, the `keycld-gym evaluate-agent` protocol): return "
         f"{e['real_return_mean']:.1f} ± {e['real_return_std']:.1f}; in imagination {e['imagined_return_mean']:.1f} ± "
         f"{e['imagined_return_std']:.1f}; gap {100 * e['gap']:+.1f}%",
+        *([f"- per episode, real: {', '.join(f'{x:.0f}' for x in e['real_returns'])}; imagined: "
+           f"{', '.join(f'{x:.0f}' for x in e['imagined_returns'])}"] if e.get("real_returns") and e.get("imagined_returns") else []),
         "- files: `agent.safetensors` (policy weights), `agent.json` (recipe, spaces, provenance, this evaluation); "
         "loading reads tensors only, nothing is unpickled",
         "",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents import RECIPES, AgentRecipe, get_recipe
+from keycld_gym.agents import RECIPES, AgentRecipe, get_recipe
 from keycld_gym.errors import CheckpointError
 from keycld_gym.rl.agent import AGENT_WEIGHTS, Agent, imagined_vec_env, load_agent
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from agents import get_recipe
+from keycld_gym.agents import get_recipe
 from keycld_gym.envs.imagined_env import KeyCLDVectorEnv
 from keycld_gym.envs.sb3 import SB3VecEnv
 from keycld_gym.errors import CheckpointError

@@ -36,7 +36,7 @@ def test_make_without_import_and_without_weights(ckpt):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "(64, 128, 3)" in out.stdout
-    with pytest.raises(CheckpointError, match="keycld-gym train --system acrobot"):
+    with pytest.raises(CheckpointError, match="keycld-gym pipeline --system acrobot"):
         gym.make("KeyCLD-Acrobot-v0")
     with pytest.raises(CheckpointError, match="not 'pendulum'"):
         KeyCLDEnv("pendulum", ckpt)
@@ -215,8 +215,12 @@ def test_real_keypoint_twin_has_the_imagined_spaces_and_full_returns(ckpt):
         if term or trunc:
             break
     assert steps == 10 and 0 < total <= 1000  # 1000 physics steps, window steps included
-    with pytest.raises(ValueError, match="needs model"):
-        keycld_gym.make_real_env("cartpole", "keypoints")
+    with pytest.raises(ValueError, match="either model or checkpoint"):
+        keycld_gym.make_real_env("cartpole", "keypoints", model=model, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="reads no model"):
+        keycld_gym.make_real_env("cartpole", "pixels", model=model)
+    with pytest.raises(CheckpointError, match="keycld-gym pipeline --system acrobot"):
+        keycld_gym.make_real_env("acrobot", "keypoints")  # no bundled model to estimate with
 
 
 def test_bundled_cartpole_model_and_default_env():

@@ -2,8 +2,11 @@
 
 import ast
 import importlib
+import importlib.metadata
 import pkgutil
 from pathlib import Path
+
+import pytest
 
 import keycld_gym
 
@@ -104,3 +107,35 @@ def test_every_subpackage_says_what_it_may_import():
 
 
 _MODULES = _modules()
+
+
+def test_installed_packages_are_the_folders_and_nothing_top_level_but_keycld_gym():
+    tomllib = pytest.importorskip("tomllib")
+    root = PACKAGE.parent
+    setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"keycld_gym"} | {f"keycld_gym.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
+    folders.add("keycld_gym.agents")  # mapped from the repository's top-level agents/
+    assert set(setup["packages"]) == folders
+    assert setup["package-dir"] == {"keycld_gym.agents": "agents"}
+    assert {name.split(".")[0] for name in setup["packages"]} == {"keycld_gym"}
+    top_level = importlib.metadata.distribution("keycld-gym").read_text("top_level.txt")
+    assert top_level is None or top_level.split() == ["keycld_gym"]
+    assert importlib.import_module("keycld_gym.agents").get_recipe("cartpole").system == "cartpole"
+
+
+def test_constraints_pin_every_dependency_inside_its_range():
+    """`constraints.txt` (the measured set) satisfies the ranges `pyproject.toml` asks for."""
+    tomllib = pytest.importorskip("tomllib")
+    requirements = pytest.importorskip("packaging.requirements")
+    root = PACKAGE.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (root / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    for spec in project["dependencies"] + project["optional-dependencies"]["test"]:
+        req = requirements.Requirement(spec)
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"constraints.txt pins no {name}"
+        assert req.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {spec}"

@@ -19,6 +19,7 @@ def test_readme_example_runs(name, capsys):
     scope: dict = {}
     exec(compile(_example(name), f"README:{name}", "exec"), scope)
     if name == "gym-make":
-        assert scope["obs"].shape == (8,)
+        assert scope["obs"].shape == (8,) and scope["info"]["physics_steps"] == 1000
+        assert scope["real"].observation_space == scope["env"].observation_space
     else:
         assert "real return" in capsys.readouterr().out and 0.0 <= scope["ret"] <= 1000.0

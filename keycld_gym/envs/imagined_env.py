@@ -28,7 +28,7 @@ from gymnasium.vector.utils import batch_space
 from keycld_gym.data.start_bank import EXPLORING_STARTS, START_BANK, read_start_bank
 from keycld_gym.envs.imagination import Imagination
 from keycld_gym.errors import CheckpointError
-from keycld_gym.model.checkpoint import bundled_path, load_model
+from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.actions import checked_action
 from keycld_gym.sim.systems import get_system
@@ -40,13 +40,7 @@ def _load(system: str, checkpoint: str | Path | KeyCLDModel | None, device: str)
     spec = get_system(system)
     if isinstance(checkpoint, KeyCLDModel):
         return checkpoint, None
-    path = bundled_path(spec.name) if checkpoint is None else Path(checkpoint)
-    if checkpoint is None and not (path / "config.json").exists():
-        raise CheckpointError(
-            f"no bundled KeyCLD weights for {spec.name!r} yet: collect data and train a model "
-            f"(`keycld-gym collect --system {spec.name} --out DATA ...`, then `keycld-gym train --system {spec.name} "
-            f"--data DATA --out RUN`) and pass checkpoint='RUN/model'"
-        )
+    path = checkpoint_folder(checkpoint, spec.name)
     model = load_model(path, device=device)
     if model.spec.name != spec.name:
         raise CheckpointError(f"checkpoint {path} is a {model.spec.name!r} model, not {spec.name!r}")
@@ -184,11 +178,17 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
     def __init__(self, num_envs: int, system: str = "cartpole", checkpoint: str | Path | KeyCLDModel | None = None,
                  obs_type: str = "pixels", action_repeat: int | None = None, device: str = "cpu",
                  render_mode: str | None = None, action_gain: tuple[float, float] | None = None,
-                 exploring_starts: float = 0.0):
+                 exploring_starts: float = 0.0, max_episode_steps: int | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
         self.num_envs, self.render_mode = num_envs, None
         self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs)
+        # the registry's limit in agent steps (gymnasium passes it to vector entry points, as
+        # TimeLimit takes it for single envs); never longer than the task's episode
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be positive, got {max_episode_steps}")
+        self.episode_physics_steps = min(self.system.episode_steps, (max_episode_steps or self.system.episode_steps)
+                                         * self.action_repeat)
         if not 0.0 <= exploring_starts <= 1.0:
             raise ValueError(f"exploring_starts must be a share in [0, 1], got {exploring_starts}")
         if exploring_starts > 0:
@@ -218,7 +218,7 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
         reward, diverged = self.sim.step(self._check_actions(actions, self.num_envs))
         self._steps += self.action_repeat
         div = diverged.cpu().numpy()
-        truncated = div | (self._steps >= self.system.episode_steps)
+        truncated = div | (self._steps >= self.episode_physics_steps)
         terminated = np.zeros(self.num_envs, bool)
         obs, infos = self._observe(), self._infos()
         infos["diverged"] = div

@@ -7,9 +7,12 @@ the real task alike.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 
 from keycld_gym.envs.real_keypoints import RealKeypointEnv, Tracking
+from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.real_env import RealEnv
 from keycld_gym.sim.systems import SystemSpec
@@ -23,19 +26,26 @@ def make_real_env(
     action_repeat: int | None = None,
     render_mode: str | None = None,
     model: KeyCLDModel | None = None,
+    checkpoint: str | Path | None = None,
     tracking: Tracking | None = None,
 ) -> gym.Env:
     """The real dm_control task of `system` as a Gymnasium env (see `RealEnv`).
 
-    `obs_type="keypoints"` needs `model` (a `KeyCLDModel`): real frames are encoded into the
-    imagined env's keypoint observation (see `RealKeypointEnv`), estimated as
-    `tracking` (a `Tracking`; None: its defaults) says.
+    `obs_type="keypoints"`: real frames are encoded into the imagined env's keypoint
+    observation (see `RealKeypointEnv`) by `model` (a `KeyCLDModel`), or else by the model in
+    `checkpoint` (a folder; None: the system's bundled model), estimated as `tracking` (a
+    `Tracking`; None: its defaults) says.
     """
     if obs_type == "keypoints":
         if model is None:
-            raise ValueError("obs_type='keypoints' needs model=keycld_gym.load_model(...) to encode the real frames")
+            name = system.name if isinstance(system, SystemSpec) else system
+            model = load_model(checkpoint_folder(checkpoint, name))
+        elif checkpoint is not None:
+            raise ValueError("pass either model or checkpoint, not both")
         if image_size is not None:
             raise ValueError("obs_type='keypoints' uses the model's own frame size; drop image_size")
         return RealKeypointEnv(system, model, action_repeat=action_repeat, tracking=tracking or Tracking(),
                                render_mode=render_mode)
+    if model is not None or checkpoint is not None:
+        raise ValueError(f"obs_type={obs_type!r} reads no model; model and checkpoint are for obs_type='keypoints'")
     return RealEnv(system, obs_type, image_size=image_size, action_repeat=action_repeat, render_mode=render_mode)

@@ -32,7 +32,7 @@ from stable_baselines3.common.vec_env import (
     VecTransposeImage,
 )
 
-from agents import AgentRecipe
+from keycld_gym.agents import AgentRecipe
 from keycld_gym.envs.imagined_env import KeyCLDVectorEnv
 from keycld_gym.envs.real import make_real_env
 from keycld_gym.envs.sb3 import SB3VecEnv

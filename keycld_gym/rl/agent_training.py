@@ -32,7 +32,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from tqdm.auto import tqdm
 
-from agents import AgentRecipe, get_recipe
+from keycld_gym.agents import AgentRecipe, get_recipe
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import differing_keys, write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model

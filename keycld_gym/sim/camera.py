@@ -25,6 +25,24 @@ _GL_HELP = (
 )
 
 
+# The process that made this module's first GL context (None: none yet). A forked child
+# inherits the value, which is how it knows its GL state is the parent's.
+_GL_OWNER: int | None = None
+
+
+def _check_gl_not_inherited() -> None:
+    """Fail clearly, instead of hanging, in a process forked from one that had already rendered."""
+    if _GL_OWNER is None or _GL_OWNER == os.getpid() or os.environ.get("MUJOCO_GL") == "osmesa":
+        return
+    raise RenderBackendError(
+        f"this process was forked from one (pid {_GL_OWNER}) that had already rendered with MUJOCO_GL="
+        f"{os.environ.get('MUJOCO_GL')!r}: a GL context does not survive a fork, and rendering here would hang. "
+        "Start the workers fresh instead of forked: gym.make_vec(id, num_envs, vectorization_mode='async', "
+        "vector_kwargs={'context': 'spawn'}), SubprocVecEnv(..., start_method='forkserver'), or "
+        "multiprocessing.get_context('spawn')"
+    )
+
+
 def render_backend_error(err: BaseException) -> RenderBackendError:
     """Wrap an OpenGL failure into an error that names MUJOCO_GL and what to install."""
     backend = os.environ.get("MUJOCO_GL")
@@ -71,6 +89,8 @@ class ObservationCamera:
     """
 
     def __init__(self, physics: Any, spec: CameraSpec):
+        global _GL_OWNER
+        _check_gl_not_inherited()
         _, engine = import_dm_control()
         self.spec = spec
         self.physics = physics
@@ -85,6 +105,7 @@ class ObservationCamera:
         except Exception as err:  # noqa: BLE001 - any GL library failure surfaces here
             raise render_backend_error(err) from err
         self._camera = cam
+        _GL_OWNER = os.getpid()
 
     def render(self) -> np.ndarray:
         """The current frame, `uint8 (H, W, 3)` (a fresh array)."""
