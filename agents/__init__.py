@@ -35,8 +35,7 @@ def rl_zoo_hyperparams(algo: str) -> dict[str, dict[str, Any]]:
     """
     if algo not in ALGOS:
         raise ValueError(f"unknown algorithm {algo!r}; choose one of {ALGOS}")
-    variants = {"keypoints": "keypoints", "pixels": "pixels"}
-    return {env_id(r.system, variants[r.obs_type]): r.rl_zoo() for r in RECIPES.values()
+    return {env_id(r.system, r.obs_type): r.rl_zoo() for r in RECIPES.values()
             if r.algo == algo and r.features == "cnn"}
 
 

@@ -163,3 +163,19 @@ def test_benchmark_writes_its_report(model_dir, tmp_path):
     bundled_row = next(line for line in table.splitlines() if line.startswith("bundled agent"))
     assert f"{saved['bundled_agent']['model_real_frames']} (task) / 0" in bundled_row
     assert str(tiny_frames) not in bundled_row.split("%")[-1]
+
+
+def test_rl_zoo_hyperparameter_files_come_from_the_recipes():
+    from keycld_gym.agents import rl_zoo_hyperparams, rl_zoo_ppo, rl_zoo_sac
+
+    sac = rl_zoo_sac.hyperparams["KeyCLD-Pendulum-keypoints-v0"]
+    recipe = get_recipe("pendulum", "keypoints", "sac")
+    assert sac["n_timesteps"] == recipe.total_steps and sac["n_envs"] == recipe.num_envs
+    assert sac["learning_starts"] == recipe.hyperparams["learning_starts"] and sac["policy"] == "MlpPolicy"
+    assert rl_zoo_ppo.hyperparams["KeyCLD-Cartpole-v0"]["frame_stack"] == get_recipe("cartpole", "pixels", "ppo").frame_stack
+    # the encoder-feature pixel SAC has no RL Zoo form, so no pixel id in the SAC file
+    assert not [i for i in rl_zoo_sac.hyperparams if not i.endswith("-keypoints-v0")]
+    with pytest.raises(ValueError, match="no RL Zoo form"):
+        get_recipe("cartpole", "pixels", "sac").rl_zoo()
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        rl_zoo_hyperparams("dqn")

@@ -28,13 +28,12 @@ from keycld_gym.sim.systems import SYSTEMS, get_system
 
 @dataclass(frozen=True)
 class Variant:
-    """One registered observation type: its id suffix, entry points and fixed kwargs."""
+    """One registered observation type: its id suffix, entry points and observation type."""
 
     suffix: str  # between the system and the version: "" or e.g. "-keypoints"
     entry_point: str
     obs_type: str
-    vector_entry_point: str | None = None
-    real: bool = False
+    vector_entry_point: str | None = None  # None: gymnasium's sync and async vector envs only
 
 
 _IMAGINED = "keycld_gym.envs.imagined_env:KeyCLDEnv"
@@ -45,8 +44,8 @@ VARIANTS: dict[str, Variant] = {
     "pixels": Variant("", _IMAGINED, "pixels", _IMAGINED_VECTOR),
     "keypoints": Variant("-keypoints", _IMAGINED, "keypoints", _IMAGINED_VECTOR),
     "dict": Variant("-dict", _IMAGINED, "dict", _IMAGINED_VECTOR),
-    "real": Variant("-real", _REAL, "pixels", real=True),
-    "real-keypoints": Variant("-real-keypoints", _REAL, "keypoints", real=True),
+    "real": Variant("-real", _REAL, "pixels"),
+    "real-keypoints": Variant("-real-keypoints", _REAL, "keypoints"),
 }
 
 
