@@ -15,7 +15,7 @@ from keycld_gym.envs.real_keypoints import RealKeypointEnv, Tracking
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.real_env import RealEnv
-from keycld_gym.sim.systems import SystemSpec
+from keycld_gym.sim.systems import SystemSpec, get_system
 
 
 def make_real_env(
@@ -38,8 +38,7 @@ def make_real_env(
     """
     if obs_type == "keypoints":
         if model is None:
-            name = system.name if isinstance(system, SystemSpec) else system
-            model = load_model(checkpoint_folder(checkpoint, name))
+            model = load_model(checkpoint_folder(checkpoint, get_system(system).name))
         elif checkpoint is not None:
             raise ValueError("pass either model or checkpoint, not both")
         if image_size is not None:

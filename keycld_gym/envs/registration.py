@@ -72,6 +72,6 @@ def register_envs() -> None:
                 id=id_,
                 entry_point=variant.entry_point,
                 vector_entry_point=variant.vector_entry_point,
-                max_episode_steps=spec.episode_steps // spec.action_repeat,
+                max_episode_steps=spec.agent_steps,
                 kwargs={"system": name, "obs_type": variant.obs_type},
             )
