@@ -11,7 +11,7 @@ from typing import Any
 from keycld_gym.envs.registration import env_id
 
 from . import acrobot, cartpole, pendulum
-from .recipe import ALGOS, OBS_TYPES, AgentRecipe
+from .recipe import ALGOS, OBS_TYPES, SB3_ALGOS, AgentRecipe
 
 RECIPES: dict[tuple[str, str, str], AgentRecipe] = {
     (r.system, r.obs_type, r.algo): r for module in (pendulum, cartpole, acrobot) for r in module.RECIPES
@@ -33,10 +33,10 @@ def rl_zoo_hyperparams(algo: str) -> dict[str, dict[str, Any]]:
     Each keypoint recipe serves the imagined keypoint id; each pixel recipe with the policy's
     own CNN serves the imagined pixel id. Read by RL Zoo through `agents/rl_zoo_<algo>.py`.
     """
-    if algo not in ALGOS:
-        raise ValueError(f"unknown algorithm {algo!r}; choose one of {ALGOS}")
+    if algo not in SB3_ALGOS:
+        raise ValueError(f"no RL Zoo algorithm {algo!r}; choose one of {SB3_ALGOS}")
     return {env_id(r.system, r.obs_type): r.rl_zoo() for r in RECIPES.values()
             if r.algo == algo and r.features == "cnn"}
 
 
-__all__ = ["ALGOS", "OBS_TYPES", "RECIPES", "AgentRecipe", "get_recipe", "rl_zoo_hyperparams"]
+__all__ = ["ALGOS", "OBS_TYPES", "SB3_ALGOS", "RECIPES", "AgentRecipe", "get_recipe", "rl_zoo_hyperparams"]

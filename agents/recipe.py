@@ -6,7 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-ALGOS = ("sac", "ppo")
+SB3_ALGOS = ("sac", "ppo")
+# energy: nothing learned by RL; the world model's own energy-shaping controller
+# (keycld_gym/energy_control.py), its settings in `hyperparams`
+ALGOS = (*SB3_ALGOS, "energy")
 OBS_TYPES = ("keypoints", "pixels")
 NOISES = ("measured", "none")
 # pixels: the policy's own CNN learns from the frames, or each frame goes through the world
@@ -47,6 +50,13 @@ class AgentRecipe:
     # (exploring_starts.npz beside the weights) instead of the task's reset; evaluations
     # always start from the task's reset
     exploring_starts: float = 0.0
+    # imagined training episodes end (truncated, bootstrapped through) after this many agent
+    # steps, so that more episodes start from the reset and the exploring starts; None: the
+    # task's whole episode. Evaluations always run whole episodes.
+    training_episode_steps: int | None = None
+    # torch threads of training (`train-agent` and `benchmark` without --threads): SAC's
+    # small networks and many gradient steps per vector step run faster on one thread
+    torch_threads: int = 2
 
     def __post_init__(self) -> None:
         if self.action_gain is not None:
@@ -57,6 +67,8 @@ class AgentRecipe:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {ALGOS}")
         if self.obs_type not in OBS_TYPES:
             raise ValueError(f"unknown observation type {self.obs_type!r}; choose one of {OBS_TYPES}")
+        if self.algo == "energy" and self.obs_type != "keypoints":
+            raise ValueError("the energy-shaping controller acts on keypoint observations")
         if self.features not in FEATURES:
             raise ValueError(f"unknown pixel features {self.features!r}; choose one of {FEATURES}")
         if self.features != "cnn" and self.obs_type != "pixels":
@@ -67,8 +79,10 @@ class AgentRecipe:
             raise ValueError("observation noise applies to keypoint observations (or keycld-encoder pixels) only")
         if not 0.0 <= self.exploring_starts <= 1.0:
             raise ValueError(f"exploring_starts must be a share in [0, 1], got {self.exploring_starts}")
-        if self.total_steps < 1 or self.num_envs < 1 or self.frame_stack < 1:
-            raise ValueError(f"total_steps, num_envs and frame_stack must be positive: {self}")
+        if self.training_episode_steps is not None and self.training_episode_steps < 1:
+            raise ValueError(f"training_episode_steps must be positive or None, got {self.training_episode_steps}")
+        if self.total_steps < 1 or self.num_envs < 1 or self.frame_stack < 1 or self.torch_threads < 1:
+            raise ValueError(f"total_steps, num_envs, frame_stack and torch_threads must be positive: {self}")
 
     def replace(self, **changes: Any) -> "AgentRecipe":
         """A copy with some fields changed (checked again)."""

@@ -9,6 +9,7 @@ imagination and in the real task, from the same reset seed); a table goes to std
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,15 @@ from typing import Any
 import numpy as np
 
 from keycld_gym.agents import get_recipe
-from keycld_gym.envs.imagined_env import KeyCLDEnv, upscale_with_keypoints
+from keycld_gym.energy_control import ENERGY_RECORD
+from keycld_gym.envs.imagined_env import KeyCLDEnv
 from keycld_gym.envs.real_keypoints import RealKeypointEnv
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.rl.agent import AGENT_CONFIG, bundled_agent_path, load_agent
 from keycld_gym.rl.agent_evaluation import evaluate_agent, random_returns
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
+from keycld_gym.video import annotate, side_by_side_frames, write_video
 
 EVAL_SEED = 100_000  # real episodes of the final evaluation: seeds never used in training
 
@@ -52,35 +55,35 @@ def learning_curve_plot(curve: list[dict[str, Any]], path: Path, title: str) -> 
     return path
 
 
-def side_by_side(agent: Any, checkpoint: str | Path, seed: int, path: Path, scale: int = 2, max_steps: int | None = None) -> Path:
-    """A GIF of one episode of `agent` in imagination (left) and in the real task (right), both reset with `seed`."""
-    import imageio.v3 as iio
+def side_by_side(agent: Any, checkpoint: str | Path, seed: int, path: Path, scale: int = 3, max_steps: int | None = None) -> Path:
+    """A GIF of one episode of `agent` in imagination (left) and in the real task (right), both reset with `seed`.
 
-
+    Each panel is labelled and shows the time and its running return; keypoints are drawn
+    (the imagined state on the left, the real side's estimate on the right).
+    """
     recipe = agent.recipe
     if recipe.obs_type != "keypoints":
         raise ValueError(f"the side-by-side video shows keypoint agents, this one acts on {recipe.obs_type!r}")
     model = load_model(checkpoint)
     imagined = KeyCLDEnv(recipe.system, checkpoint, obs_type="keypoints")
     real = RealKeypointEnv(recipe.system, model)
-    frames: dict[str, list[np.ndarray]] = {"imagined": [], "real": []}
-    for name, env in (("imagined", imagined), ("real", real)):
+    panels: dict[str, list[np.ndarray]] = {"imagination": [], "real task": []}
+    for name, env in (("imagination", imagined), ("real task", real)):
         obs, _ = env.reset(seed=seed)
-        done, steps = False, 0
+        done, steps, ret = False, 0, 0.0
         while not done and (max_steps is None or steps < max_steps):
-            if name == "imagined":
+            if env is imagined:
                 frame, q = env.sim.pixels(slice(0, 1))[0], env.sim.q[0].cpu().numpy()
             else:
                 frame, q = env.last_frame, env.last_state[0].numpy()
-            frames[name].append(upscale_with_keypoints(frame, q, scale))
-            obs, _, term, trunc, _ = env.step(agent.act(obs[None])[0])
-            done, steps = term or trunc, steps + 1
+            caption = f"t = {steps * model.spec.agent_dt:.2f} s   return {ret:.1f}"
+            panels[name].append(annotate(frame, q, scale, f"{name} (seed {seed})", caption))
+            obs, reward, term, trunc, _ = env.step(agent.act(obs[None])[0])
+            done, steps, ret = term or trunc, steps + 1, ret + float(reward)
         env.close()
-    n = min(len(v) for v in frames.values())
-    gap = np.full((frames["real"][0].shape[0], 4, 3), 255, np.uint8)
-    video = np.stack([np.concatenate([frames["imagined"][i], gap, frames["real"][i]], 1) for i in range(n)])
-    iio.imwrite(path, video, duration=1000 * model.spec.agent_dt, loop=0)
-    return path
+    n = min(len(v) for v in panels.values())
+    video = np.stack([side_by_side_frames([panels["imagination"][i], panels["real task"][i]]) for i in range(n)])
+    return write_video(path, video, fps=1 / model.spec.agent_dt)
 
 
 def run_benchmark(
@@ -113,11 +116,13 @@ def run_benchmark(
         folder = bundled_agent_path(system, obs_type)
         if (folder / AGENT_CONFIG).exists():
             bundled[obs_type] = load_agent(folder).info.get("evaluation")
+    energy = model_path / ENERGY_RECORD  # the model's own energy controller, no RL (recorded)
     report: dict[str, Any] = {
         "system": system, "budget_min": budget_min, "seed": seed, "command": command,
         "trained": {"steps": state["steps"], "train_wall_s": state["wall_s"]},
         "agent": result, "random": {"real_returns": [round(r, 2) for r in rand], "real_return_mean": float(np.mean(rand))},
         "bundled_agent": bundled.get("keypoints"), "bundled_pixel_agent": bundled.get("pixels"), "curve": state["curve"],
+        "energy_control": json.loads(energy.read_text()) if energy.exists() else None,
     }
     learning_curve_plot(state["curve"], out / "learning_curve.png",
                         f"{system}: SAC on keypoints, trained in imagination only (model: {result['model_real_frames']} real frames)")
@@ -140,7 +145,8 @@ def format_table(report: dict[str, Any]) -> str:
     rows.append(("random", "-", f"{report['random']['real_return_mean']:.0f}", "-", "-"))
     rows.append((f"this run ({report['trained']['steps']} steps)", f"{a['imagined_return_mean']:.0f} ± {a['imagined_return_std']:.0f}",
                  f"{a['real_return_mean']:.0f} ± {a['real_return_std']:.0f}", f"{100 * a['gap']:+.0f}%", frames(a)))
-    for key, name in (("bundled_agent", "bundled agent (recorded)"), ("bundled_pixel_agent", "bundled pixel agent (recorded)")):
+    for key, name in (("bundled_agent", "bundled agent (recorded)"), ("bundled_pixel_agent", "bundled pixel agent (recorded)"),
+                      ("energy_control", "energy control, no RL (recorded)")):
         b = report.get(key)
         if b:
             rows.append((name, f"{b['imagined_return_mean']:.0f} ± {b['imagined_return_std']:.0f}",

@@ -11,11 +11,13 @@ from typing import Any
 
 import torch
 
+from keycld_gym.agents import get_recipe as get_agent_recipe
 from keycld_gym.benchmark import run_benchmark
 from keycld_gym.bundling import bundle_agent, bundle_model
 from keycld_gym.data.collect import CollectConfig, collect
 from keycld_gym.data.preview import dataset_preview
 from keycld_gym.diagnostics import diagnose
+from keycld_gym.energy_control import energy_agent
 from keycld_gym.errors import KeyCLDError
 from keycld_gym.evaluation import load_and_evaluate
 from keycld_gym.files import default_command, write_json
@@ -32,6 +34,7 @@ from keycld_gym.training.recipes import get_recipe
 from keycld_gym.training.renderer_fit import fit_renderer
 from keycld_gym.training.reward_fit import fit_reward_head
 from keycld_gym.training.trainer import Trainer
+from keycld_gym.video import prediction_video
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -107,6 +110,26 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sequences(text: str) -> int | list[int]:
+    """`--sequences`: a count (the first held-out sequences) or comma-separated indices."""
+    try:
+        return [int(i) for i in text.split(",")] if "," in text else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count or comma-separated indices, got {text!r}") from None
+
+
+def _video(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    result = prediction_video(args.checkpoint, args.data, args.out, compare=args.compare or (), labels=args.label,
+                              sequences=args.sequences, agent_steps=args.agent_steps, scale=args.scale)
+    dt = result["agent_interval_s"]
+    print(f"{result['out']}: {result['frames']} frames of {result['frame_size'][1]}x{result['frame_size'][0]}, "
+          f"held-out sequences {result['sequences']} of {result['data']} ({result['split']})")
+    for label, steps in result["valid_steps"].items():
+        print(f"  {label}: valid for " + ", ".join(f"{s} steps ({s * dt:.2f} s)" for s in steps))
+    return 0
+
+
 def format_model_report(r: dict) -> str:
     """A short text table of `evaluate_model`'s result."""
     lines = [
@@ -158,8 +181,13 @@ def _fit_reward(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_threads(args: argparse.Namespace, obs_type: str, algo: str) -> None:
+    """Set torch's threads: `--threads`, else the agent recipe's."""
+    torch.set_num_threads(args.threads or get_agent_recipe(args.system, obs_type, algo).torch_threads)
+
+
 def _train_agent(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
+    _recipe_threads(args, args.obs, args.algo)
     config = AgentTrainConfig(
         system=args.system, obs_type=args.obs, algo=args.algo, seed=args.seed, checkpoint=args.checkpoint,
         total_steps=args.steps, budget_s=None if args.budget is None else args.budget * 60,
@@ -176,7 +204,7 @@ def _train_agent(args: argparse.Namespace) -> int:
 
 def _evaluate_agent(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    agent = load_agent(args.agent, args.system, args.obs)
+    agent = energy_agent(args.system, args.checkpoint) if args.agent == "energy" else load_agent(args.agent, args.system, args.obs)
     result = evaluate_agent(agent, episodes=args.episodes, seed=args.seed, checkpoint=args.checkpoint,
                             imagined=not args.no_imagined, workers=args.workers)
     if args.json:
@@ -248,7 +276,7 @@ def _bundle_agent(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
+    _recipe_threads(args, "keypoints", "sac")
     run_benchmark(args.system, args.out, budget_min=args.budget, seed=args.seed, episodes=args.episodes,
                   checkpoint=args.checkpoint, total_steps=args.steps, video=not args.no_video, workers=args.workers,
                   progress=not args.quiet, command=default_command())
@@ -328,6 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_evaluate_model)
+    p = sub.add_parser("video", help="held-out real sequences beside each model's open-loop prediction (GIF or MP4)")
+    p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
+    p.add_argument("--compare", action="append", help="another model of the system to show beside it (repeatable)")
+    p.add_argument("--label", action="append", help="a panel label per model, in order (default: KeyCLD or the ablation)")
+    p.add_argument("--data", required=True, help="held-out data set (the checkpoint's validation split if it trained on it)")
+    p.add_argument("--out", required=True, help="the video file: .gif or .mp4")
+    p.add_argument("--sequences", type=_sequences, default=3, help="how many held-out sequences, or their indices (0,4,7)")
+    p.add_argument("--agent-steps", type=int, help="prediction length (default: as long as the sequences allow)")
+    p.add_argument("--scale", type=int, default=3, help="pixels per frame pixel")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_video)
     p = sub.add_parser("fit-reward", help="refit a model's reward head on states estimated from its training data")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, action="append", help="data set(s) the model was trained on (repeatable)")
@@ -364,11 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the agent recipe's, agents/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train_agent)
     p = sub.add_parser("evaluate-agent", help="an agent's return in the real task and in imagination")
-    p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), or 'bundled'")
+    p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), 'bundled', or 'energy' "
+                                                  "(the model's energy-shaping controller, no RL)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--obs", choices=("keypoints", "pixels"), help="check the agent acts on these observations")
     p.add_argument("--episodes", type=int, default=10)
@@ -389,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--workers", type=int, default=2, help="processes running real evaluation episodes side by side")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the agent recipe's, agents/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_benchmark)
     p = sub.add_parser("pipeline", help="from nothing to a bundle-ready model by the system's recipe (resumable)")

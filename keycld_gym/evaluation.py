@@ -130,13 +130,48 @@ def reward_errors(model: KeyCLDModel, frames: np.ndarray, actions: np.ndarray, r
             "window": window, "near_s": near_s}
 
 
-def _render(model: KeyCLDModel, q: torch.Tensor, batch: int = 256) -> np.ndarray:
+def render_states(model: KeyCLDModel, q: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """The model's frames of keypoint states q `(N, K, 2)`: float `(N, H, W, 3)` in [0, 1]."""
     with torch.no_grad():
         return np.concatenate([model.render(q[i:i + batch]).numpy() for i in range(0, len(q), batch)])
 
 
 def _encode(model: KeyCLDModel, frames: np.ndarray) -> np.ndarray:
     return model.encode_frames(frames).numpy()
+
+
+def held_out_sequences(model: KeyCLDModel, data: str | Path) -> tuple[dict[str, np.ndarray], str]:
+    """The sequences of data set `data` that `model` never trained on, and which split they are.
+
+    All of them ("all"), or the validation split ("val") when the model trained on this set.
+    """
+    ckpt = getattr(model, "checkpoint_config", {}) or {}
+    trained_on_it = ckpt.get("data", {}).get("manifest_sha256") == sha256_file(Path(data) / MANIFEST)
+    split = "val" if trained_on_it else "all"
+    val_fraction = ckpt.get("data", {}).get("val_fraction", 0.1)
+    return WindowDataset(data, 1, split=split, val_fraction=val_fraction, system=model.spec.name).data, split
+
+
+def predict_open_loop(model: KeyCLDModel, frames: np.ndarray, actions: np.ndarray, start_frames: int,
+                      steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Estimate each sequence's state from its first frames, then predict open loop under its actions.
+
+    frames: uint8 `(S, T, H, W, 3)`; actions: `(S, T, A)` at the physics rate. Returns the
+    window's encoded keypoints `(S, start_frames, K, 2)`, the fitted window states q and v
+    `(S, start_frames, K, 2)` and the predicted q `(S, steps, K, 2)` at physics steps
+    1..steps after the last start frame.
+    """
+    last = start_frames - 1
+    kp_window = torch.from_numpy(_encode(model, frames[:, :start_frames]))
+    act = torch.from_numpy(np.asarray(actions, np.float32))
+    qs_fit, vs_fit = fit_trajectory(model, kp_window, act[:, :last])
+    q, v = qs_fit[:, -1], vs_fit[:, -1]
+    pred = []
+    with torch.no_grad():
+        for t in range(steps):
+            q, v = model.step(q, v, act[:, last + t])
+            pred.append(q)
+    return kp_window, qs_fit, vs_fit, torch.stack(pred, 1)
 
 
 def true_simulator_frames(spec: SystemSpec, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarray,
@@ -182,12 +217,7 @@ def evaluate_model(
     if start_frames is None:
         start_frames = spec.frames(WINDOWS.evaluation_start)
     ckpt = getattr(model, "checkpoint_config", {}) or {}
-    manifest_sha = sha256_file(Path(data) / MANIFEST)
-    trained_on_it = ckpt.get("data", {}).get("manifest_sha256") == manifest_sha
-    split = "val" if trained_on_it else "all"
-    val_fraction = ckpt.get("data", {}).get("val_fraction", 0.1)
-    ds = WindowDataset(data, 1, split=split, val_fraction=val_fraction, system=spec.name)
-    d = ds.data
+    d, split = held_out_sequences(model, data)
     frames, actions, rewards = d["frames"], d["actions"].astype(np.float32), d["rewards"]
     if max_sequences:
         frames, actions, rewards = frames[:max_sequences], actions[:max_sequences], rewards[:max_sequences]
@@ -210,22 +240,14 @@ def evaluate_model(
     epsilon = mse_epsilon(frames[:, ::10].reshape(-1, *frames.shape[2:]))
 
     # model: estimate the state from the start window, predict open loop
-    kp_window = torch.from_numpy(_encode(model, frames[:, :start_frames]))
+    kp_window, qs_fit, vs_fit, pred_all = predict_open_loop(model, frames, actions, start_frames, max(times))
     act = torch.from_numpy(actions)
-    qs_fit, vs_fit = fit_trajectory(model, kp_window, act[:, :last])
-    q, v = qs_fit[:, -1], vs_fit[:, -1]
-    pred_q = []
-    with torch.no_grad():
-        for t in range(1, max(times) + 1):
-            q, v = model.step(q, v, act[:, last + t - 1])
-            if t in col:
-                pred_q.append(q)
-    pred_q = torch.stack(pred_q, 1)  # (S, len(times), K, 2)
+    pred_q = pred_all[:, [t - 1 for t in times]]  # (S, len(times), K, 2)
     # where prediction errors come from: the start fit's residual, then the keypoint drift
     kp_future = torch.from_numpy(_encode(model, frames[:, [last + t for t in agent_times]]))
     drift = (pred_q[:, [col[t] for t in agent_times]] - kp_future).norm(dim=-1)  # (S, agent_steps, K)
     residual = float((qs_fit - kp_window).norm(dim=-1).median())
-    pred = _render(model, pred_q.flatten(0, 1)).reshape(s_count, len(times), *frames.shape[2:])
+    pred = render_states(model, pred_q.flatten(0, 1)).reshape(s_count, len(times), *frames.shape[2:])
     err_model = frame_mse(pred, real.astype(np.float32) / 255)
     err_hold = frame_mse(np.broadcast_to(frames[:, last:last + 1], real.shape).astype(np.float32) / 255, real.astype(np.float32) / 255)
 
@@ -259,7 +281,7 @@ def evaluate_model(
     sub = frames[:, ::5].reshape(-1, *frames.shape[2:])
     kp_sub = _encode(model, sub)
     result["keypoints"] = keypoint_state_metrics(kp_sub, d["qpos"][:s_count, ::5].reshape(len(sub), -1), spec)
-    recon = _render(model, torch.from_numpy(kp_sub))
+    recon = render_states(model, torch.from_numpy(kp_sub))
     result["reconstruction_mse"] = float(frame_mse(recon, sub.astype(np.float32) / 255).mean())
 
     # reward head on the fitted window states (reward t belongs to arriving at state t + 1)

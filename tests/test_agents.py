@@ -35,7 +35,8 @@ def test_recipes_cover_every_system_and_check_their_fields():
             assert (r.system, r.obs_type, r.algo, r.policy) == (system, obs, algo, policy)
             assert AgentRecipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
     assert get_recipe("cartpole", "pixels", "ppo").frame_stack > 1
-    assert len(RECIPES) == 12
+    assert len(RECIPES) == 13  # 4 per system, and the pendulum's energy-shaping controller
+    assert get_recipe("pendulum", "keypoints", "energy").policy == "EnergyShaping"
     with pytest.raises(ValueError, match="no agent recipe"):
         get_recipe("cartpole", "keypoints", "dqn")
     with pytest.raises(ValueError, match="applies to keypoint observations"):
@@ -63,6 +64,24 @@ def test_keypoint_noise_matches_its_std(model_dir):
         KeypointNoise(clean, std[:3])
     with pytest.raises(ValueError, match="does not fit"):
         KeypointNoise(KeyCLDVectorEnv(2, "cartpole", model_dir, obs_type="pixels"), std)
+
+
+def test_training_episodes_are_cut_where_the_recipe_says_and_evaluations_are_not(model_dir):
+    recipe = get_recipe("cartpole", "keypoints", "sac").replace(training_episode_steps=3, observation_noise="none")
+    for training in (True, False):
+        venv = imagined_vec_env(recipe, 2, model_dir, seed=0, training=training)
+        venv.reset()
+        steps, dones, infos = 0, np.zeros(2, bool), []
+        while not dones.any() and steps < 10:
+            _, _, dones, infos = venv.step(np.zeros((2, 1), np.float32))
+            steps += 1
+        if training:
+            assert steps == 3 and dones.all() and all(i["TimeLimit.truncated"] for i in infos)  # SB3 bootstraps
+        else:
+            assert steps == 10 and not dones.any()  # whole episodes (125 agent steps) when evaluating
+        venv.close()
+    with pytest.raises(ValueError, match="training_episode_steps"):
+        recipe.replace(training_episode_steps=0)
 
 
 def test_agent_file_round_trip_and_errors(model_dir, tmp_path):

@@ -22,12 +22,14 @@ ALLOWED = {
     "evaluation": {"base", "sim", "data", "model"},
     "envs": {"base", "sim", "data", "model"},
     "rl": {"base", "sim", "data", "model", "envs", "agents"},
-    "benchmark": {"base", "sim", "data", "model", "envs", "rl", "agents"},
+    "video": {"base", "sim", "data", "model", "evaluation", "envs"},
+    "energy_control": {"base", "sim", "model", "agents"},
+    "benchmark": {"base", "sim", "data", "model", "envs", "rl", "agents", "video", "energy_control"},
     "pipeline": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl"},
     "bundling": {"base", "sim", "data", "model", "rl"},
     "diagnostics": {"base", "sim", "data", "model", "evaluation", "rl"},
     "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "bundling",
-            "diagnostics"},
+            "diagnostics", "video", "energy_control", "agents"},
     "package": {"base", "sim", "model", "envs"},
 }
 

@@ -260,13 +260,15 @@ def _assign(obs: Any, index: np.ndarray, values: Any) -> None:
         obs[index] = values
 
 
+KEYPOINT_COLOURS = np.array([[255, 60, 60], [60, 255, 60], [60, 120, 255], [255, 220, 0]], np.uint8)
+
+
 def upscale_with_keypoints(frame: np.ndarray, keypoints: np.ndarray | None, scale: int) -> np.ndarray:
     """A frame `(H, W, 3)` enlarged `scale` times (nearest), keypoints `(K, 2)` drawn as coloured dots."""
     big = np.repeat(np.repeat(frame, scale, 0), scale, 1).copy()
     if keypoints is None:
         return big
     h, w = frame.shape[:2]
-    colours = np.array([[255, 60, 60], [60, 255, 60], [60, 120, 255], [255, 220, 0]], np.uint8)
     for k, (x, y) in enumerate(keypoints):
         col = (x * h / 2 + (w - 1) / 2) * scale + scale / 2
         row = ((h - 1) / 2 - y * h / 2) * scale + scale / 2
@@ -276,5 +278,5 @@ def upscale_with_keypoints(frame: np.ndarray, keypoints: np.ndarray | None, scal
         for dr, dc in zip(*np.nonzero(mask)):
             r, c = r0 + dr - 3, c0 + dc - 3
             if 0 <= r < big.shape[0] and 0 <= c < big.shape[1]:
-                big[r, c] = colours[k % len(colours)]
+                big[r, c] = KEYPOINT_COLOURS[k % len(KEYPOINT_COLOURS)]
     return big

@@ -83,10 +83,12 @@ def imagined_vec_env(recipe: AgentRecipe, num_envs: int, checkpoint: Any = None,
                      seed: int | None = None, training: bool = False) -> VecEnv:
     """`num_envs` batched imagined envs as the recipe's agent sees them (keypoint noise included if `noise`).
 
-    `training`: the recipe's exploring starts too (evaluations start from the task's reset only).
+    `training`: the recipe's exploring starts and training episode length too (evaluations
+    start from the task's reset only and run whole episodes).
     """
     venv = KeyCLDVectorEnv(num_envs, recipe.system, checkpoint, obs_type=recipe.obs_type, action_gain=recipe.action_gain,
-                           exploring_starts=recipe.exploring_starts if training else 0.0)
+                           exploring_starts=recipe.exploring_starts if training else 0.0,
+                           max_episode_steps=recipe.training_episode_steps if training else None)
     model, frame_noise = venv.model, None
     if noise and recipe.observation_noise == "measured":
         folder = venv.checkpoint_path
