@@ -58,6 +58,9 @@ class EnergyPlant:
         upright: the upright equilibrium x* `(n,)` (zero velocity).
         potential_range: (min, max) of the potential over the configuration space.
         deviation: x - x* `(N, n)` (default plain subtraction; angles wrap).
+        centring: for a pushed body on a rail, `(N, 2, A)`: the actions that push it back
+            toward the rail's middle per unit of its offset (1 at a wall) and of its velocity
+            (rail half-widths per second); None: nothing to centre.
     """
 
     energy: Callable[[Array], Array]
@@ -67,6 +70,7 @@ class EnergyPlant:
     upright: Array
     potential_range: tuple[float, float]
     deviation: Callable[[Array], Array] | None = None
+    centring: Callable[[Array], Array] | None = None
 
 
 def linearise(step: Callable[[Array, Array], Array], x: Array, u: Array, eps: float = 1e-4) -> tuple[Array, Array]:
@@ -97,11 +101,14 @@ class EnergyShaping:
         switch: balance once the potential lies within this share of the range below its top.
         state_cost: LQR weights of the position and the velocity coordinates.
         action_cost: LQR weight of the action.
+        centring: gains of a pushed body's offset from its rail's middle and of its velocity,
+            added to the pumping (the cart must pump the pole without hitting the walls).
     """
 
     def __init__(self, plant: EnergyPlant, *, gain: float = 50.0, switch: float = 0.05,
-                 state_cost: tuple[float, float] = (1.0, 0.1), action_cost: float = 1.0):
-        self.plant, self.gain, self.switch = plant, gain, switch
+                 state_cost: tuple[float, float] = (1.0, 0.1), action_cost: float = 1.0,
+                 centring: tuple[float, float] = (0.0, 0.0)):
+        self.plant, self.gain, self.switch, self.centring = plant, gain, switch, centring
         low, high = plant.potential_range
         self.target, self.span = high, high - low
         n = len(plant.upright)
@@ -122,7 +129,11 @@ class EnergyShaping:
     def __call__(self, x: Array) -> Array:
         """Actions in [-1, 1] `(N, A)` for states `(N, n)`."""
         shortfall = (self.target - self.plant.energy(x)) / self.span
-        pump = np.clip(self.gain * shortfall[:, None] * np.sign(self.plant.power(x)), -1, 1)
+        pump = self.gain * shortfall[:, None] * np.sign(self.plant.power(x))
+        if self.plant.centring is not None and any(self.centring):
+            offset, rate = self.plant.centring(x).transpose(1, 0, 2)
+            pump = np.clip(pump, -1, 1) + self.centring[0] * offset + self.centring[1] * rate
+        pump = np.clip(pump, -1, 1)
         balance = np.clip(-self.deviation(x) @ self.k.T, -1, 1)
         return np.where(self.near_upright(x)[:, None], balance, pump).astype(np.float32)
 
@@ -158,20 +169,21 @@ def upright_state(model: KeyCLDModel, samples: int = 4096, steps: int = 400, see
         dtype = next(model.parameters()).dtype
         q = torch.rand(samples, k, 2, generator=gen, dtype=torch.float64).to(dtype) * 2 - 1
         q = constraints.project_positions(q, iterations=20)
-        v = dyn.potential(q)
+        v = dyn.potential(q, walls=False)
         ok = torch.isfinite(v) & (constraints.phi(q).abs().amax(-1) < 1e-4)
         q, v = q[ok], v[ok]
         best = q[v.argmax()][None].clone()
         low = float(v.min())
         rails = list(getattr(dyn, "rail_keypoints", []))
-        for i in range(2 * steps):  # ascend along the manifold: the gradient's tangent part, then back onto it
-            if i == steps and rails:
-                best[..., 0] += dyn.walls[0].mean() - best[0, rails[0], 0]
-            g = dyn.potential_gradient(best)
+        for i in range(steps):  # ascend along the manifold: the gradient's tangent part, then back onto it
+            g = dyn.potential_gradient(best, walls=False)
             tangent = constraints.project_velocities(best, g)
-            size = 0.01 * (1 - (i % steps) / steps) + 1e-5  # shrinking steps: settle on the top
+            size = 0.01 * (1 - i / steps) + 1e-5  # shrinking steps: settle on the top
             best = constraints.project_positions(best + size * tangent / tangent.norm().clamp(min=1e-9), 5)
-        high = float(dyn.potential(best))
+        if rails:  # the pose found, moved along the rail (a learned slope along it is no reason to sit at a wall)
+            best[..., 0] += dyn.walls[0].mean() - best[0, rails[0], 0]
+            best = constraints.project_positions(best, 20)
+        high = float(dyn.potential(best, walls=False))
     return best[0].numpy(), (low, high)
 
 
@@ -197,7 +209,7 @@ def model_plant(model: KeyCLDModel) -> EnergyPlant:
     def shaped(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if pushed is not None:
             v = v - v[:, pushed:pushed + 1]
-        return dyn.energy(q, v)["total"]
+        return dyn.kinetic(v) + dyn.potential(q, walls=False)
 
     @torch.no_grad()
     def energy(x: Array) -> Array:
@@ -205,7 +217,7 @@ def model_plant(model: KeyCLDModel) -> EnergyPlant:
 
     @torch.no_grad()
     def potential(x: Array) -> Array:
-        return dyn.potential(_split(model, x)[0]).numpy()
+        return dyn.potential(_split(model, x)[0], walls=False).numpy()
 
     def power(x: Array) -> Array:
         q, v = _split(model, x)
@@ -226,8 +238,20 @@ def model_plant(model: KeyCLDModel) -> EnergyPlant:
             q, v = model.step(q, v, u)
         return torch.cat([q.flatten(1), v.flatten(1)], 1).numpy()
 
+    centring = None
+    if pushed is not None and pushed in getattr(dyn, "rail_keypoints", []):
+        left, right = (float(w) for w in dyn.walls[dyn.rail_keypoints.index(pushed)])
+        middle, half = (left + right) / 2, (right - left) / 2
+
+        @torch.no_grad()
+        def centring(x: Array) -> Array:
+            q, v = _split(model, x)
+            direction = torch.sign(dyn.input_matrix(q)[:, pushed, 0, :])  # (N, A): which way each action pushes
+            offset = (q[:, pushed, 0] - middle) / half, v[:, pushed, 0] / half
+            return -(torch.stack(offset, -1)[:, :, None] * direction[:, None, :]).numpy()  # (N, 2, A)
+
     upright = np.r_[upright_q.ravel(), np.zeros(upright_q.size)]
-    return EnergyPlant(energy, potential, power, step, upright, potential_range)
+    return EnergyPlant(energy, potential, power, step, upright, potential_range, centring=centring)
 
 
 class EnergyAgent:

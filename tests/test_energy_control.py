@@ -4,7 +4,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from keycld_gym.agents import AgentRecipe, get_recipe
+from keycld_gym.agents import get_recipe
 from keycld_gym.cli import main
 from keycld_gym.energy_control import (
     EnergyAgent,
@@ -82,8 +82,7 @@ def test_the_law_swings_the_true_pendulum_up_on_its_true_energies():
     assert min(returns) > 600, returns  # random actions: about 0
 
 
-ENERGY_CARTPOLE = AgentRecipe(system="cartpole", obs_type="keypoints", algo="energy", policy="EnergyShaping",
-                              total_steps=1, num_envs=1, hyperparams=dict(gain=50.0, switch=0.05))
+ENERGY_CARTPOLE = get_recipe("cartpole", "keypoints", "energy")
 
 
 def test_model_plant_reads_the_learned_energies(tiny_model_dir):

@@ -236,14 +236,14 @@ class Dynamics(nn.Module):
             return torch.zeros_like(self.damping_raw)
         return nn.functional.softplus(self.damping_raw)
 
-    def potential(self, q: torch.Tensor) -> torch.Tensor:
-        """V(q) `(...)` for keypoints `(..., K, 2)` (the MLP plus any rail walls)."""
+    def potential(self, q: torch.Tensor, walls: bool = True) -> torch.Tensor:
+        """V(q) `(...)` for keypoints `(..., K, 2)` (the MLP, the linear term, and the rail walls unless `walls=False`)."""
         v = q.new_zeros(q.shape[:-2])
         if self.config.potential_mlp:
             v = v + self.potential_net(q.flatten(-2)).squeeze(-1)
         if self.config.linear_potential:
             v = v + q.flatten(-2) @ self.potential_linear
-        for i, k in enumerate(self.rail_keypoints):
+        for i, k in enumerate(self.rail_keypoints if walls else ()):
             x = q[..., k, 0]
             left, right = self.walls[i, 0], self.walls[i, 1]
             # quadratic beyond the stop, zero inside: a one-sided spring (C1, fine for RK4)
@@ -291,15 +291,15 @@ class Dynamics(nn.Module):
             b = self.input_net(q.flatten(-2)).reshape(*q.shape, self.action_dim)
         return b * self.input_mask if self.config.input_keypoints is not None else b
 
-    def potential_gradient(self, q: torch.Tensor) -> torch.Tensor:
-        """grad V(q) `(..., K, 2)`, differentiable with respect to q and the parameters (training, shooting)."""
+    def potential_gradient(self, q: torch.Tensor, walls: bool = True) -> torch.Tensor:
+        """grad V(q) `(..., K, 2)`, differentiable with respect to q and the parameters (training, shooting); `walls` as in `potential`."""
         # In closed form, not by autograd: its engine costs more than the arithmetic on these
         # tiny tensors, and every rollout step evaluates this four times. `potential` stays the
         # reference (energies; tests check the two agree).
         grad = q.new_zeros(q.shape)
         if self.config.linear_potential:
             grad = grad + self.potential_linear.reshape(q.shape[-2:])
-        for i, k in enumerate(self.rail_keypoints):
+        for i, k in enumerate(self.rail_keypoints if walls else ()):
             x = q[..., k, 0]
             left, right = self.walls[i, 0], self.walls[i, 1]
             wall = q.new_zeros(q.shape)
