@@ -240,7 +240,7 @@ def model_plant(model: KeyCLDModel) -> EnergyPlant:
 
     centring = None
     if pushed is not None and pushed in getattr(dyn, "rail_keypoints", []):
-        left, right = (float(w) for w in dyn.walls[dyn.rail_keypoints.index(pushed)])
+        left, right = (float(w) for w in dyn.walls.detach()[dyn.rail_keypoints.index(pushed)])
         middle, half = (left + right) / 2, (right - left) / 2
 
         @torch.no_grad()

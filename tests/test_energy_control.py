@@ -113,3 +113,18 @@ def test_energy_agent_refuses_what_it_cannot_control(tiny_model_dir, capsys):
     # no energy recipe for the acrobot yet: the command says which recipes exist
     assert main(["evaluate-agent", "--agent", "energy", "--system", "acrobot", "--episodes", "1"]) == 2
     assert "pendulum/keypoints/energy" in capsys.readouterr().err
+
+
+def test_the_benchmark_table_lists_the_models_recorded_energy_controller():
+    import json
+
+    from keycld_gym.benchmark import format_table
+    from keycld_gym.energy_control import ENERGY_RECORD
+    from keycld_gym.model.checkpoint import checkpoint_folder
+
+    record = json.loads((checkpoint_folder(None, "pendulum") / ENERGY_RECORD).read_text())
+    assert record["algo"] == "energy" and len(record["real_returns"]) == 10
+    report = {"system": "pendulum", "agent": record, "random": {"real_return_mean": 0.0}, "energy_control": record,
+              "trained": {"steps": 8, "train_wall_s": 1.0}}
+    row = next(line for line in format_table(report).splitlines() if line.startswith("energy control"))
+    assert f"{record['real_return_mean']:.0f}" in row
