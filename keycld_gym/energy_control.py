@@ -257,7 +257,7 @@ def model_plant(model: KeyCLDModel) -> EnergyPlant:
 class EnergyAgent:
     """The energy-shaping controller of a model as an agent: `act(obs)` on keypoint observations `(N, 4K)`.
 
-    Quacks like `keycld_gym.rl.agent.Agent` for `evaluate_agent` and the benchmark.
+    Holds what `evaluate_agent` reads of an agent (`recipe`, `info`, `act`), as `keycld_gym.rl.agent.Agent` does.
     """
 
     def __init__(self, model: KeyCLDModel, recipe: AgentRecipe, info: dict[str, Any] | None = None):
@@ -267,14 +267,6 @@ class EnergyAgent:
         self.law = EnergyShaping(model_plant(model), **recipe.hyperparams)
         self.info = {"path": "energy", "recipe": recipe.to_dict(), "closed_loop_radius": self.law.closed_loop_radius,
                      **(info or {})}
-
-    @property
-    def system(self) -> str:
-        return self.recipe.system
-
-    @property
-    def obs_type(self) -> str:
-        return self.recipe.obs_type
 
     def act(self, observations: Array, deterministic: bool = True) -> Array:
         """Actions `(N, A)` for a batch of keypoint observations."""
