@@ -2,4 +2,6 @@
 
 from . import cartpole
 
-RECIPES = [r.replace(system="acrobot") for r in cartpole.RECIPES]
+# cartpole's SB3 recipes until the acrobot has a model to tune on; no energy controller yet
+# (cartpole's settings shape a pole's energy about a cart, which the acrobot has not)
+RECIPES = [r.replace(system="acrobot") for r in cartpole.RECIPES if r.algo != "energy"]
