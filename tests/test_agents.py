@@ -196,5 +196,6 @@ def test_rl_zoo_hyperparameter_files_come_from_the_recipes():
     assert not [i for i in rl_zoo_sac.hyperparams if not i.endswith("-keypoints-v0")]
     with pytest.raises(ValueError, match="no RL Zoo form"):
         get_recipe("cartpole", "pixels", "sac").rl_zoo()
-    with pytest.raises(ValueError, match="unknown algorithm"):
-        rl_zoo_hyperparams("dqn")
+    for algo in ("dqn", "energy"):  # the energy controller is no RL Zoo algorithm either
+        with pytest.raises(ValueError, match="no RL Zoo algorithm"):
+            rl_zoo_hyperparams(algo)
