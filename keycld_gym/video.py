@@ -92,7 +92,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float) -> Path:
         t, h, w, _ = frames.shape
         padded = np.full((t, -(-h // 16) * 16, -(-w // 16) * 16, 3), 255, np.uint8)
         padded[:, :h, :w] = frames
-        iio.imwrite(path, padded, fps=fps, codec="libx264", plugin="pyav" if _has_pyav() else None)
+        iio.imwrite(path, padded, fps=fps, codec="libx264")  # imageio picks its video plugin
     return path
 
 
@@ -113,14 +113,6 @@ def _write_gif(path: Path, frames: np.ndarray, fps: float, colours: int = 32) ->
     # GIF frame times are whole hundredths of a second
     images[0].save(path, save_all=True, append_images=images[1:], duration=10 * max(1, round(100 / fps)), loop=0,
                    optimize=True)
-
-
-def _has_pyav() -> bool:
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass
