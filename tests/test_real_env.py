@@ -9,7 +9,12 @@ from gymnasium.utils.env_checker import check_env
 
 from keycld_gym import SYSTEMS, get_system, make_real_env
 from keycld_gym.sim.camera import import_dm_control
-from keycld_gym.sim.exploration import CartpoleSwingUp, PendulumSwingUp
+from keycld_gym.sim.exploration import (
+    AcrobotSwingUp,
+    CartpoleSwingUp,
+    PendulumSwingUp,
+    SmoothNoise,
+)
 from keycld_gym.sim.real_env import RealEnv
 
 
@@ -177,6 +182,27 @@ def test_scripted_pendulum_controller_balances_or_turns_over_as_drawn():
     # the draw comes from the sequence's generator: the same seed, the same controller
     a, b = (PendulumSwingUp(env.physics, np.random.default_rng(7)) for _ in range(2))
     assert (a.pump, a.target) == (b.pump, b.target)
+
+
+def test_scripted_acrobot_controller_pumps_the_arm_over_the_top():
+    """The elbow's energy pump swings the tip up where the task rewards; smooth noise alone does not."""
+    env = RealEnv("acrobot", "state", action_repeat=1)
+
+    def episode(seed: int, policy) -> tuple[float, float]:
+        _, info = env.reset(seed=seed)
+        start, total, done = info["qpos"][0], 0.0, False
+        while not done:
+            _, reward, terminated, truncated, info = env.step(np.clip(policy(info["qpos"], info["qvel"]), -1, 1))
+            total, done = total + reward, terminated or truncated
+        return total, abs(info["qpos"][0] - start) / (2 * np.pi)
+
+    for seed in (0, 1):
+        pumped, turns = episode(seed, AcrobotSwingUp(env.physics, np.random.default_rng(seed)))
+        noise = SmoothNoise(1, np.random.default_rng(seed), 8.0, 0.5, 1.0)
+        unpumped, _ = episode(seed, lambda q, v: noise())
+        assert pumped > 80 and turns > 2 and unpumped < 30, (pumped, turns, unpumped)
+    a, b = (AcrobotSwingUp(env.physics, np.random.default_rng(7)) for _ in range(2))
+    assert (a.pump, a.rate_scale, a.target) == (b.pump, b.rate_scale, b.target) and a.target >= a.upright
 
 
 @pytest.mark.parametrize("backend", ["bogus", "osmesa"])
