@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from keycld_gym.ablations import AblationStudy
 from keycld_gym.agents import get_recipe as get_agent_recipe
 from keycld_gym.benchmark import run_benchmark
 from keycld_gym.bundling import bundle_agent, bundle_model
@@ -229,6 +230,15 @@ def _pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablations(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    study = AblationStudy(args.run, progress=not args.quiet, command=default_command())
+    study.run_all()
+    print((Path(args.run) / "ablations.md").read_text(), end="")
+    print(f"wrote {Path(args.run) / 'ablations.json'} and ablations.md")
+    return 0
+
+
 def _observation_noise(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint)
@@ -252,6 +262,9 @@ def _diagnose(args: argparse.Namespace) -> int:
     k, r = result["keypoints"], result["response"]
     print(f"{result['system']}: keypoint error against the true bodies {k['rms_px']:.3f} px RMS, {k['p99_px']:.3f} px "
           f"99th percentile ({k['frames']} held-out frames; per keypoint {k['per_keypoint_rms_px']})")
+    j = result["subpixel"]
+    print(f"shifted by 0-1 px in {j['steps']} steps ({j['states']} states): slope {j['slope_mean']:.3f} "
+          f"(per keypoint {j['slope_per_keypoint']}), jitter {j['jitter_rms_px']:.3f} px RMS, {j['jitter_p99_px']:.3f} px 99th percentile")
     print(f"response against the true system ({r['samples']} states): passive relative error "
           f"{r['passive_relative_error']:.3f}, actuator {r['actuator_relative_error']:.3f} (gain ratio {r['actuator_gain_ratio']:.3f})")
     if "true_physics" in result:
@@ -441,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_pipeline)
+    p = sub.add_parser("ablations", help="KeyCLD against the Lagrangian without constraints and the neural ODE, on a "
+                                         "finished pipeline run (resumable)")
+    p.add_argument("--run", required=True, help="the folder of a finished `keycld-gym pipeline` run")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_ablations)
     p = sub.add_parser("observation-noise", help="measure the real state estimate's error and store it beside the weights")
     p.add_argument("--checkpoint", required=True, help="model folder (or a bundled name); the result is written into it")
     p.add_argument("--data", required=True, help="held-out real sequences (a collected data set the model never trained on)")

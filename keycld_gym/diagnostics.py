@@ -8,6 +8,11 @@ by least squares on held-out frames. Then:
 
 - `keypoints`: the encoder's error against that map, in pixels (RMS and 99th percentile):
   how precisely the keypoints carry the state.
+- `subpixel`: the encoder's response to the whole system moved sideways in steps of a
+  tenth of a pixel (its root body shifted in the simulator, then rendered): the slope of
+  the encoded keypoints against the true shift (1: unbiased) and the jitter, the RMS
+  deviation from a straight line per state, in pixels. An encoder that snaps to pixel
+  centres shows a staircase: jitter near 0.29 px (a uniform error over a pixel).
 - `response`: the model's accelerations against the true ones at random states, split into
   the passive part (gravity, damping, the constraints; action 0) and the actuator's part
   (action 1 minus action 0), as relative errors.
@@ -94,6 +99,42 @@ def keypoint_error(model: KeyCLDModel, keypoints: np.ndarray, points: np.ndarray
     }
 
 
+def subpixel_response(model: KeyCLDModel, data: str | Path, kmap: KeypointMap, states: int = 24,
+                      steps: int = 11, seed: int = 0) -> dict[str, Any]:
+    """The encoder against sideways shifts of 0 to 1 px in `steps` steps, at `states` held-out true states (module docstring)."""
+    spec = model.spec
+    qpos = np.concatenate([seq["qpos"].reshape(-1, len(spec.qpos_names)) for seq in iter_sequences(data, spec.name)])
+    qpos = qpos[np.random.default_rng(seed).choice(len(qpos), min(states, len(qpos)), replace=False)]
+    px = spec.camera.height / 2  # image units to pixels
+    direction = kmap.a[:, 0] / np.linalg.norm(kmap.a[:, 0])  # world x in the image
+    metres_per_px = 1.0 / (px * float(np.linalg.norm(kmap.a[:, 0])))
+    shifts = np.linspace(0.0, 1.0, steps) * metres_per_px
+    env = RealEnv(spec, "state", action_repeat=1)
+    physics = env.physics
+    root = next(i for i in range(1, physics.model.nbody) if physics.model.body_parentid[i] == 0)
+    origin = physics.model.body_pos[root].copy()
+    frames = []
+    for q in qpos:
+        physics.data.qpos[:] = q
+        for dx in shifts:
+            physics.model.body_pos[root] = origin + np.array([dx, 0.0, 0.0])
+            physics.forward()
+            frames.append(env.camera.render())
+    physics.model.body_pos[root] = origin
+    env.close()
+    # positions along the image direction of world x, in pixels; the true shift runs 0 to 1 px
+    x = model.encode_frames(np.stack(frames)).numpy().reshape(len(qpos), steps, -1, 2) @ direction * px
+    t = np.linspace(0.0, 1.0, steps)[None, :, None]
+    slope = ((t - t.mean()) * (x - x.mean(1, keepdims=True))).sum(1) / ((t - t.mean()) ** 2).sum()  # (states, K)
+    line = x.mean(1, keepdims=True) + slope[:, None] * (t - t.mean())
+    jitter = x - line
+    return {"states": len(qpos), "steps": steps, "shift_px": 1.0,
+            "slope_mean": float(slope.mean()), "slope_per_keypoint": slope.mean(0).round(4).tolist(),
+            "jitter_rms_px": float(np.sqrt((jitter**2).mean())),
+            "jitter_per_keypoint_rms_px": np.sqrt((jitter**2).mean((0, 1))).round(4).tolist(),
+            "jitter_p99_px": float(np.percentile(np.abs(jitter), 99))}
+
+
 def true_response(model: KeyCLDModel, kmap: KeypointMap, n: int = 200, seed: int = 0) -> dict[str, Any]:
     """The model's accelerations against the true ones at random states: relative errors of the passive and actuator parts."""
     spec = model.spec
@@ -172,6 +213,7 @@ def diagnose(model: KeyCLDModel, data: str | Path, *, agent: Agent | None = None
         "system": model.spec.name, "data": str(data),
         "keypoint_map": {"a": kmap.a.tolist(), "b": kmap.b.tolist()},
         "keypoints": keypoint_error(model, keypoints, points, kmap),
+        "subpixel": subpixel_response(model, data, kmap),
         "response": true_response(model, kmap),
     }
     if true_physics and model.config.dynamics.structured and not model.config.dynamics.potential_mlp:

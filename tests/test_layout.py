@@ -26,9 +26,10 @@ ALLOWED = {
     "energy_control": {"base", "sim", "model", "agents"},
     "benchmark": {"base", "sim", "data", "model", "envs", "rl", "agents", "video", "energy_control"},
     "pipeline": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl"},
+    "ablations": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "pipeline"},
     "bundling": {"base", "sim", "data", "model", "rl"},
     "diagnostics": {"base", "sim", "data", "model", "evaluation", "rl"},
-    "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "bundling",
+    "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "ablations", "bundling",
             "diagnostics", "video", "energy_control", "agents"},
     "package": {"base", "sim", "model", "envs"},
 }

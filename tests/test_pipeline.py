@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
+from keycld_gym.ablations import ABLATION_DYNAMICS, LABELS, AblationStudy
 from keycld_gym.cli import build_parser, main, train_config_from_args
 from keycld_gym.files import json_roundtrip
 from keycld_gym.pipeline import RECORD, Pipeline
@@ -121,10 +122,27 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
                  "--threads", "1"]) == 0
     diag = json.loads((tmp_path / "diag.json").read_text())
     assert diag["keypoints"]["frames"] == 2 * 22 and diag["keypoints"]["rms_px"] > 0
+    assert np.isfinite(diag["subpixel"]["slope_mean"]) and diag["subpixel"]["jitter_rms_px"] >= 0
     assert diag["true_physics"]["fit"]["samples"] > 0 and np.isfinite(diag["true_physics"]["vpt_agent_median"])
     assert np.isfinite(diag["response"]["actuator_relative_error"])
     assert 0.0 <= diag["oracle_agent"]["real_return_mean"] <= 1000.0
     assert "real return" in capsys.readouterr().out
+
+    # the ablation study on the same run: same data, budget, encoder and renderer; only the dynamics differ
+    rows = AblationStudy(out, recipe=recipe, progress=False, command="pytest").run_all()
+    assert [r["model"] for r in rows] == [LABELS[k] for k in
+                                          ("constrained", "unconstrained", "neural_ode", "hold_frame", "true_simulator_noisy")]
+    for kind in ABLATION_DYNAMICS:
+        ablation = load_model(out / "ablations" / kind / "model")
+        assert ablation.config.dynamics.kind == kind and ablation.config.dynamics.hidden == 16
+        for part in ("encoder", "renderer"):
+            theirs, ours = getattr(ablation, part).state_dict(), getattr(model, part).state_dict()
+            assert all(torch.equal(theirs[k], ours[k]) for k in ours)
+        assert json.loads((out / "ablations" / kind / "eval.json").read_text())["sequences"] == 2
+    assert rows[1]["max_constraint_violation"] > rows[0]["max_constraint_violation"] or not rows[1]["rollout_finite"]
+    assert all(np.isfinite(r["vpt_agent_median"]) for r in rows) and rows[0]["training_min"] >= 0
+    table = (out / "ablations.md").read_text()
+    assert table.count("\n") == len(rows) + 2 and "ablation: neural ODE" in table
 
 
 def test_pipeline_refuses_another_systems_folder(tmp_path):
@@ -132,3 +150,11 @@ def test_pipeline_refuses_another_systems_folder(tmp_path):
     with pytest.raises(ValueError, match="holds a cartpole pipeline"):
         Pipeline("pendulum", tmp_path)
     assert main(["pipeline", "--system", "pendulum", "--out", str(tmp_path), "--until", "nope"]) == 2
+
+
+def test_ablations_need_a_finished_pipeline(tmp_path, capsys):
+    assert main(["ablations", "--run", str(tmp_path)]) == 2
+    assert "run `keycld-gym pipeline" in capsys.readouterr().err
+    (tmp_path / RECORD).write_text(json.dumps({"system": "pendulum", "steps": {"keypoints": {"wall_s": 1.0}}}))
+    with pytest.raises(ValueError, match="has not finished"):
+        AblationStudy(tmp_path)
