@@ -90,7 +90,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = _given(args, {"seed": "seed", "keypoint_steps": "keypoint_steps", "dynamics_steps": "dynamics_steps",
                               "max_horizon": "max_horizon", "horizon_ramp": "horizon_ramp_steps",
                               "physics_lr": "physics_lr", "keypoints_from": "keypoints_from",
-                              "checkpoint_every": "checkpoint_every_s"})
+                              "checkpoint_every": "checkpoint_every_s", "constraint_weight": "constraint_weight",
+                              "pivot_separation": "pivot_separation_weight"})
     if args.keypoints_from:
         overrides["keypoint_steps"] = 0
     if overrides.get("max_horizon") == 0:
@@ -351,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--physics-lr", type=float,
                    help="learning rate of the physical constants: mass matrix, damping, walls, constraints (default 1e-2)")
     p.add_argument("--horizon-ramp", type=int, help="dynamics steps over which the horizon grows to its maximum")
+    p.add_argument("--constraint-weight", type=float,
+                   help="keypoint phase: weight of the constraints' consistency over a batch (default: the recipe's)")
+    p.add_argument("--pivot-separation", type=float,
+                   help="keypoint phase: weight against keypoints on a learned pivot (default: the recipe's)")
     p.add_argument("--keypoints-from", help="reuse the encoder and renderer of this checkpoint (skips phase 1)")
     p.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (default 120)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")

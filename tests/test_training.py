@@ -152,6 +152,27 @@ def test_foreground_weights_and_heatmap_term():
     assert torch.isfinite(loss) and heat.grad.abs().sum() > 0
 
 
+def test_constraint_consistency_prefers_the_elbow_to_the_shoulder():
+    """On an acrobot, keypoints on the elbow and the tip keep both links; one on the shoulder pivot does not."""
+    from keycld_gym.sim.systems import get_system
+    from keycld_gym.training.losses import constraint_consistency, pivot_closeness
+
+    spec = get_system("acrobot")
+    shoulder = torch.zeros(1, 2)
+    a1, a2 = torch.rand(64) * 6.3, torch.rand(64) * 6.3
+    elbow = 0.3 * torch.stack([torch.sin(a1), torch.cos(a1)], -1)
+    tip = elbow + 0.3 * torch.stack([torch.sin(a1 + a2), torch.cos(a1 + a2)], -1)
+    right = torch.stack([elbow, tip], 1)
+    assert constraint_consistency(right, spec.constraints, shoulder, [0]) < 1e-10
+    on_pivot = torch.stack([shoulder.expand(64, 2), tip], 1)  # the zero-length pivot link holds, the other does not
+    wrong = constraint_consistency(on_pivot, spec.constraints, shoulder, [0])
+    assert wrong > 1e-3
+    assert pivot_closeness(on_pivot, shoulder, 0.1) > pivot_closeness(right, shoulder, 0.1) + 0.4
+    q = on_pivot.clone().requires_grad_(True)
+    constraint_consistency(q, get_system("cartpole").constraints).backward()  # no pivot: heights and lengths only
+    assert q.grad.abs().sum() > 0
+
+
 def test_coverage_pulls_a_link_along_the_foreground_and_liveness_penalties():
     """Also for a link from a pivot: its free end is pulled along the bar."""
     from keycld_gym.training.losses import coverage_loss, keypoint_liveness

@@ -28,6 +28,12 @@ class TrainConfig:
     separation_weight: float = 1.0
     coverage_weight: float = 1.0
     coverage_cutoff: float = 0.3
+    # Weight of the constraints' own consistency over a batch of frames (the variance of each
+    # constrained height or link length; `losses.constraint_consistency`). Nothing else tells
+    # an acrobot keypoint to sit on the elbow: both links share one colour, and a keypoint on
+    # the shoulder with a zero-length pivot link satisfies its own constraint.
+    constraint_weight: float = 0.0
+    pivot_separation_weight: float = 0.0  # against keypoints on a learned pivot (`losses.pivot_closeness`)
     # phase 2: dynamics and reward
     dynamics_steps: int = 1500
     dynamics_batch: int = 64

@@ -60,6 +60,42 @@ def coverage_loss(q: torch.Tensor, foreground: torch.Tensor, links: list[tuple[i
     return (cover + on_fg.mean(1)).mean()
 
 
+def constraint_consistency(q: torch.Tensor, constraints: Sequence, pivots: torch.Tensor | None = None,
+                           pivoted: Sequence[int] = ()) -> torch.Tensor:
+    """Summed variance over a batch of keypoints `(B, K, 2)` of each constraint's quantity (a height, a link length).
+
+    Zero when the keypoints keep the system's constraints in every frame. A pivot link's
+    length is measured to the renderer's learned pivot of that keypoint (`pivots` `(P, 2)`,
+    `pivoted`). A keypoint that sits on the pivot keeps its own zero length, but then the
+    link from it to the next keypoint (from the shoulder to the acrobot's tip) changes
+    length: only keypoints on the elbow and the tip keep both.
+    """
+    pivot_of = {k: pivots[i] for i, k in enumerate(pivoted)}
+    terms = []
+    for c in constraints:
+        if c.kind == "fixed_height":
+            terms.append(q[:, c.a, 1].var())
+        elif c.kind == "fixed_pivot_distance" and c.a in pivot_of:
+            terms.append((q[:, c.a] - pivot_of[c.a].to(q.dtype)).norm(dim=-1).var())
+        elif c.kind == "fixed_distance":
+            terms.append((q[:, c.b] - q[:, c.a]).norm(dim=-1).var())
+    return torch.stack(terms).sum() if terms else q.new_zeros(())
+
+
+def pivot_closeness(q: torch.Tensor, pivots: torch.Tensor | None, sigma: float) -> torch.Tensor:
+    """Gaussian overlap of keypoints `(B, K, 2)` with the learned pivots `(P, 2)`: a keypoint on a fixed point carries no state.
+
+    On the acrobot the link from the elbow keypoint folds back onto the upper arm when the
+    tip keypoint sits on the shoulder: its length stays constant (the upper arm's), and the
+    coverage loss, which pulls a segment's end only along pixels nearest to it, does not
+    move it out along the lower arm.
+    """
+    if pivots is None:
+        return q.new_zeros(())
+    d2 = ((q[:, :, None] - pivots.to(q.dtype)[None, None]) ** 2).sum(-1)  # (B, K, P)
+    return torch.exp(-d2 / (2 * sigma**2)).mean()
+
+
 def keypoint_liveness(q: torch.Tensor, min_spread: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Penalties against dead and doubled keypoints, for keypoints `(B, K, 2)` of a batch of frames.
 
@@ -93,6 +129,14 @@ def reconstruction_loss(model: KeyCLDModel, frames: torch.Tensor, config: TrainC
         cov = coverage_loss(q, fg_half, model.renderer.links.tolist(), c.coverage_cutoff, *model.renderer.pivot_links())
         loss = loss + c.coverage_weight * cov
         values["coverage"] = cov.item()
+    if c.constraint_weight > 0:
+        cons = constraint_consistency(q, model.spec.constraints, *model.renderer.pivot_links())
+        loss = loss + c.constraint_weight * cons
+        values["constraint_var"] = cons.item()
+    if c.pivot_separation_weight > 0:
+        near = pivot_closeness(q, model.renderer.pivot_links()[0], model.renderer.config.sigma)
+        loss = loss + c.pivot_separation_weight * near
+        values["pivot_closeness"] = near.item()
     if c.spread_weight > 0 or c.separation_weight > 0:
         spread, close = keypoint_liveness(q, c.min_spread, model.renderer.config.sigma)
         loss = loss + c.spread_weight * spread + c.separation_weight * close
