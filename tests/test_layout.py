@@ -29,8 +29,8 @@ ALLOWED = {
     "ablations": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "pipeline"},
     "bundling": {"base", "sim", "data", "model", "rl"},
     "diagnostics": {"base", "sim", "data", "model", "evaluation", "rl"},
-    "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "ablations", "bundling",
-            "diagnostics", "video", "energy_control", "agents"},
+    "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "ablations",
+            "bundling", "diagnostics", "video", "energy_control", "agents"},
     "package": {"base", "sim", "model", "envs"},
 }
 

@@ -153,16 +153,15 @@ class AcrobotSwingUp:
 
         self.model = physics.model.ptr
         self.data = mujoco.MjData(self.model)  # scratch: the env's own state is left untouched
+        self._forward = mujoco.mj_forward
         self.upright = self._energy(np.zeros(self.model.nq), np.zeros(self.model.nv))
         self.pump = rng.uniform(0.7, 1.0)  # of the torque limit
         self.rate_scale = rng.uniform(0.2, 0.5)  # rad/s
         self.target = self.upright + (rng.uniform(1.0, 3.0) if rng.random() < self.ABOVE else 0.0)
 
     def _energy(self, qpos: np.ndarray, qvel: np.ndarray) -> float:
-        import mujoco
-
         self.data.qpos[:], self.data.qvel[:] = qpos, qvel
-        mujoco.mj_forward(self.model, self.data)  # the model's energy flag is on: data.energy = (potential, kinetic)
+        self._forward(self.model, self.data)  # the model's energy flag is on: data.energy = (potential, kinetic)
         return float(self.data.energy.sum())
 
     def __call__(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
