@@ -63,12 +63,13 @@ class KeypointMap:
         return float(np.linalg.svd(self.a, compute_uv=False).mean())
 
 
-def true_keypoint_samples(model: KeyCLDModel, data: str | Path, every: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Encoded keypoints and the true points `(N, K, 2)` each, on every `every`-th frame of `data`."""
+def true_keypoint_samples(model: KeyCLDModel, data: str | Path, every: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encoded keypoints and the true points `(N, K, 2)` each, on every `every`-th frame of `data`; every frame's qpos `(M, nq)`."""
     spec = model.spec
     env = RealEnv(spec, "state", action_repeat=1)
-    kps, points = [], []
+    kps, points, states = [], [], []
     for seq in iter_sequences(data, spec.name):
+        states.append(seq["qpos"].reshape(-1, len(spec.qpos_names)))
         frames, qpos = seq["frames"][::every], seq["qpos"][::every]
         kps.append(model.encode_frames(frames).numpy())
         for q in qpos:
@@ -76,7 +77,7 @@ def true_keypoint_samples(model: KeyCLDModel, data: str | Path, every: int = 5) 
             env.physics.forward()
             points.append(true_points(env.physics, spec))
     env.close()
-    return np.concatenate(kps), np.array(points)
+    return np.concatenate(kps), np.array(points), np.concatenate(states)
 
 
 def fit_keypoint_map(keypoints: np.ndarray, points: np.ndarray) -> KeypointMap:
@@ -99,16 +100,17 @@ def keypoint_error(model: KeyCLDModel, keypoints: np.ndarray, points: np.ndarray
     }
 
 
-def subpixel_response(model: KeyCLDModel, data: str | Path, kmap: KeypointMap, states: int = 24,
+def subpixel_response(model: KeyCLDModel, held_out_qpos: np.ndarray, kmap: KeypointMap, states: int = 24,
                       steps: int = 11, seed: int = 0) -> dict[str, Any]:
-    """The encoder against sideways shifts of 0 to 1 px in `steps` steps, at `states` held-out true states (module docstring)."""
+    """The encoder against sideways shifts of 0 to 1 px in `steps` steps, at `states` of the held-out true states `(M, nq)` (module docstring)."""
     spec = model.spec
-    qpos = np.concatenate([seq["qpos"].reshape(-1, len(spec.qpos_names)) for seq in iter_sequences(data, spec.name)])
-    qpos = qpos[np.random.default_rng(seed).choice(len(qpos), min(states, len(qpos)), replace=False)]
+    pick = np.random.default_rng(seed).choice(len(held_out_qpos), min(states, len(held_out_qpos)), replace=False)
+    qpos = held_out_qpos[pick]
     px = spec.camera.height / 2  # image units to pixels
     direction = kmap.a[:, 0] / np.linalg.norm(kmap.a[:, 0])  # world x in the image
     metres_per_px = 1.0 / (px * float(np.linalg.norm(kmap.a[:, 0])))
-    shifts = np.linspace(0.0, 1.0, steps) * metres_per_px
+    fractions = np.linspace(0.0, 1.0, steps)  # of a pixel
+    shifts = fractions * metres_per_px
     env = RealEnv(spec, "state", action_repeat=1)
     physics = env.physics
     root = next(i for i in range(1, physics.model.nbody) if physics.model.body_parentid[i] == 0)
@@ -124,7 +126,7 @@ def subpixel_response(model: KeyCLDModel, data: str | Path, kmap: KeypointMap, s
     env.close()
     # positions along the image direction of world x, in pixels; the true shift runs 0 to 1 px
     x = model.encode_frames(np.stack(frames)).numpy().reshape(len(qpos), steps, -1, 2) @ direction * px
-    t = np.linspace(0.0, 1.0, steps)[None, :, None]
+    t = fractions[None, :, None]
     slope = ((t - t.mean()) * (x - x.mean(1, keepdims=True))).sum(1) / ((t - t.mean()) ** 2).sum()  # (states, K)
     line = x.mean(1, keepdims=True) + slope[:, None] * (t - t.mean())
     jitter = x - line
@@ -207,13 +209,13 @@ def oracle_agent_returns(agent: Agent, kmap: KeypointMap, episodes: int = 10, se
 def diagnose(model: KeyCLDModel, data: str | Path, *, agent: Agent | None = None, episodes: int = 10,
              seed: int = 100_000, true_physics: bool = True) -> dict[str, Any]:
     """Every diagnostic of the module docstring for `model` on held-out `data` (and `agent`, if given)."""
-    keypoints, points = true_keypoint_samples(model, data)
+    keypoints, points, held_out_qpos = true_keypoint_samples(model, data)
     kmap = fit_keypoint_map(keypoints, points)
     result: dict[str, Any] = {
         "system": model.spec.name, "data": str(data),
         "keypoint_map": {"a": kmap.a.tolist(), "b": kmap.b.tolist()},
         "keypoints": keypoint_error(model, keypoints, points, kmap),
-        "subpixel": subpixel_response(model, data, kmap),
+        "subpixel": subpixel_response(model, held_out_qpos, kmap),
         "response": true_response(model, kmap),
     }
     if true_physics and model.config.dynamics.structured and not model.config.dynamics.potential_mlp:

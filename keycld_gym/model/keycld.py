@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +28,7 @@ from keycld_gym.model.encoder import (
 )
 from keycld_gym.model.integrators import INTEGRATORS, rollout_step
 from keycld_gym.model.renderer import KeypointRenderer, RendererConfig
-from keycld_gym.sim.systems import SystemSpec, get_system
+from keycld_gym.sim.systems import Constraint, SystemSpec, get_system
 
 REWARD_OUTPUTS = ("linear", "sigmoid")
 
@@ -218,19 +219,31 @@ def keypoint_order(keypoints: torch.Tensor, spec: SystemSpec) -> list[int]:
     best, best_cost = list(range(spec.num_keypoints)), float("inf")
     for order in itertools.permutations(range(spec.num_keypoints)):
         p = q[:, list(order)]
-        cost = 0.0
-        for c in spec.constraints:
-            if c.kind == "fixed_height":
-                quantity = p[:, c.a, 1]
-            elif c.kind == "fixed_pivot_distance":
-                centre = fit_circle(p[:, c.a])
-                quantity = (p[:, c.a] - centre).norm(dim=-1)
-            else:
-                quantity = (p[:, c.b] - p[:, c.a]).norm(dim=-1)
-            cost += float(quantity.std() / spread)
+        quantities = constraint_quantities(p, spec.constraints, lambda a, p=p: fit_circle(p[:, a]))
+        cost = sum(float(quantity.std() / spread) for quantity in quantities)
         if cost < best_cost:
             best, best_cost = list(order), cost
     return best
+
+
+def constraint_quantities(q: torch.Tensor, constraints: Sequence[Constraint],
+                          centre_of: Callable[[int], torch.Tensor | None]) -> list[torch.Tensor]:
+    """What each constraint holds constant, per frame `(N,)` of keypoints `(N, K, 2)`: a height or a link length.
+
+    A pivot link's length is measured to `centre_of(keypoint)` `(2,)`; a pivot constraint
+    whose centre is None is left out.
+    """
+    out = []
+    for c in constraints:
+        if c.kind == "fixed_height":
+            out.append(q[:, c.a, 1])
+        elif c.kind == "fixed_pivot_distance":
+            centre = centre_of(c.a)
+            if centre is not None:
+                out.append((q[:, c.a] - centre.to(q.dtype)).norm(dim=-1))
+        else:
+            out.append((q[:, c.b] - q[:, c.a]).norm(dim=-1))
+    return out
 
 
 MIN_LENGTH = 0.05  # image units: a link shorter than ~1.6 px is not a link (untrained keypoints)

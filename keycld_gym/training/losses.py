@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from keycld_gym.model.encoder import image_grid, spatial_softmax
-from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.model.keycld import KeyCLDModel, constraint_quantities
 from keycld_gym.model.renderer import gaussian_maps, segment_distance2
 from keycld_gym.training.config import TrainConfig
 
@@ -71,14 +71,7 @@ def constraint_consistency(q: torch.Tensor, constraints: Sequence, pivots: torch
     length: only keypoints on the elbow and the tip keep both.
     """
     pivot_of = {k: pivots[i] for i, k in enumerate(pivoted)}
-    terms = []
-    for c in constraints:
-        if c.kind == "fixed_height":
-            terms.append(q[:, c.a, 1].var())
-        elif c.kind == "fixed_pivot_distance" and c.a in pivot_of:
-            terms.append((q[:, c.a] - pivot_of[c.a].to(q.dtype)).norm(dim=-1).var())
-        elif c.kind == "fixed_distance":
-            terms.append((q[:, c.b] - q[:, c.a]).norm(dim=-1).var())
+    terms = [quantity.var() for quantity in constraint_quantities(q, constraints, pivot_of.get)]
     return torch.stack(terms).sum() if terms else q.new_zeros(())
 
 
