@@ -42,6 +42,37 @@ def test_encoder_and_renderer_shapes_ranges_and_gradients():
     assert all(p.grad is not None for p in list(enc.parameters()) + list(ren.parameters()))
 
 
+def test_full_resolution_encoder_gives_frame_sized_heatmaps_with_gradients():
+    from keycld_gym.model.encoder import EncoderConfig
+
+    enc = KeypointEncoder(2, EncoderConfig(channels=8, depth=1, full_resolution=True))
+    frames = torch.randint(0, 256, (3, 64, 128, 3), dtype=torch.uint8)
+    assert enc.heatmaps(frames).shape == (3, 2, 64, 128)
+    enc(frames).sum().backward()
+    assert all(p.grad is not None for p in enc.parameters())
+
+
+def test_a_mask_ramp_moves_the_keypoint_smoothly_with_an_edge():
+    """A hard mask jumps a whole cell as an edge pixel crosses the threshold; a ramp follows it."""
+    from keycld_gym.model.encoder import foreground_mask, mask_heatmaps
+
+    background = torch.zeros(4, 8, 3)
+    heat = torch.zeros(1, 1, 4, 8)
+    xs = {}
+    for ramp in (0.0, 0.3):
+        xs[ramp] = []
+        for edge in torch.linspace(0.0, 1.0, 41):  # an object's anti-aliased right edge, sliding in
+            frame = torch.zeros(1, 4, 8, 3)
+            frame[0, :, 2:4] = 1.0
+            frame[0, :, 4] = edge
+            mask = foreground_mask(frame, background, 0.3, ramp)
+            xs[ramp].append(spatial_softmax(mask_heatmaps(heat, mask))[0, 0, 0].item())
+    steps = {ramp: torch.tensor(x).diff() for ramp, x in xs.items()}
+    assert (steps[0.0] >= 0).all() and (steps[0.3] >= 0).all()
+    assert steps[0.0].max() > 0.9 * (xs[0.0][-1] - xs[0.0][0])  # one jump
+    assert steps[0.3].max() < 0.5 * (xs[0.3][-1] - xs[0.3][0])  # spread over the ramp
+
+
 def test_line_maps_draw_the_segment_between_linked_keypoints():
     from keycld_gym.model.renderer import line_maps
 

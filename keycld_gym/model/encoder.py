@@ -28,11 +28,26 @@ from keycld_gym.sim.camera import pixels_to_image
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Encoder settings: `channels` per conv, `depth` 3x3 convs after the strided one."""
+    """Encoder settings.
+
+    Attributes:
+        channels: channels per conv.
+        depth: 3x3 convs after the strided one.
+        foreground_threshold: how far (max over channels, in [0, 1]) a pixel must differ from
+            the background to be foreground; 0: no mask.
+        full_resolution: heatmaps at the frame's resolution (a learned upsampling of the
+            half-resolution features joined with a full-resolution view of the frame)
+            instead of at half resolution.
+        mask_ramp: width of a linear ramp below the threshold over which the mask fades
+            in (0: a hard mask). A hard mask moves in whole cells as an edge pixel's
+            anti-aliased value crosses the threshold; a ramp moves smoothly.
+    """
 
     channels: int = 32
     depth: int = 3
     foreground_threshold: float = 0.3
+    full_resolution: bool = False
+    mask_ramp: float = 0.0
 
 
 def image_grid(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -45,22 +60,30 @@ def image_grid(height: int, width: int, device: torch.device | None = None) -> t
     return pixels_to_image(torch.stack([cols, rows], -1), height, width)
 
 
-def foreground_mask(frames: torch.Tensor, background: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Pixels of frames `(B, H, W, 3)` (uint8 or [0, 1]) that differ from `background` `(H, W, 3)`: bool `(B, H, W)`."""
+def foreground_mask(frames: torch.Tensor, background: torch.Tensor, threshold: float, ramp: float = 0.0) -> torch.Tensor:
+    """How much each pixel of frames `(B, H, W, 3)` (uint8 or [0, 1]) is foreground: `(B, H, W)` in [0, 1].
+
+    1 where it differs from `background` `(H, W, 3)` by more than `threshold` in some channel;
+    with a `ramp`, rising linearly from 0 at `threshold - ramp` (else 0 or 1 only).
+    """
     x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
-    return (x - background).abs().amax(-1) > threshold
+    diff = (x - background).abs().amax(-1)
+    if ramp <= 0:
+        return (diff > threshold).float()
+    return ((diff - threshold) / ramp + 1.0).clamp(0.0, 1.0)
 
 
 def mask_heatmaps(heatmaps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Heatmap logits `(B, K, h, w)` with cells outside the mask `(B, H, W)` (any resolution multiple) pushed to -1e4.
+    """Heatmap logits `(B, K, h, w)` weighted by the foreground `mask` `(B, H, W)` in [0, 1] (any resolution multiple).
 
-    A frame without any foreground keeps its heatmaps as they are.
+    A cell takes its strongest pixel's weight w (the logit gains log w); cells without any
+    foreground are pushed to -1e4. A frame without any foreground keeps its heatmaps as they are.
     """
     h, w = heatmaps.shape[-2:]
     cells = torch.nn.functional.adaptive_max_pool2d(mask[:, None].float(), (h, w))  # (B, 1, h, w)
     has_any = cells.flatten(1).amax(1) > 0
-    keep = (cells > 0) | ~has_any[:, None, None, None]
-    return torch.where(keep, heatmaps, heatmaps - 1e4)
+    weighted = torch.where(cells > 0, heatmaps + torch.log(cells.clamp(min=1e-12)), heatmaps - 1e4)
+    return torch.where(has_any[:, None, None, None], weighted, heatmaps)
 
 
 def spatial_softmax(heatmaps: torch.Tensor) -> torch.Tensor:
@@ -84,14 +107,24 @@ class KeypointEncoder(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(3, c, 3, stride=2, padding=1), nn.ReLU()]
         for _ in range(config.depth):
             layers += [nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
-        layers.append(nn.Conv2d(c, num_keypoints, 1))
-        self.net = nn.Sequential(*layers)
+        self.full_resolution = config.full_resolution
+        if config.full_resolution:
+            self.net = nn.Sequential(*layers)
+            # thin at full resolution: the encoder runs on every real frame
+            self.up = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1), nn.ReLU())
+            self.fine = nn.Sequential(nn.Conv2d(3, c // 2, 3, padding=1), nn.ReLU())
+            self.head = nn.Conv2d(2 * (c // 2), num_keypoints, 3, padding=1)
+        else:
+            # the original layout (bundled checkpoints' parameter names): the head ends `net`
+            self.net = nn.Sequential(*layers, nn.Conv2d(c, num_keypoints, 1))
         self.num_keypoints = num_keypoints
 
     def heatmaps(self, frames: torch.Tensor) -> torch.Tensor:
-        """Heatmap logits `(B, K, H/2, W/2)` of frames `(B, H, W, 3)` (uint8 0..255 or float 0..1)."""
+        """Heatmap logits `(B, K, H/2, W/2)` of frames `(B, H, W, 3)` (uint8 0..255 or float 0..1); `(B, K, H, W)` at full resolution."""
         x = frames_to_input(frames)
-        return self.net(x)
+        if not self.full_resolution:
+            return self.net(x)
+        return self.head(torch.cat([self.up(self.net(x)), self.fine(x)], 1))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Keypoints `(B, K, 2)` of frames `(B, H, W, 3)`."""

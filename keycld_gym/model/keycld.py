@@ -122,12 +122,12 @@ class KeyCLDModel(nn.Module):
         return self.dynamics.constraints is not None
 
     def heatmaps(self, frames: torch.Tensor) -> torch.Tensor:
-        """Heatmap logits `(B, K, H/2, W/2)` of frames uint8 `(B, H, W, 3)`, masked to the foreground."""
+        """Heatmap logits `(B, K, h, w)` of frames uint8 `(B, H, W, 3)`, masked to the foreground (`KeypointEncoder.heatmaps`)."""
         heat = self.encoder.heatmaps(frames)
-        threshold = self.config.encoder.foreground_threshold
-        if threshold <= 0:
+        config = self.config.encoder
+        if config.foreground_threshold <= 0:
             return heat
-        return mask_heatmaps(heat, foreground_mask(frames, self.background, threshold))
+        return mask_heatmaps(heat, foreground_mask(frames, self.background, config.foreground_threshold, config.mask_ramp))
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Keypoints `(B, K, 2)` of frames uint8 `(B, H, W, 3)`."""
