@@ -64,9 +64,13 @@ def test_pendulum_pivot_is_measured_from_the_circle():
     assert abs(model.constraints.length[0].item() - 0.7) < 1e-4
 
 
-def test_permuting_keypoints_keeps_encoding_and_rendering():
+@pytest.mark.parametrize("full_resolution", [False, True])
+def test_permuting_keypoints_keeps_encoding_and_rendering(full_resolution):
+    from dataclasses import replace
+
     torch.manual_seed(0)
-    model = KeyCLDModel("cartpole", TINY_MODEL)
+    config = replace(TINY_MODEL, encoder=replace(TINY_MODEL.encoder, full_resolution=full_resolution))
+    model = KeyCLDModel("cartpole", config)
     frames = torch.randint(0, 255, (2, 64, 128, 3), dtype=torch.uint8)
     with torch.no_grad():
         q = model.encode(frames)

@@ -121,6 +121,11 @@ class KeypointEncoder(nn.Module):
             self.net = nn.Sequential(*layers, nn.Conv2d(c, num_keypoints, 1))
         self.num_keypoints = num_keypoints
 
+    @property
+    def output_conv(self) -> nn.Conv2d:
+        """The conv whose output channels are the K heatmaps (reordering them reorders the keypoints)."""
+        return self.head if self.full_resolution else self.net[-1]
+
     def heatmaps(self, frames: torch.Tensor) -> torch.Tensor:
         """Heatmap logits `(B, K, H/2, W/2)` of frames `(B, H, W, 3)` (uint8 0..255 or float 0..1); `(B, K, H, W)` at full resolution."""
         x = frames_to_input(frames)

@@ -185,7 +185,7 @@ class KeyCLDModel(nn.Module):
         renderer's links are renamed alike (a link is a line, the same either way round).
         """
         idx = torch.as_tensor(order)
-        head = self.encoder.net[-1]
+        head = self.encoder.output_conv
         first = self.renderer.down[0]
         k = self.spec.num_keypoints
         with torch.no_grad():
