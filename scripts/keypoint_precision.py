@@ -7,8 +7,9 @@ Trains the system recipe's keypoint phase (`dynamics_steps=0`) on DATA, with the
 settings except the encoder's `full_resolution` and `mask_ramp` (`EncoderConfig`). Then it
 scores the encoder on every 5th frame of HELD_OUT: the error against the true bodies after
 one affine map (`diagnostics.keypoint_error`) and the response to sub-pixel shifts
-(`diagnostics.subpixel_response`). Prints and writes OUT/keypoint_precision.json. A rerun
-with a finished OUT/model only scores it.
+(`diagnostics.subpixel_response`), and the link angles as `keycld-gym evaluate-model`
+measures them. Prints and writes OUT/keypoint_precision.json. A rerun resumes an
+interrupted training, or only scores a finished one.
 """
 
 from __future__ import annotations
@@ -54,9 +55,8 @@ def main() -> None:
     config = dataclasses.replace(recipe.train_config(args.data, **overrides), model=model)
     out = Path(args.out)
     started = time.time()
-    if not (out / "model").exists():
-        trainer = Trainer(config, out, command="scripts/keypoint_precision.py", progress=False)
-        trainer.run(resume=trainer.state_path.with_suffix(".json").exists())  # an interrupted run continues
+    # an interrupted run continues; a finished one is only scored
+    Trainer(config, out, command="scripts/keypoint_precision.py", progress=False).run(resume=True)
     train_s = time.time() - started
 
     trained = load_model(out / "model")
