@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -63,21 +63,31 @@ class KeypointMap:
         return float(np.linalg.svd(self.a, compute_uv=False).mean())
 
 
-def true_keypoint_samples(model: KeyCLDModel, data: str | Path, every: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Encoded keypoints and the true points `(N, K, 2)` each, on every `every`-th frame of `data`; every frame's qpos `(M, nq)`."""
+class KeypointSamples(NamedTuple):
+    """Encoded keypoints and true points `(N, K, 2)` on sampled held-out frames, their qpos `(N, nq)`, every frame's qpos `(M, nq)`."""
+
+    keypoints: np.ndarray
+    points: np.ndarray
+    qpos: np.ndarray
+    all_qpos: np.ndarray
+
+
+def true_keypoint_samples(model: KeyCLDModel, data: str | Path, every: int = 5) -> KeypointSamples:
+    """The encoder against the true bodies on every `every`-th frame of `data` (one read of the data)."""
     spec = model.spec
     env = RealEnv(spec, "state", action_repeat=1)
-    kps, points, states = [], [], []
+    kps, points, sampled, states = [], [], [], []
     for seq in iter_sequences(data, spec.name):
         states.append(seq["qpos"].reshape(-1, len(spec.qpos_names)))
         frames, qpos = seq["frames"][::every], seq["qpos"][::every]
         kps.append(model.encode_frames(frames).numpy())
+        sampled.append(qpos)
         for q in qpos:
             env.physics.data.qpos[:] = q
             env.physics.forward()
             points.append(true_points(env.physics, spec))
     env.close()
-    return np.concatenate(kps), np.array(points), np.concatenate(states)
+    return KeypointSamples(np.concatenate(kps), np.array(points), np.concatenate(sampled), np.concatenate(states))
 
 
 def fit_keypoint_map(keypoints: np.ndarray, points: np.ndarray) -> KeypointMap:
@@ -209,7 +219,7 @@ def oracle_agent_returns(agent: Agent, kmap: KeypointMap, episodes: int = 10, se
 def diagnose(model: KeyCLDModel, data: str | Path, *, agent: Agent | None = None, episodes: int = 10,
              seed: int = 100_000, true_physics: bool = True) -> dict[str, Any]:
     """Every diagnostic of the module docstring for `model` on held-out `data` (and `agent`, if given)."""
-    keypoints, points, held_out_qpos = true_keypoint_samples(model, data)
+    keypoints, points, _, held_out_qpos = true_keypoint_samples(model, data)
     kmap = fit_keypoint_map(keypoints, points)
     result: dict[str, Any] = {
         "system": model.spec.name, "data": str(data),

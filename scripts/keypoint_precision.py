@@ -20,11 +20,9 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from keycld_gym import diagnostics
-from keycld_gym.data.dataset import iter_sequences
 from keycld_gym.evaluation import keypoint_state_metrics
 from keycld_gym.model.checkpoint import load_model
 from keycld_gym.training.recipes import RECIPES, get_recipe
@@ -61,10 +59,9 @@ def main() -> None:
 
     trained = load_model(out / "model")
     started = time.time()
-    keypoints, points, qpos = diagnostics.true_keypoint_samples(trained, args.eval, every=EVERY)
+    keypoints, points, sampled, qpos = diagnostics.true_keypoint_samples(trained, args.eval, every=EVERY)
     encode_s = time.time() - started
     kmap = diagnostics.fit_keypoint_map(keypoints, points)
-    sampled = np.concatenate([seq["qpos"][::EVERY] for seq in iter_sequences(args.eval, args.system)])
     result = {
         "system": args.system, "data": args.data, "eval": args.eval, "encoder": dataclasses.asdict(encoder),
         "keypoint_steps": config.keypoint_steps, "train_s": round(train_s, 1),
