@@ -23,7 +23,7 @@ from keycld_gym.envs.real_keypoints import RealKeypointEnv
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.rl.agent import AGENT_CONFIG, bundled_agent_path, load_agent
-from keycld_gym.rl.agent_evaluation import evaluate_agent, random_returns
+from keycld_gym.rl.agent_evaluation import cut_short, evaluate_agent, random_returns
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
 from keycld_gym.video import annotate, side_by_side_frames, write_video
 
@@ -90,9 +90,12 @@ def run_benchmark(
     system: str = "cartpole", out: str | Path = "benchmark", *, budget_min: float | None = None, seed: int = 0,
     episodes: int = 10, eval_seed: int = EVAL_SEED, checkpoint: str | Path | None = None, total_steps: int | None = None,
     real_curve_points: int = 3, workers: int = 2, video: bool = True, video_steps: int | None = None, progress: bool = True,
-    command: str | None = None,
+    command: str | None = None, max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train a keypoint SAC agent in imagination within `budget_min` minutes (default: the recipe's), evaluate it for real, write the report."""
+    """Train a keypoint SAC agent in imagination within `budget_min` minutes (default: the recipe's), evaluate it for real, write the report.
+
+    `max_steps` cuts the evaluation's episodes (a quick check; see `evaluate_agent`).
+    """
     t0 = time.time()
     if budget_min is None:
         budget_min = get_recipe(system, "keypoints", "sac").benchmark_budget_min
@@ -109,8 +112,9 @@ def run_benchmark(
     train = out / "train"
     state = train_agent(config, train, resume=(train / "state.json").exists(), progress=progress, command=command)
     agent = load_agent(train / "agent")
-    result = evaluate_agent(agent, episodes=episodes, seed=eval_seed, checkpoint=model_path, workers=workers)
-    rand = random_returns(system, episodes, eval_seed)
+    result = evaluate_agent(agent, episodes=episodes, seed=eval_seed, checkpoint=model_path, workers=workers,
+                            max_steps=max_steps)
+    rand = random_returns(system, episodes, eval_seed, max_steps)
     bundled = {}  # the bundled agents' recorded evaluations, by observation type
     for obs_type in ("keypoints", "pixels"):
         folder = bundled_agent_path(system, obs_type)
@@ -154,6 +158,6 @@ def format_table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append(f"{a['episodes']} real episodes (seeds {a['seed']}+), {report['system']}; training {report['trained']['train_wall_s'] / 60:.1f} min, "
+    lines.append(f"{a['episodes']} real episodes (seeds {a['seed']}+{cut_short(a)}), {report['system']}; training {report['trained']['train_wall_s'] / 60:.1f} min, "
                  f"whole benchmark {report.get('wall_s', 0) / 60:.1f} min")
     return "\n".join(lines)

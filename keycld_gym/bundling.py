@@ -25,6 +25,7 @@ from keycld_gym.rl.agent import (
     bundled_agent_path,
     load_agent,
 )
+from keycld_gym.rl.agent_evaluation import cut_short
 from keycld_gym.rl.observation_noise import NOISE_FILE
 
 
@@ -100,7 +101,8 @@ def agent_card(config: dict, evaluation: dict) -> str:
         f"- seed {t['seed']}; {t['steps']} imagined agent steps in {t['wall_s'] / 60:.1f} min on 2 CPU cores "
         f"({t['torch_threads']} torch threads); recipe `agents/{r['system']}.py` ({_recipe_summary(r)})",
         f"- the model learned from {m['model_real_frames']} real frames (regime {m['model_data_regime']}); the policy from none",
-        f"- real task, {e['episodes']} episodes (reset seeds {e['seed']}+, the `keycld-gym evaluate-agent` protocol): return "
+        f"- real task, {e['episodes']} episodes (reset seeds {e['seed']}+, the `keycld-gym evaluate-agent` protocol"
+        f"{cut_short(e)}): return "
         f"{e['real_return_mean']:.1f} ± {e['real_return_std']:.1f}; in imagination {e['imagined_return_mean']:.1f} ± "
         f"{e['imagined_return_std']:.1f}; gap {100 * e['gap']:+.1f}%",
         *([f"- per episode, real: {', '.join(f'{x:.0f}' for x in e['real_returns'])}; imagined: "

@@ -26,7 +26,7 @@ from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.dynamics import DAMPINGS, INPUT_MATRICES
 from keycld_gym.pipeline import Pipeline, refit_checkpoint
 from keycld_gym.rl.agent import load_agent
-from keycld_gym.rl.agent_evaluation import evaluate_agent
+from keycld_gym.rl.agent_evaluation import cut_short, evaluate_agent
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
 from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
 from keycld_gym.sim.systems import SYSTEMS
@@ -208,12 +208,12 @@ def _evaluate_agent(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     agent = energy_agent(args.system, args.checkpoint) if args.agent == "energy" else load_agent(args.agent, args.system, args.obs)
     result = evaluate_agent(agent, episodes=args.episodes, seed=args.seed, checkpoint=args.checkpoint,
-                            imagined=not args.no_imagined, workers=args.workers)
+                            imagined=not args.no_imagined, workers=args.workers, max_steps=args.max_steps)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), result)
     line = f"{result['system']} {result['obs_type']} {result['algo']} agent {result['agent']}: real return " \
-           f"{result['real_return_mean']:.1f} ± {result['real_return_std']:.1f} over {result['episodes']} episodes (seeds {result['seed']}+)"
+           f"{result['real_return_mean']:.1f} ± {result['real_return_std']:.1f} over {result['episodes']} episodes (seeds {result['seed']}+{cut_short(result)})"
     if "imagined_return_mean" in result:
         line += f"; imagined {result['imagined_return_mean']:.1f} ± {result['imagined_return_std']:.1f}; gap {100 * result['gap']:+.1f}%"
     print(line + f"; model learned from {result['model_real_frames']} real frames ({result['model_data_regime']}), the policy from none")
@@ -434,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
     p.add_argument("--json", help="write the result here")
     p.add_argument("--no-imagined", action="store_true", help="skip the imagined episodes")
+    p.add_argument("--max-steps", type=int, help="a quick check: cut each episode after this many agent steps "
+                                                 "(its returns are then not on the task's 0-1000 scale)")
     p.add_argument("--workers", type=int, default=2, help="processes running real episodes side by side")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_evaluate_agent)

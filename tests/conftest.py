@@ -2,13 +2,26 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from keycld_gym.model.dynamics import DynamicsConfig  # noqa: E402
 from keycld_gym.model.encoder import EncoderConfig  # noqa: E402
 from keycld_gym.model.keycld import ModelConfig  # noqa: E402
 from keycld_gym.model.renderer import RendererConfig  # noqa: E402
+
+# One test per core (`pytest -n 2`): torch's own threads would only fight over the cores.
+ONE_THREAD = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+if ONE_THREAD:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Each test starts on one torch thread under xdist (a command's `--threads` may have raised it)."""
+    if ONE_THREAD:
+        torch.set_num_threads(1)
+
 
 # A tiny model: enough to check that every part trains, saves and evaluates, in seconds.
 TINY_MODEL = ModelConfig(
@@ -51,8 +64,6 @@ def tiny_train_config(data, **kwargs):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_data, tmp_path_factory):
     """A checkpoint folder trained by `Trainer` on `tiny_data`; sequences 3 and 5 held out (validation split)."""
-    import torch
-
     from keycld_gym.training.trainer import Trainer
 
     torch.manual_seed(0)
@@ -97,8 +108,6 @@ def true_cart_push() -> float:
 
 def cart_push(model) -> float:
     """A model's cart acceleration `float` under a full push, pole hanging at rest (its constraint length)."""
-    import torch
-
     q = torch.tensor([[[0.0, 0.0], [0.0, -model.constraints.length[1].item()]]])
     q, v = model.project(q, torch.zeros_like(q), iterations=20)
     with torch.no_grad():

@@ -144,18 +144,22 @@ def test_cli_train_and_evaluate_agent_and_bad_inputs(model_dir, tmp_path, capsys
     # end to end: the policy SB3 learned in imagination runs a real dm_control episode
     out = tmp_path / "eval.json"
     assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--episodes", "1",
-                 "--checkpoint", str(model_dir), "--json", str(out), "--threads", "1"]) == 0
+                 "--checkpoint", str(model_dir), "--json", str(out), "--threads", "1", "--max-steps", "12"]) == 0
     result = json.loads(out.read_text())
     for key in ("real_return_mean", "real_return_std", "real_returns", "imagined_return_mean", "imagined_return_std",
                 "imagined_returns", "episodes", "seed", "system", "obs_type", "agent", "model_data_regime",
                 "model_real_frames"):
         assert key in result, key
     assert result["episodes"] == 1 and result["system"] == "cartpole" and result["obs_type"] == "keypoints"
+    assert result["max_steps"] == 12  # a quick check: 12 of the episode's 125 agent steps
+    assert "each cut after 12 agent steps" in capsys.readouterr().out
     assert len(result["real_returns"]) == 1 and len(result["imagined_returns"]) == 1
     assert 0.0 <= result["real_return_mean"] <= 1000.0 and np.isfinite(result["imagined_return_mean"])
     assert result["model_real_frames"] == 6 * 48 and result["model_data_regime"] == "task"
     assert result["policy_real_frames"] == 0
 
+    assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--max-steps", "0"]) == 2
+    assert "max_steps must be at least 1" in capsys.readouterr().err
     assert main(["evaluate-agent", "--agent", str(tmp_path / "missing"), "--system", "cartpole"]) == 2
     assert "is missing" in capsys.readouterr().err
     assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "acrobot"]) == 2
@@ -168,16 +172,18 @@ def test_benchmark_writes_its_report(model_dir, tmp_path):
     from keycld_gym.benchmark import run_benchmark
 
     report = run_benchmark("cartpole", tmp_path, budget_min=5, total_steps=32, episodes=1, checkpoint=model_dir,
-                           real_curve_points=0, video_steps=6, progress=False, command="pytest")
+                           real_curve_points=0, video_steps=6, progress=False, command="pytest", max_steps=12)
     for name in ("benchmark.json", "learning_curve.png", "side_by_side.gif"):
         assert (tmp_path / name).stat().st_size > 0, name
     saved = json.loads((tmp_path / "benchmark.json").read_text())
-    assert saved["agent"]["episodes"] == 1 and saved["random"]["real_return_mean"] >= 0
+    assert saved["agent"]["episodes"] == 1 and saved["agent"]["max_steps"] == 12
+    assert 0 <= saved["random"]["real_return_mean"] <= 12 * 8  # 12 agent steps of 8 physics steps
     assert report["trained"]["steps"] >= 32 and saved["curve"][-1]["imagined_return"] >= 0
     # the bundled agents' rows name the data of the model they were trained in, not this run's tiny model
     from keycld_gym.benchmark import format_table
 
     table = format_table(saved)
+    assert "each cut after 12 agent steps" in table
     tiny_frames = saved["agent"]["model_real_frames"]
     bundled_row = next(line for line in table.splitlines() if line.startswith("bundled agent"))
     assert f"{saved['bundled_agent']['model_real_frames']} (task) / 0" in bundled_row

@@ -100,7 +100,7 @@ def test_model_plant_reads_the_learned_energies(tiny_model_dir):
 
 def test_energy_agent_runs_on_a_tiny_model_end_to_end(tiny_model_dir):
     agent = EnergyAgent(load_model(tiny_model_dir), ENERGY_CARTPOLE)
-    result = evaluate_agent(agent, episodes=1, checkpoint=tiny_model_dir, workers=1)
+    result = evaluate_agent(agent, episodes=1, checkpoint=tiny_model_dir, workers=1, max_steps=16)
     assert result["algo"] == "energy" and len(result["real_returns"]) == 1 and len(result["imagined_returns"]) == 1
     assert np.isfinite(result["real_return_mean"]) and result["policy_real_frames"] == 0
 

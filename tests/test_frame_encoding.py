@@ -69,7 +69,7 @@ def test_a_pixel_agent_learns_in_imagination_and_acts_on_real_frames(tiny_model_
     assert obs.shape == (1, RECIPE.frame_stack * 2 * load_model(tiny_model_dir).spec.num_keypoints)
     real.close()
 
-    result = evaluate_agent(agent, episodes=1, seed=3, checkpoint=tiny_model_dir, workers=1)
+    result = evaluate_agent(agent, episodes=1, seed=3, checkpoint=tiny_model_dir, workers=1, max_steps=20)
     assert result["obs_type"] == "pixels" and 0.0 <= result["real_return_mean"] <= 1000.0
     assert np.isfinite(result["imagined_return_mean"])
     with pytest.raises(CheckpointError, match="encoder of the model it was trained in"):

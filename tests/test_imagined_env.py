@@ -69,6 +69,26 @@ def test_seeding_is_deterministic_and_episodes_last_1000_physics_steps(ckpt):
     assert n == 1000 // env.action_repeat and info["physics_steps"] == 1000
 
 
+def test_envs_of_one_model_share_the_start_bank_fit_and_a_changed_model_refits(ckpt, monkeypatch):
+    from keycld_gym.envs import imagination
+
+    fits = []
+    fit = imagination.estimate_state_from_frames
+    monkeypatch.setattr(imagination, "estimate_state_from_frames", lambda *a, **k: fits.append(1) or fit(*a, **k))
+    monkeypatch.setattr(imagination, "_BANK_CACHE", {})
+    first, _ = KeyCLDVectorEnv(2, "cartpole", ckpt, obs_type="keypoints").reset(seed=3)
+    again, _ = KeyCLDVectorEnv(2, "cartpole", ckpt, obs_type="keypoints").reset(seed=3)
+    np.testing.assert_array_equal(first, again)
+    assert len(fits) == 1  # the second env reused the first one's fit
+    changed = keycld_gym.load_model(ckpt)
+    with torch.no_grad():
+        next(changed.encoder.parameters()).add_(0.1)
+    env = KeyCLDVectorEnv(2, "cartpole", ckpt, obs_type="keypoints")
+    env.sim.model.load_state_dict(changed.state_dict())
+    env.reset(seed=3)
+    assert len(fits) == 2  # other weights: the bank is fitted anew
+
+
 def test_reset_from_frames_and_from_a_state(ckpt):
     # a model without forces: frames of a system at rest (just after the task's reset) must
     # give their own keypoints back, as far as the constraints allow, and no velocity

@@ -101,7 +101,7 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
                               eval_episodes=1, observation_noise="measured")
     train_agent(config, tmp_path / "agent", progress=False, command="pytest")
     agent = load_agent(tmp_path / "agent" / "agent", "pendulum", "keypoints")
-    real = evaluate_agent(agent, episodes=1, seed=5, checkpoint=str(out / "model"), workers=1)
+    real = evaluate_agent(agent, episodes=1, seed=5, checkpoint=str(out / "model"), workers=1, max_steps=50)
     assert real["episodes"] == 1 and 0.0 <= real["real_return_mean"] <= 1000.0
     assert real["model_real_frames"] == 4 * 20 + 4 * 40
     (tmp_path / "real.json").write_text(json.dumps(real))
@@ -113,6 +113,7 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
                  "--dest", str(tmp_path / "bundle" / "agent")]) == 0
     assert load_model(tmp_path / "bundle" / "model").spec.name == "pendulum"
     assert "keycld-gym observation-noise" in (tmp_path / "bundle" / "model" / "README.md").read_text()
+    assert "each cut after 50 agent steps" in (tmp_path / "bundle" / "agent" / "README.md").read_text()
     bundled = load_agent(tmp_path / "bundle" / "agent", "pendulum", "keypoints")
     assert bundled.info["evaluation"]["real_returns"] == real["real_returns"]
 

@@ -9,6 +9,7 @@ head's prediction over them.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,21 @@ import torch
 
 from keycld_gym.model.estimation import estimate_state, estimate_state_from_frames
 from keycld_gym.model.keycld import KeyCLDModel
+
+# Start states of start banks, shared by every env of the process: the training env, its
+# evaluation env and the final evaluation's would each fit the same bank (seconds each).
+# Keyed by the model's parameters and the bank's contents, so a changed model refits.
+_BANK_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+_BANK_CACHE_SIZE = 16
+
+
+def _bank_key(model: KeyCLDModel, bank: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha1()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for name in ("frames", "actions"):
+        digest.update(np.ascontiguousarray(bank[name]).tobytes())
+    return digest.hexdigest()
 
 
 class Imagination:
@@ -34,16 +50,23 @@ class Imagination:
         h, w = self.spec.image_shape[:2]
         # a state is diverged once it is non-finite or a keypoint is far outside the frame
         self.bound = 2.0 * max(1.0, w / h) + 1.0
-        self._bank_states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._bank_states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # by id(bank["frames"])
 
     # -- start states -----------------------------------------------------------------------
     def bank_states(self, bank: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """States `(M, K, 2)` x2 at the last frame of each start-bank window (computed once)."""
+        """States `(M, K, 2)` x2 at the last frame of each start-bank window (computed once per model and bank)."""
         key = id(bank["frames"])
         if key not in self._bank_states:
-            frames = torch.from_numpy(bank["frames"]).to(self.device)
-            actions = torch.from_numpy(bank["actions"]).float().to(self.device)
-            self._bank_states[key] = estimate_state_from_frames(self.model, frames, actions)
+            shared = _bank_key(self.model, bank)
+            if shared not in _BANK_CACHE:
+                frames = torch.from_numpy(bank["frames"]).to(self.device)
+                actions = torch.from_numpy(bank["actions"]).float().to(self.device)
+                q, v = estimate_state_from_frames(self.model, frames, actions)
+                if len(_BANK_CACHE) >= _BANK_CACHE_SIZE:
+                    _BANK_CACHE.pop(next(iter(_BANK_CACHE)))
+                _BANK_CACHE[shared] = (q.cpu(), v.cpu())
+            q, v = _BANK_CACHE[shared]
+            self._bank_states[key] = (q.to(self.device), v.to(self.device))
         return self._bank_states[key]
 
     def set_state(self, index: np.ndarray | slice, q: torch.Tensor, v: torch.Tensor) -> None:

@@ -38,20 +38,30 @@ def model_data(checkpoint: str | Path | None, system: str) -> dict[str, Any]:
     }
 
 
-def episode_returns(policy: Policy, venv: VecEnv, episodes: int, seed: int) -> list[float]:
-    """Returns of `episodes` episodes, run `venv.num_envs` at a time; episode i is reset with seed `seed + i`."""
+def episode_returns(policy: Policy, venv: VecEnv, episodes: int, seed: int, max_steps: int | None = None) -> list[float]:
+    """Returns of `episodes` episodes, run `venv.num_envs` at a time; episode i is reset with seed `seed + i`.
+
+    `max_steps` cuts every episode after that many agent steps (None: each runs to its end).
+    """
     out: list[float] = []
     n = venv.num_envs
     while len(out) < episodes:
         venv.seed(seed + len(out))  # env j of the round: seed + len(out) + j
         obs = venv.reset()
-        totals, done = np.zeros(n), np.zeros(n, bool)
-        while not done.all():
+        totals, done, steps = np.zeros(n), np.zeros(n, bool), 0
+        while not done.all() and (max_steps is None or steps < max_steps):
             obs, reward, dones, _ = venv.step(policy(obs))
             totals += np.where(done, 0.0, reward)  # an env that ended has autoreset: ignore it
             done |= dones
+            steps += 1
         out.extend(totals[: episodes - len(out)].tolist())
     return out
+
+
+def cut_short(result: dict[str, Any]) -> str:
+    """A note for an evaluation whose episodes were cut (`max_steps`, a quick check); empty for whole episodes."""
+    steps = result.get("max_steps")
+    return f", each cut after {steps} agent steps (not the task's 0-1000 scale)" if steps else ""
 
 
 def _stats(returns: list[float]) -> tuple[float, float]:
@@ -59,11 +69,15 @@ def _stats(returns: list[float]) -> tuple[float, float]:
 
 
 def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, checkpoint: str | Path | None = None,
-                   imagined: bool = True, workers: int = 2) -> dict[str, Any]:
+                   imagined: bool = True, workers: int = 2, max_steps: int | None = None) -> dict[str, Any]:
     """Real and imagined returns of `agent` with the model `checkpoint` (default: bundled) as a JSON-ready dict.
 
     The real episodes run in `workers` processes (rendering and estimation are serial work).
+    `max_steps` cuts every episode after that many agent steps: a quick check, whose
+    returns are not on the task's 0-1000 scale (None, the default: whole episodes).
     """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1 (or None for whole episodes), got {max_steps}")
     recipe = agent.recipe
     folder = checkpoint_folder(checkpoint, recipe.system)
     model = load_model(folder)
@@ -71,18 +85,18 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     policy = agent.act
     t0 = time.time()
     venv = real_vec_env(recipe, model, workers=min(workers, episodes))
-    real = episode_returns(policy, venv, episodes, seed)
+    real = episode_returns(policy, venv, episodes, seed, max_steps)
     venv.close()
     real_s = time.time() - t0
     result: dict[str, Any] = {
         "system": recipe.system, "obs_type": recipe.obs_type, "algo": recipe.algo,
-        "agent": agent.info.get("path", "?"), "episodes": episodes, "seed": seed,
+        "agent": agent.info.get("path", "?"), "episodes": episodes, "seed": seed, "max_steps": max_steps,
         "real_returns": [round(r, 2) for r in real],
     }
     result["real_return_mean"], result["real_return_std"] = _stats(real)
     if imagined:
         t1 = time.time()
-        imag = episode_returns(policy, imagined_vec_env(recipe, episodes, folder, seed=seed), episodes, seed)
+        imag = episode_returns(policy, imagined_vec_env(recipe, episodes, folder, seed=seed), episodes, seed, max_steps)
         result["imagined_returns"] = [round(r, 2) for r in imag]
         result["imagined_return_mean"], result["imagined_return_std"] = _stats(imag)
         result["gap"] = (result["imagined_return_mean"] - result["real_return_mean"]) / max(abs(result["real_return_mean"]), 1e-9)
@@ -105,18 +119,21 @@ def check_encoder_model(agent: Agent, model: Any, folder: Path) -> None:
             f"({agent.info['model'].get('path')}), not {folder}'s: evaluate it with that model (--checkpoint)")
 
 
-def random_returns(system: str, episodes: int, seed: int) -> list[float]:
-    """Returns of uniformly random actions in the real task (no observations needed, nothing rendered)."""
+def random_returns(system: str, episodes: int, seed: int, max_steps: int | None = None) -> list[float]:
+    """Returns of uniformly random actions in the real task (no observations needed, nothing rendered).
+
+    `max_steps` cuts each episode after that many agent steps, as `episode_returns` does.
+    """
     env = make_real_env(system, "state")
     rng = np.random.default_rng(seed)
     out = []
     for i in range(episodes):
         env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
+        total, done, steps = 0.0, False, 0
+        while not done and (max_steps is None or steps < max_steps):
             _, r, term, trunc, _ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
             total += r
-            done = term or trunc
+            done, steps = term or trunc, steps + 1
         out.append(total)
     env.close()
     return out
