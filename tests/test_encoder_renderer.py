@@ -124,3 +124,17 @@ def test_links_to_a_learned_pivot_are_drawn_and_follow_permutations():
     assert ren.pivots.grad.abs().sum() > 0  # the pivot learns from the reconstruction
     model.permute_keypoints([1, 0])
     assert ren.pivoted.tolist() == [1] and ren.links.tolist() == [[1, 0]]
+
+
+def test_held_pivots_stay_at_the_image_centre_through_training():
+    """`learn_pivots=False`: the pivoted links start where the camera looks, and training leaves them there."""
+    from keycld_gym.model.keycld import KeyCLDModel, ModelConfig
+    from keycld_gym.model.renderer import RendererConfig
+
+    model = KeyCLDModel("acrobot", ModelConfig(renderer=RendererConfig(learn_pivots=False)))
+    optimizer = torch.optim.Adam(model.keypoint_parameters(), lr=0.1)
+    q = torch.tensor([[[0.0, -0.4], [0.3, -0.6]]], requires_grad=True)
+    model.renderer(q).mean().backward()
+    optimizer.step()
+    assert q.grad.abs().sum() > 0
+    torch.testing.assert_close(model.renderer.pivots.detach(), torch.zeros(1, 2))

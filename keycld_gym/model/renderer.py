@@ -32,12 +32,15 @@ class RendererConfig:
         background_channels: channels of the learned constant feature map.
         channels: decoder width.
         link_sigma: width of the line drawn along each rigid link (image units); 0: no lines.
+        learn_pivots: learn where each pivoted link starts; False holds it at the image centre,
+            where every spec's camera looks at the pivot.
     """
 
     sigma: float = 0.1
     background_channels: int = 8
     channels: int = 32
     link_sigma: float = 0.05
+    learn_pivots: bool = True
 
 
 def gaussian_maps(keypoints: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
@@ -92,7 +95,7 @@ class KeypointRenderer(nn.Module):
         if pivoted:
             self.register_buffer("pivoted", torch.tensor(pivoted, dtype=torch.long))
             # where each pivoted link starts; the frontal cameras look at the pivot, so the centre
-            self.pivots = nn.Parameter(torch.zeros(len(pivoted), 2))
+            self.pivots = nn.Parameter(torch.zeros(len(pivoted), 2), requires_grad=config.learn_pivots)
         self.num_keypoints = num_keypoints
         c, bg = config.channels, config.background_channels
         self.background = nn.Parameter(torch.zeros(1, bg, height // 2, width // 2))
