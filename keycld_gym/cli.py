@@ -262,7 +262,9 @@ def _diagnose(args: argparse.Namespace) -> int:
         write_json(Path(args.json), result)
     k, r = result["keypoints"], result["response"]
     print(f"{result['system']}: keypoint error against the true bodies {k['rms_px']:.3f} px RMS, {k['p99_px']:.3f} px "
-          f"99th percentile ({k['frames']} held-out frames; per keypoint {k['per_keypoint_rms_px']})")
+          f"99th percentile ({k['frames']} held-out frames; per keypoint {k['per_keypoint_rms_px']}); "
+          f"noise {k['noise_rms_px']:.3f} px RMS once the bias a smooth function of the state explains is taken out "
+          f"(per keypoint {k['per_keypoint_noise_rms_px']})")
     j = result["subpixel"]
     print(f"shifted by 0-1 px in {j['steps']} steps ({j['states']} states): slope {j['slope_mean']:.3f} "
           f"(per keypoint {j['slope_per_keypoint']}), jitter {j['jitter_rms_px']:.3f} px RMS, {j['jitter_p99_px']:.3f} px 99th percentile")

@@ -7,7 +7,9 @@ plane the camera sees) are mapped into the model's keypoint space by one affine 
 by least squares on held-out frames. Then:
 
 - `keypoints`: the encoder's error against that map, in pixels (RMS and 99th percentile):
-  how precisely the keypoints carry the state.
+  how precisely the keypoints carry the state; split into its bias, the part a smooth
+  (cubic) function of the true points explains (a keypoint that leans toward the pole
+  as it swings), and the rest, noise.
 - `subpixel`: the encoder's response to the whole system moved sideways in steps of a
   tenth of a pixel (its root body shifted in the simulator, then rendered): the slope of
   the encoded keypoints against the true shift (1: unbiased) and the jitter, the RMS
@@ -28,6 +30,7 @@ by least squares on held-out frames. Then:
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -99,15 +102,33 @@ def fit_keypoint_map(keypoints: np.ndarray, points: np.ndarray) -> KeypointMap:
 
 
 def keypoint_error(model: KeyCLDModel, keypoints: np.ndarray, points: np.ndarray, kmap: KeypointMap) -> dict[str, Any]:
-    """The encoder's error against the mapped true points: pixels (RMS, 99th percentile), per keypoint and overall."""
+    """The encoder's error against the mapped true points: pixels (RMS, 99th percentile, bias and noise), per keypoint and overall."""
     # image units span [-1, 1] over the frame's height (docs/design.md section 2): px = units * H / 2
     px = model.spec.camera.height / 2
-    err = np.linalg.norm(keypoints - kmap.points(points), axis=-1) * px  # (N, K)
+    diff = (keypoints - kmap.points(points)) * px  # (N, K, 2)
+    err = np.linalg.norm(diff, axis=-1)  # (N, K)
+    noise = np.linalg.norm(diff - state_bias(diff, points), axis=-1)
     return {
         "rms_px": float(np.sqrt((err**2).mean())), "p99_px": float(np.percentile(err, 99)),
         "per_keypoint_rms_px": np.sqrt((err**2).mean(0)).round(4).tolist(),
+        "noise_rms_px": float(np.sqrt((noise**2).mean())),
+        "per_keypoint_noise_rms_px": np.sqrt((noise**2).mean(0)).round(4).tolist(),
         "frames": len(err), "map_scale_units_per_m": kmap.scale,
     }
+
+
+def state_bias(errors: np.ndarray, points: np.ndarray, degree: int = 3) -> np.ndarray:
+    """The part of errors `(N, K, 2)` that a polynomial of the true points `(N, K, 2)` explains (least squares)."""
+    p = points.reshape(len(points), -1)
+    std = p.std(0)
+    p = (p - p.mean(0)) / np.where(std > 1e-9, std, 1.0)  # a point fixed in one coordinate (a rail) gives a zero column
+    columns = [np.ones(len(p))]
+    for d in range(1, degree + 1):
+        columns += [np.prod(p[:, list(c)], 1) for c in itertools.combinations_with_replacement(range(p.shape[1]), d)]
+    features = np.stack(columns, 1)
+    flat = errors.reshape(len(errors), -1)
+    coef, *_ = np.linalg.lstsq(features, flat, rcond=None)
+    return (features @ coef).reshape(errors.shape)
 
 
 def subpixel_response(model: KeyCLDModel, held_out_qpos: np.ndarray, kmap: KeypointMap, states: int = 24,
