@@ -138,3 +138,17 @@ def test_held_pivots_stay_at_the_image_centre_through_training():
     optimizer.step()
     assert q.grad.abs().sum() > 0
     torch.testing.assert_close(model.renderer.pivots.detach(), torch.zeros(1, 2))
+
+
+def test_a_local_renderer_draws_only_near_its_keypoints_and_links():
+    """`local=True`: a pixel 18 px from every blob and line barely depends on the keypoints; the default decoder's does."""
+    from keycld_gym.model.renderer import RendererConfig
+
+    grads = {}
+    for local in (True, False):
+        torch.manual_seed(0)
+        ren = KeypointRenderer(2, 64, 64, RendererConfig(local=local), links=[(0, 1)])
+        q = torch.tensor([[[0.6, -0.6], [0.8, -0.8]]], requires_grad=True)  # keypoint 0 at pixel (50.7, 50.7)
+        ren(q)[0, 32, 50].sum().backward()
+        grads[local] = q.grad.abs().max().item()
+    assert grads[True] < 1e-5 < grads[False]

@@ -34,6 +34,10 @@ class RendererConfig:
         link_sigma: width of the line drawn along each rigid link (image units); 0: no lines.
         learn_pivots: learn where each pivoted link starts; False holds it at the image centre,
             where every spec's camera looks at the pivot.
+        local: a decoder without spatial reach (pointwise layers, then the upsampling): it
+            can only colour what the blobs and lines cover, so a link is drawn only where the
+            keypoints put it (the default decoder can extend a line from a keypoint in the
+            link's middle).
     """
 
     sigma: float = 0.1
@@ -41,6 +45,7 @@ class RendererConfig:
     channels: int = 32
     link_sigma: float = 0.05
     learn_pivots: bool = True
+    local: bool = False
 
 
 def gaussian_maps(keypoints: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
@@ -100,11 +105,15 @@ class KeypointRenderer(nn.Module):
         c, bg = config.channels, config.background_channels
         self.background = nn.Parameter(torch.zeros(1, bg, height // 2, width // 2))
         n_in = num_keypoints + len(links) + len(pivoted) + bg
-        self.down = nn.Sequential(nn.Conv2d(n_in, c, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
-        self.mid = nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(),
-                                 nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
-                                 nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.ReLU())
+        if config.local:
+            self.down = nn.Sequential(nn.Conv2d(n_in, c, 1), nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU())
+            self.mid = nn.Sequential(nn.Conv2d(c, c, 1), nn.ReLU())
+        else:
+            self.down = nn.Sequential(nn.Conv2d(n_in, c, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(c, c, 3, padding=1), nn.ReLU())
+            self.mid = nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(),
+                                     nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
+                                     nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.ReLU())
         self.up = nn.ConvTranspose2d(2 * c, 3, 4, stride=2, padding=1)  # skip connection in
 
     def pivot_links(self) -> tuple[torch.Tensor | None, list[int]]:
