@@ -1,15 +1,16 @@
 """The keypoint phase alone, with an encoder variant, scored in pixels against the true bodies.
 
     python scripts/keypoint_precision.py --system cartpole --data DATA --eval HELD_OUT --out OUT \
-        [--full-resolution] [--mask-ramp 0.15] [--steps 1500] [--fixed-pivots] [--local-renderer] \
-        [--train constraint_weight=1 --train coverage_weight=3 ...]
+        [--full-resolution] [--mask-ramp 0.15] [--coordinates] [--fixed-pivots] [--local-renderer] \
+        [--steps 1500] [--train constraint_weight=1 --train coverage_weight=3 ...]
 
 Trains the system recipe's keypoint phase (`dynamics_steps=0`) on DATA, with the recipe's
-settings except the encoder's `full_resolution` and `mask_ramp` (`EncoderConfig`), the
-renderer's `learn_pivots` and `local`, and any `TrainConfig` field given by `--train`. The keypoints are
-then put in the order that best keeps the constraints (`keypoint_order`, as the dynamics
-phase does first), and the encoder is scored on every 5th frame of HELD_OUT: the error
-against the true bodies after one affine map (`diagnostics.keypoint_error`) and the response to sub-pixel shifts
+settings except the encoder's `full_resolution`, `mask_ramp` and `coordinates`
+(`EncoderConfig`), the renderer's `learn_pivots` and `local`, and any `TrainConfig` field
+given by `--train`. The keypoints are then put in the order that best keeps the
+constraints (`keypoint_order`, as the dynamics phase does first), and the encoder is scored
+on every 5th frame of HELD_OUT: the error against the true bodies after one affine map
+(`diagnostics.keypoint_error`), the response to sub-pixel shifts
 (`diagnostics.subpixel_response`), and the link angles as `keycld-gym evaluate-model`
 measures them. Prints and writes OUT/keypoint_precision.json. A rerun resumes an
 interrupted training, or only scores a finished one.
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="keypoint steps (default: the recipe's)")
     parser.add_argument("--fixed-pivots", action="store_true", help="hold pivoted links' pivots at the image centre")
     parser.add_argument("--local-renderer", action="store_true", help="a decoder without spatial reach")
+    parser.add_argument("--coordinates", action="store_true", help="pixel coordinates as encoder input channels")
     parser.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE",
                         help="a TrainConfig field (a JSON value), e.g. constraint_weight=1; repeatable")
     parser.add_argument("--seed", type=int, default=0)
@@ -77,7 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     recipe = get_recipe(args.system)
-    encoder = dataclasses.replace(recipe.model.encoder, full_resolution=args.full_resolution, mask_ramp=args.mask_ramp)
+    encoder = dataclasses.replace(recipe.model.encoder, full_resolution=args.full_resolution, mask_ramp=args.mask_ramp,
+                                  coordinates=args.coordinates)
     renderer = dataclasses.replace(recipe.model.renderer, learn_pivots=not args.fixed_pivots, local=args.local_renderer)
     model = dataclasses.replace(recipe.model, encoder=encoder, renderer=renderer)
     overrides = {"dynamics_steps": 0, "seed": args.seed, **parse_overrides(args.train)}

@@ -152,3 +152,15 @@ def test_a_local_renderer_draws_only_near_its_keypoints_and_links():
         ren(q)[0, 32, 50].sum().backward()
         grads[local] = q.grad.abs().max().item()
     assert grads[True] < 1e-5 < grads[False]
+
+
+def test_an_encoder_with_coordinates_sees_where_a_pixel_is():
+    """On a uniform frame the interior heatmap is flat without coordinates and varies with position with them."""
+    from keycld_gym.model.encoder import EncoderConfig
+
+    frame = torch.full((1, 32, 32, 3), 0.5)
+    for coordinates in (False, True):
+        torch.manual_seed(0)
+        enc = KeypointEncoder(1, EncoderConfig(coordinates=coordinates))
+        interior = enc.heatmaps(frame)[0, 0, 4:-4, 4:-4]  # away from the zero padding
+        assert (interior.std() > 1e-4) == coordinates

@@ -43,6 +43,10 @@ class EncoderConfig:
         mask_ramp: width of a linear ramp below the threshold over which the mask fades
             in (0: a hard mask). A hard mask moves in whole cells as an edge pixel's
             anti-aliased value crosses the threshold; a ramp moves smoothly.
+        coordinates: give the convs each pixel's image coordinates as two more input
+            channels. Convolutions see only local appearance; a point that looks like its
+            neighbours (the acrobot's elbow on a straight arm) is found only by where it is,
+            for example its distance from the shoulder.
     """
 
     channels: int = 32
@@ -50,6 +54,7 @@ class EncoderConfig:
     foreground_threshold: float = 0.3
     full_resolution: bool = False
     mask_ramp: float = 0.0
+    coordinates: bool = False
 
 
 def image_grid(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
@@ -106,7 +111,9 @@ class KeypointEncoder(nn.Module):
     def __init__(self, num_keypoints: int, config: EncoderConfig = EncoderConfig()):
         super().__init__()
         c = config.channels
-        layers: list[nn.Module] = [nn.Conv2d(3, c, 3, stride=2, padding=1), nn.ReLU()]
+        self.coordinates = config.coordinates
+        n_in = 5 if config.coordinates else 3
+        layers: list[nn.Module] = [nn.Conv2d(n_in, c, 3, stride=2, padding=1), nn.ReLU()]
         for _ in range(config.depth):
             layers += [nn.Conv2d(c, c, 3, padding=1), nn.ReLU()]
         self.full_resolution = config.full_resolution
@@ -114,7 +121,7 @@ class KeypointEncoder(nn.Module):
             self.net = nn.Sequential(*layers)
             # thin at full resolution: the encoder runs on every real frame
             self.up = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 4, stride=2, padding=1), nn.ReLU())
-            self.fine = nn.Sequential(nn.Conv2d(3, c // 2, 3, padding=1), nn.ReLU())
+            self.fine = nn.Sequential(nn.Conv2d(n_in, c // 2, 3, padding=1), nn.ReLU())
             self.head = nn.Conv2d(2 * (c // 2), num_keypoints, 3, padding=1)
         else:
             # the original layout (bundled checkpoints' parameter names): the head ends `net`
@@ -129,6 +136,9 @@ class KeypointEncoder(nn.Module):
     def heatmaps(self, frames: torch.Tensor) -> torch.Tensor:
         """Heatmap logits `(B, K, H/2, W/2)` of frames `(B, H, W, 3)` (uint8 0..255 or float 0..1); `(B, K, H, W)` at full resolution."""
         x = frames_to_input(frames)
+        if self.coordinates:
+            grid = image_grid(*x.shape[-2:], x.device).permute(2, 0, 1).expand(len(x), -1, -1, -1)
+            x = torch.cat([x, grid], 1).contiguous(memory_format=torch.channels_last)
         if not self.full_resolution:
             return self.net(x)
         return self.head(torch.cat([self.up(self.net(x)), self.fine(x)], 1))
