@@ -2,12 +2,12 @@
 
     python scripts/keypoint_precision.py --system cartpole --data DATA --eval HELD_OUT --out OUT \
         [--full-resolution] [--mask-ramp 0.15] [--coordinates] [--fixed-pivots] [--local-renderer] \
-        [--steps 1500] [--train constraint_weight=1 --train coverage_weight=3 ...]
+        [--steps 1500] [--renderer sigma=0.04 ...] [--train constraint_weight=1 ...]
 
 Trains the system recipe's keypoint phase (`dynamics_steps=0`) on DATA, with the recipe's
 settings except the encoder's `full_resolution`, `mask_ramp` and `coordinates`
-(`EncoderConfig`), the renderer's `learn_pivots` and `local`, and any `TrainConfig` field
-given by `--train`. The keypoints are then put in the order that best keeps the
+(`EncoderConfig`), the renderer's `learn_pivots`, `local` and any field given by
+`--renderer`, and any `TrainConfig` field given by `--train`. The keypoints are then put in the order that best keeps the
 constraints (`keypoint_order`, as the dynamics phase does first), and the encoder is scored
 on every 5th frame of HELD_OUT: the error against the true bodies after one affine map
 (`diagnostics.keypoint_error`), the response to sub-pixel shifts
@@ -44,7 +44,7 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         field, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--train expects FIELD=VALUE, got {item!r}")
+            raise SystemExit(f"expected FIELD=VALUE, got {item!r}")
         out[field] = json.loads(value)
     return out
 
@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--fixed-pivots", action="store_true", help="hold pivoted links' pivots at the image centre")
     parser.add_argument("--local-renderer", action="store_true", help="a decoder without spatial reach")
     parser.add_argument("--coordinates", action="store_true", help="pixel coordinates as encoder input channels")
+    parser.add_argument("--renderer", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a RendererConfig field (a JSON value), e.g. sigma=0.04; repeatable")
     parser.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE",
                         help="a TrainConfig field (a JSON value), e.g. constraint_weight=1; repeatable")
     parser.add_argument("--seed", type=int, default=0)
@@ -81,7 +83,8 @@ def main() -> None:
     recipe = get_recipe(args.system)
     encoder = dataclasses.replace(recipe.model.encoder, full_resolution=args.full_resolution, mask_ramp=args.mask_ramp,
                                   coordinates=args.coordinates)
-    renderer = dataclasses.replace(recipe.model.renderer, learn_pivots=not args.fixed_pivots, local=args.local_renderer)
+    renderer = dataclasses.replace(recipe.model.renderer, learn_pivots=not args.fixed_pivots, local=args.local_renderer,
+                                   **parse_overrides(args.renderer))
     model = dataclasses.replace(recipe.model, encoder=encoder, renderer=renderer)
     overrides = {"dynamics_steps": 0, "seed": args.seed, **parse_overrides(args.train)}
     if args.steps is not None:
