@@ -164,3 +164,18 @@ def test_an_encoder_with_coordinates_sees_where_a_pixel_is():
         enc = KeypointEncoder(1, EncoderConfig(coordinates=coordinates))
         interior = enc.heatmaps(frame)[0, 0, 4:-4, 4:-4]  # away from the zero padding
         assert (interior.std() > 1e-4) == coordinates
+
+
+def test_a_local_compact_renderer_draws_nothing_beyond_its_parts_reach():
+    """`local` and `compact`: a pixel 12 px from every blob and line (blob reach 2 sigma = 6.4 px) ignores the keypoints."""
+    from keycld_gym.model.renderer import RendererConfig
+
+    torch.manual_seed(0)
+    ren = KeypointRenderer(2, 64, 64, RendererConfig(local=True, compact=True), links=[(0, 1)])
+    q = torch.tensor([[[0.6, -0.6], [0.8, -0.8]]], requires_grad=True)  # keypoint 0 at pixel (50.7, 50.7)
+    frame = ren(q)[0]
+    frame[38, 50].sum().backward(retain_graph=True)
+    assert q.grad.abs().max().item() == 0.0
+    q.grad = None
+    frame[50, 50].sum().backward()  # on the blob
+    assert q.grad.abs().max().item() > 0

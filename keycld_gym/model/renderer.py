@@ -38,6 +38,10 @@ class RendererConfig:
             can only colour what the blobs and lines cover, so a link is drawn only where the
             keypoints put it (the default decoder can extend a line from a keypoint in the
             link's middle).
+        compact: blobs and lines of compact support, (1 - d^2 / (2 sigma)^2)^2 out to twice
+            their width and exactly zero beyond, instead of Gaussians: a decoder can
+            threshold a Gaussian's tail at any radius and so paint a broad smear; with
+            compact parts and `local`, nothing is drawn farther than 2 sigma from them.
     """
 
     sigma: float = 0.1
@@ -46,16 +50,24 @@ class RendererConfig:
     link_sigma: float = 0.05
     learn_pivots: bool = True
     local: bool = False
+    compact: bool = False
 
 
-def gaussian_maps(keypoints: torch.Tensor, height: int, width: int, sigma: float) -> torch.Tensor:
-    """Blobs exp(-|grid - p_k|^2 / (2 sigma^2)) `(B, K, height, width)` of keypoints `(B, K, 2)`.
+def part_kernel(d2: torch.Tensor, sigma: float, compact: bool = False) -> torch.Tensor:
+    """A blob's or line's intensity at squared distance `d2`: a Gaussian, or of compact support (`RendererConfig.compact`)."""
+    if compact:
+        return torch.relu(1 - d2 / (2 * sigma) ** 2) ** 2
+    return torch.exp(-d2 / (2 * sigma**2))
+
+
+def gaussian_maps(keypoints: torch.Tensor, height: int, width: int, sigma: float, compact: bool = False) -> torch.Tensor:
+    """Blobs exp(-|grid - p_k|^2 / (2 sigma^2)) `(B, K, height, width)` of keypoints `(B, K, 2)` (`compact`: see `part_kernel`).
 
     The grid spans the whole frame at any resolution (cell centres), like `spatial_softmax`.
     """
     grid = image_grid(height, width, keypoints.device).to(keypoints.dtype)  # (h, w, 2)
     d2 = ((grid[None, None] - keypoints[:, :, None, None, :]) ** 2).sum(-1)
-    return torch.exp(-d2 / (2 * sigma**2))
+    return part_kernel(d2, sigma, compact)
 
 
 def segment_distance2(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -66,16 +78,16 @@ def segment_distance2(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor) ->
 
 
 def line_maps(keypoints: torch.Tensor, links: list[tuple[int, int]], height: int, width: int, sigma: float,
-              pivots: torch.Tensor | None = None, pivoted: Sequence[int] = ()) -> torch.Tensor:
+              pivots: torch.Tensor | None = None, pivoted: Sequence[int] = (), compact: bool = False) -> torch.Tensor:
     """Gaussian lines along the rigid links of keypoints `(B, K, 2)`: `(B, len(links) + len(pivoted), height, width)`.
 
     First the segments between linked keypoints, then from each pivot `pivots[i]` `(P, 2)`
-    to keypoint `pivoted[i]`.
+    to keypoint `pivoted[i]` (`compact`: see `part_kernel`).
     """
     grid = image_grid(height, width, keypoints.device).to(keypoints.dtype)[None]  # (1, h, w, 2)
-    maps = [torch.exp(-segment_distance2(grid, keypoints[:, a, None, None], keypoints[:, b, None, None]) / (2 * sigma**2))
+    maps = [part_kernel(segment_distance2(grid, keypoints[:, a, None, None], keypoints[:, b, None, None]), sigma, compact)
             for a, b in links]
-    maps += [torch.exp(-segment_distance2(grid, pivots[i].to(keypoints.dtype), keypoints[:, k, None, None]) / (2 * sigma**2))
+    maps += [part_kernel(segment_distance2(grid, pivots[i].to(keypoints.dtype), keypoints[:, k, None, None]), sigma, compact)
              for i, k in enumerate(pivoted)]
     return torch.stack(maps, 1)
 
@@ -126,10 +138,11 @@ class KeypointRenderer(nn.Module):
         """Frames `(B, H, W, 3)` in [0, 1] rendered from keypoints `(B, K, 2)`."""
         b = keypoints.shape[0]
         h, w = self.height // 2, self.width // 2
-        maps = [gaussian_maps(keypoints, h, w, self.config.sigma)]
+        maps = [gaussian_maps(keypoints, h, w, self.config.sigma, self.config.compact)]
         pivots, pivoted = self.pivot_links()
         if len(self.links) or pivoted:
-            maps.append(line_maps(keypoints, self.links.tolist(), h, w, self.config.link_sigma, pivots, pivoted))
+            maps.append(line_maps(keypoints, self.links.tolist(), h, w, self.config.link_sigma, pivots, pivoted,
+                                  self.config.compact))
         x = torch.cat([*maps, self.background.expand(b, -1, -1, -1)], 1)
         x = x.contiguous(memory_format=torch.channels_last)
         h = self.down(x)
