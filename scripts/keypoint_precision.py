@@ -86,7 +86,8 @@ def main() -> None:
     renderer = dataclasses.replace(recipe.model.renderer, learn_pivots=not args.fixed_pivots, local=args.local_renderer,
                                    **parse_overrides(args.renderer))
     model = dataclasses.replace(recipe.model, encoder=encoder, renderer=renderer)
-    overrides = {"dynamics_steps": 0, "seed": args.seed, **parse_overrides(args.train)}
+    train_overrides = parse_overrides(args.train)
+    overrides = {"dynamics_steps": 0, "seed": args.seed, **train_overrides}
     if args.steps is not None:
         overrides["keypoint_steps"] = args.steps
     config = dataclasses.replace(recipe.train_config(args.data, **overrides), model=model)
@@ -105,7 +106,7 @@ def main() -> None:
     kmap = diagnostics.fit_keypoint_map(keypoints, points)
     result = {
         "system": args.system, "data": args.data, "eval": args.eval, "encoder": dataclasses.asdict(encoder),
-        "renderer": dataclasses.asdict(renderer), "train_overrides": parse_overrides(args.train),
+        "renderer": dataclasses.asdict(renderer), "train_overrides": train_overrides,
         "keypoint_order": order, "keypoint_steps": config.keypoint_steps, "train_s": round(train_s, 1),
         "encode_ms_per_frame": round(1000 * encode_s / len(keypoints), 3),
         "error": diagnostics.keypoint_error(trained, keypoints, points, kmap),
