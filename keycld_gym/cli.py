@@ -222,7 +222,10 @@ def _evaluate_agent(args: argparse.Namespace) -> int:
 
 def _pipeline(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    pipeline = Pipeline(args.system, args.out, workers=args.workers, progress=not args.quiet, command=default_command())
+    recipe = get_recipe(args.system)
+    if args.training_frames is not None:
+        recipe = recipe.with_training_frames(args.training_frames)
+    pipeline = Pipeline(recipe, args.out, workers=args.workers, progress=not args.quiet, command=default_command())
     record = pipeline.run(until=args.until)
     times = ", ".join(f"{name} {s['wall_s'] / 60:.1f}" for name, s in record["steps"].items())
     print(f"{args.system} pipeline: {record['total_wall_s'] / 60:.1f} min ({times} min) -> {pipeline.model_folder}")
@@ -459,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: data sets, each step's output; the model lands in OUT/model")
     p.add_argument("--until", help="stop after this step (collect-<data>, keypoints, dynamics, reward, renderer, exploring-starts, "
                                    "observation-noise, evaluate)")
+    p.add_argument("--training-frames", type=int, help="real training frames (default: the recipe's); both training "
+                                                         "data sets scaled alike, for the data-efficiency curve")
     p.add_argument("--workers", type=int, default=2, help="collection processes")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -19,6 +19,7 @@ skipped, an interrupted collection or training resumes from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -90,6 +91,12 @@ class Pipeline:
         if self.record["system"] != self.recipe.system:
             raise ValueError(f"{self.out} holds a {self.record['system']} pipeline, not {self.recipe.system}; "
                              "choose another --out")
+        plans = {p.name: dataclasses.asdict(p) for p in (self.recipe.keypoint_data, self.recipe.dynamics_data,
+                                                         self.recipe.eval_data)}
+        if self.record.setdefault("data", plans) != plans:
+            raise ValueError(f"{self.out} was started with other data sets ({self.record['data']}) than this recipe's "
+                             f"({plans}); choose another --out or the same --training-frames")
+        self.record["training_frames"] = self.recipe.training_frames
         self.record["command"] = command
 
     def data(self, plan_name: str) -> str:

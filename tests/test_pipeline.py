@@ -159,3 +159,26 @@ def test_ablations_need_a_finished_pipeline(tmp_path, capsys):
     (tmp_path / RECORD).write_text(json.dumps({"system": "pendulum", "steps": {"keypoints": {"wall_s": 1.0}}}))
     with pytest.raises(ValueError, match="has not finished"):
         AblationStudy(tmp_path)
+
+
+def test_a_recipe_on_fewer_frames_scales_both_training_sets_alike(tmp_path, capsys):
+    """`--training-frames`: the data-efficiency curve's models differ only in their real data."""
+    recipe = get_recipe("cartpole")
+    small = recipe.with_training_frames(10_000)
+    assert abs(small.training_frames - 10_000) <= 100
+    for name in ("keypoint_data", "dynamics_data"):
+        theirs, ours = getattr(recipe, name), getattr(small, name)
+        assert (ours.frames, ours.seed, ours.name) == (theirs.frames, theirs.seed, theirs.name)
+        assert abs(ours.episodes / theirs.episodes - 10_000 / recipe.training_frames) < 0.01
+    assert small.eval_data == recipe.eval_data and small.train == recipe.train and small.model == recipe.model
+    assert recipe.with_training_frames(1).dynamics_data.episodes == 1
+    with pytest.raises(ValueError, match="must be positive"):
+        recipe.with_training_frames(0)
+    # a run folder remembers its data sets: resuming it with another size is refused
+    (tmp_path / RECORD).write_text(json.dumps(Pipeline(small, tmp_path).record))
+    with pytest.raises(ValueError, match="other data sets"):
+        Pipeline(recipe, tmp_path)
+    assert Pipeline(small, tmp_path).record["training_frames"] == small.training_frames
+    assert main(["pipeline", "--system", "cartpole", "--out", str(tmp_path), "--training-frames", "45000",
+                 "--until", "nope"]) == 2
+    assert "other data sets" in capsys.readouterr().err

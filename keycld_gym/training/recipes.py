@@ -79,6 +79,22 @@ class ModelRecipe:
         """Real frames the model learns from (both training data sets)."""
         return self.keypoint_data.total_frames + self.dynamics_data.total_frames
 
+    def with_training_frames(self, frames: int) -> "ModelRecipe":
+        """The same recipe on about `frames` real training frames (the data-efficiency curve).
+
+        Both training data sets keep their sequence length and seed and lose or gain
+        sequences alike (at least one each); the held-out set and every training setting
+        stay as they are, so the models differ only in how much real data they saw.
+        """
+        if frames <= 0:
+            raise ValueError(f"training frames must be positive, got {frames}")
+        scale = frames / self.training_frames
+
+        def scaled(plan: DataPlan) -> DataPlan:
+            return dataclasses.replace(plan, episodes=max(1, round(plan.episodes * scale)))
+
+        return dataclasses.replace(self, keypoint_data=scaled(self.keypoint_data), dynamics_data=scaled(self.dynamics_data))
+
     def train_config(self, data: str, **overrides: Any) -> TrainConfig:
         """The recipe's `TrainConfig` on data set `data`, with `overrides` applied last."""
         settings = {"seed": self.seed, **self.train, **overrides}
