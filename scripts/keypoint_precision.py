@@ -1,11 +1,11 @@
 """The keypoint phase alone, with an encoder variant, scored in pixels against the true bodies.
 
     python scripts/keypoint_precision.py --system cartpole --data DATA --eval HELD_OUT --out OUT \
-        [--full-resolution] [--mask-ramp 0.15] [--coordinates] [--fixed-pivots] [--local-renderer] \
+        [--full-resolution] [--mask-ramp 0.15] [--coordinates] [--constrained] [--fixed-pivots] [--local-renderer] \
         [--steps 1500] [--renderer sigma=0.04 ...] [--train constraint_weight=1 ...]
 
 Trains the system recipe's keypoint phase (`dynamics_steps=0`) on DATA, with the recipe's
-settings except the encoder's `full_resolution`, `mask_ramp` and `coordinates`
+settings except the encoder's `full_resolution`, `mask_ramp`, `coordinates` and `constrained`
 (`EncoderConfig`), the renderer's `learn_pivots`, `local` and any field given by
 `--renderer`, and any `TrainConfig` field given by `--train`. The keypoints are then put in the order that best keeps the
 constraints (`keypoint_order`, as the dynamics phase does first), and the encoder is scored
@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--fixed-pivots", action="store_true", help="hold pivoted links' pivots at the image centre")
     parser.add_argument("--local-renderer", action="store_true", help="a decoder without spatial reach")
     parser.add_argument("--coordinates", action="store_true", help="pixel coordinates as encoder input channels")
+    parser.add_argument("--constrained", action="store_true", help="keypoints placed on the constraints by construction")
     parser.add_argument("--renderer", action="append", default=[], metavar="FIELD=VALUE",
                         help="a RendererConfig field (a JSON value), e.g. sigma=0.04; repeatable")
     parser.add_argument("--train", action="append", default=[], metavar="FIELD=VALUE",
@@ -82,7 +83,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = get_recipe(args.system)
     encoder = dataclasses.replace(recipe.model.encoder, full_resolution=args.full_resolution, mask_ramp=args.mask_ramp,
-                                  coordinates=args.coordinates)
+                                  coordinates=args.coordinates, constrained=args.constrained)
     renderer = dataclasses.replace(recipe.model.renderer, learn_pivots=not args.fixed_pivots, local=args.local_renderer,
                                    **parse_overrides(args.renderer))
     model = dataclasses.replace(recipe.model, encoder=encoder, renderer=renderer)
@@ -98,7 +99,8 @@ def main() -> None:
     train_s = time.time() - started
 
     trained = load_model(out / "model")
-    order = keypoint_order(torch.from_numpy(training_keypoints(trained, args.data)), trained.spec)
+    order = (list(range(trained.spec.num_keypoints)) if trained.constrained_keypoints
+             else keypoint_order(torch.from_numpy(training_keypoints(trained, args.data)), trained.spec))
     trained.permute_keypoints(order)
     started = time.time()
     keypoints, points, sampled, qpos = diagnostics.true_keypoint_samples(trained, args.eval, every=EVERY)

@@ -103,3 +103,79 @@ def test_sigmoid_reward_head_stays_in_the_suites_reward_range():
     d = ModelConfig().to_dict()
     del d["reward_output"]
     assert ModelConfig.from_dict(d).reward_output == "linear"
+
+
+@pytest.mark.parametrize("system", ["pendulum", "cartpole", "acrobot"])
+def test_constrained_keypoints_keep_the_constraints_and_their_links_directions(system):
+    """`EncoderConfig.constrained`: encoded keypoints lie on the manifold; each keeps its raw point's direction."""
+    from dataclasses import replace
+
+    from keycld_gym.model.encoder import spatial_softmax
+
+    torch.manual_seed(0)
+    model = KeyCLDModel(system, replace(TINY_MODEL, encoder=replace(TINY_MODEL.encoder, constrained=True,
+                                                                     read_beyond=0.0)))
+    spec, kc = model.spec, model.keypoint_constraints
+    with torch.no_grad():
+        kc.height.fill_(0.1)
+        kc.raw_length.uniform_(-1.0, 0.5)
+    heat = 8 * torch.randn(5, spec.num_keypoints, 16, 16)  # peaked at random points
+    raw, q = spatial_softmax(heat), model.keypoints(heat)
+    frames = torch.randint(0, 255, (5, *spec.image_shape), dtype=torch.uint8)
+    assert model.encode(frames).shape == raw.shape
+    pivots, pivoted = model.renderer.pivot_links()
+    for i, c in enumerate(spec.constraints):
+        if c.kind == "fixed_height":
+            torch.testing.assert_close(q[:, c.a, 1], torch.full((5,), 0.1))
+            torch.testing.assert_close(q[:, c.a, 0], raw[:, c.a, 0])
+            continue
+        start, moved = (pivots[pivoted.index(c.a)], c.a) if c.kind == "fixed_pivot_distance" else (q[:, c.a], c.b)
+        d, d_raw = q[:, moved] - start, raw[:, moved] - start
+        far = d_raw.norm(dim=-1) > 0.1  # 3 px: nearer, the 0.3 px regularisation of the direction shortens the link
+        assert far.sum() >= 2
+        torch.testing.assert_close(d[far].norm(dim=-1), kc.length[i].expand(int(far.sum())),
+                                   atol=1e-2 * kc.length[i].item(), rtol=0)
+        cross = d[:, 0] * d_raw[:, 1] - d[:, 1] * d_raw[:, 0]
+        assert cross.abs().max() < 1e-5 and ((d * d_raw).sum(-1) > 0).all()
+    # the constants learn with the encoder; the keypoints' order is the constraints'
+    assert all(any(p is c for c in model.keypoint_parameters()) for p in kc.parameters())
+    q.sum().backward()
+    assert kc.raw_length.grad.abs().sum() > 0
+    if spec.num_keypoints > 1:
+        with pytest.raises(ValueError, match="cannot be reordered"):
+            model.permute_keypoints([1, 0])
+
+
+def test_constrained_keypoints_read_their_direction_beyond_the_links_start():
+    """`EncoderConfig.read_beyond`: heatmap mass near a link's start (the acrobot's shoulder) does not steer it."""
+    from dataclasses import replace
+
+    from keycld_gym.model.encoder import image_grid
+
+    model = KeyCLDModel("pendulum", replace(TINY_MODEL, encoder=replace(TINY_MODEL.encoder, constrained=True)))
+    with torch.no_grad():
+        model.keypoint_constraints.raw_length.fill_(0.0)  # softplus: length 0.69
+    grid = image_grid(32, 32)
+    pivot = model.renderer.pivot_links()[0][0]
+
+    def peak(at):
+        return -((grid - torch.tensor(at)) ** 2).sum(-1) / 0.01
+
+    # a strong peak 2 px right of the pivot, a weaker one far up: the far one sets the direction
+    heat = torch.maximum(peak([pivot[0].item() + 0.06, pivot[1].item()]), peak([pivot[0].item(), 0.6]) - 3)[None, None]
+    q = model.keypoints(heat)[0, 0]
+    assert abs(q[0].item() - pivot[0].item()) < 1e-3 and q[1].item() > pivot[1].item() + 0.6
+    # with nothing beyond the reach, the near peak still gives the direction
+    q = model.keypoints(peak([pivot[0].item() + 0.06, pivot[1].item()])[None, None])[0, 0]
+    assert q[0].item() > pivot[0].item() + 0.6 and abs(q[1].item() - pivot[1].item()) < 1e-3
+
+
+def test_constrained_keypoints_refuse_constraints_they_cannot_hold():
+    from keycld_gym.model.constraints import ConstraintSet
+    from keycld_gym.sim.systems import Constraint
+
+    with pytest.raises(ValueError, match="more"):
+        ConstraintSet((Constraint("fixed_height", a=0), Constraint("fixed_pivot_distance", a=0)), 1).check_placeable()
+    with pytest.raises(ValueError, match="from the pivot outwards"):
+        ConstraintSet((Constraint("fixed_distance", a=0, b=1), Constraint("fixed_pivot_distance", a=0)),
+                      2).check_placeable()

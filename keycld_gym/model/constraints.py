@@ -13,7 +13,7 @@ For a set of C constraints, `ConstraintSet` gives
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -135,6 +135,50 @@ class ConstraintSet(nn.Module):
             else:
                 out.append(((qdot[..., c.b, :] - qdot[..., c.a, :]) ** 2).sum(-1))
         return torch.stack(out, -1)
+
+    def place(self, read: Callable[[int, torch.Tensor | None, torch.Tensor | None], torch.Tensor],
+              pivots: dict[int, torch.Tensor] | None = None, eps: float = 1e-2) -> torch.Tensor:
+        """Keypoints `(..., K, 2)` put on the manifold by construction, each constraint in turn placing one keypoint.
+
+        `read(k, start, length)` gives keypoint k's raw point `(..., 2)`: freely for a keypoint
+        no link ends at (start and length None), else away from the link's start `(..., 2)`.
+        A ``fixed_height`` keypoint takes the height; a pivot link's keypoint, or a link's
+        second keypoint, keeps only its raw point's direction from the link's start (the
+        pivot, or the first keypoint as already placed) and takes the link's length. Only
+        directions are read: a point anywhere along a link (the centroid of its pixels, on
+        its axis) fixes it, where finding its end (the acrobot's elbow, a thin pole's tip)
+        would take a point that looks like nothing in particular. `pivots`: keypoint -> pivot
+        `(2,)` used instead of this set's own (the renderer's, so lines and keypoints agree).
+        """
+        moved = {c.a if c.kind != "fixed_distance" else c.b for c in self.constraints if c.kind != "fixed_height"}
+        points: list[torch.Tensor | None] = [None if k in moved else read(k, None, None) for k in range(self.num_keypoints)]
+        for i, c in enumerate(self.constraints):
+            if c.kind == "fixed_height":
+                x = points[c.a][..., 0]
+                points[c.a] = torch.stack([x, self.height[i].to(x.dtype).expand_as(x)], -1)
+                continue
+            if c.kind == "fixed_pivot_distance":
+                start, k = (pivots or {}).get(c.a, self.pivot[i]), c.a
+            else:
+                start, k = points[c.a], c.b
+            length = self.length[i]
+            d = read(k, start, length) - start
+            # eps (0.3 px) keeps the direction finite where a point sits on its link's start; it shortens
+            # a link by under 0.1% once the point is 7 px from the start
+            points[k] = start + length * d / (d.pow(2).sum(-1, keepdim=True) + eps**2).sqrt()
+        return torch.stack(points, -2)
+
+    def check_placeable(self) -> None:
+        """Fail unless `place` can hold every constraint: no keypoint moved by two of them."""
+        moved = [c.a if c.kind != "fixed_distance" else c.b for c in self.constraints]
+        twice = sorted({k for k in moved if moved.count(k) > 1})
+        if twice:
+            raise ValueError(f"constrained keypoints need each keypoint fixed by at most one constraint; "
+                             f"keypoints {twice} are fixed by more ({self.constraints})")
+        for i, c in enumerate(self.constraints):
+            if c.kind == "fixed_distance" and c.a in moved[i + 1:]:
+                raise ValueError(f"constraint {c} starts from keypoint {c.a}, placed only by a later constraint; "
+                                 "list the constraints from the pivot outwards")
 
     def project_positions(self, q: torch.Tensor, iterations: int = 3) -> torch.Tensor:
         """Gauss-Newton steps q <- q - J^+ phi(q) onto the manifold, `(..., K, 2)`."""

@@ -47,6 +47,13 @@ class EncoderConfig:
             channels. Convolutions see only local appearance; a point that looks like its
             neighbours (the acrobot's elbow on a straight arm) is found only by where it is,
             for example its distance from the shoulder.
+        constrained: place the keypoints on the spec's constraints by construction
+            (`ConstraintSet.place`, with constants learned in the keypoint phase): each
+            heatmap then only has to point along its link, from anywhere on it.
+        read_beyond: a constrained keypoint's heatmap is read only beyond this fraction of
+            its link's length from the link's start. Read anywhere, the acrobot's upper-arm
+            heatmap settled 2-3 px from the shoulder, where a fraction of a pixel turns the
+            arm by a tenth of a radian (0.39 rad RMS; BENCHMARKS.md).
     """
 
     channels: int = 32
@@ -55,6 +62,8 @@ class EncoderConfig:
     full_resolution: bool = False
     mask_ramp: float = 0.0
     coordinates: bool = False
+    constrained: bool = False
+    read_beyond: float = 0.5
 
 
 def image_grid(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:

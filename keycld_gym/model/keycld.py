@@ -23,6 +23,7 @@ from keycld_gym.model.encoder import (
     EncoderConfig,
     KeypointEncoder,
     foreground_mask,
+    image_grid,
     mask_heatmaps,
     spatial_softmax,
 )
@@ -92,6 +93,10 @@ class KeyCLDModel(nn.Module):
         pivoted = [c.a for c in self.spec.constraints if c.kind == "fixed_pivot_distance"]
         self.renderer = KeypointRenderer(k, h, w, config.renderer, links=links, pivoted=pivoted)
         self.constraints = ConstraintSet(self.spec.constraints, k)
+        if config.encoder.constrained:
+            # the encoder's own constants: the dynamics phase fits the dynamics' from its keypoints
+            self.keypoint_constraints = ConstraintSet(self.spec.constraints, k)
+            self.keypoint_constraints.check_placeable()
         self.dynamics = Dynamics(k, action_dim, self.constraints, config.dynamics,
                                  actuators=self.spec.actuators, joints=self.spec.joints)
         self.reward_net = mlp(4 * k + action_dim, 1, config.reward_hidden, 2, 0.1)
@@ -99,7 +104,8 @@ class KeyCLDModel(nn.Module):
     # -- parameter groups: each learns at its own rate (training) --------------------------
     def keypoint_parameters(self) -> list[nn.Parameter]:
         """Encoder and renderer: what the keypoint phase trains."""
-        return list(self.encoder.parameters()) + list(self.renderer.parameters())
+        placement = list(self.keypoint_constraints.parameters()) if self.constrained_keypoints else []
+        return list(self.encoder.parameters()) + list(self.renderer.parameters()) + placement
 
     def network_parameters(self) -> list[nn.Parameter]:
         """The dynamics' MLPs and the reward head."""
@@ -129,9 +135,33 @@ class KeyCLDModel(nn.Module):
             return heat
         return mask_heatmaps(heat, foreground_mask(frames, self.background, config.foreground_threshold, config.mask_ramp))
 
+    @property
+    def constrained_keypoints(self) -> bool:
+        """Whether encoded keypoints are placed on the constraints (`EncoderConfig.constrained`): their order is the constraints'."""
+        return self.config.encoder.constrained
+
+    def keypoints(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        """Keypoints `(B, K, 2)` of heatmap logits `(B, K, h, w)`: their expected positions, placed on the constraints if constrained."""
+        if not self.constrained_keypoints:
+            return spatial_softmax(heatmaps)
+        grid = image_grid(*heatmaps.shape[-2:], heatmaps.device).to(heatmaps.dtype)  # (h, w, 2)
+        reach = self.config.encoder.read_beyond
+
+        def read(k: int, start: torch.Tensor | None, length: torch.Tensor | None) -> torch.Tensor:
+            heat = heatmaps[:, k]
+            if start is not None:
+                # cells near the link's start would give a noisy direction; they still win
+                # over the background if no foreground lies beyond (a link seen end-on)
+                near = ((grid - start.detach().reshape(-1, 1, 1, 2)) ** 2).sum(-1) < (reach * length.detach()) ** 2
+                heat = heat - 50.0 * near
+            return spatial_softmax(heat[:, None])[:, 0]
+
+        pivots, pivoted = self.renderer.pivot_links()
+        return self.keypoint_constraints.place(read, {k: pivots[i] for i, k in enumerate(pivoted)})
+
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Keypoints `(B, K, 2)` of frames uint8 `(B, H, W, 3)`."""
-        return spatial_softmax(self.heatmaps(frames))
+        return self.keypoints(self.heatmaps(frames))
 
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
@@ -184,6 +214,8 @@ class KeyCLDModel(nn.Module):
         frames encode and render as before with the keypoints in the new order. The
         renderer's links are renamed alike (a link is a line, the same either way round).
         """
+        if self.constrained_keypoints and order != list(range(len(order))):
+            raise ValueError("constrained keypoints are in the constraints' order already; they cannot be reordered")
         idx = torch.as_tensor(order)
         head = self.encoder.output_conv
         first = self.renderer.down[0]

@@ -74,7 +74,7 @@ class DynamicsPhase:
     def prepare(self) -> None:
         """Order keypoints by the constraints, start the constraint constants, fit the start states."""
         kp = self.encode_sequences(self.train.data["frames"])
-        order = keypoint_order(kp.flatten(0, 1), self.model.spec)
+        order = list(range(kp.shape[2])) if self.model.constrained_keypoints else keypoint_order(kp.flatten(0, 1), self.model.spec)
         if order != list(range(len(order))):
             self.model.permute_keypoints(order)
             kp = kp[:, :, order]

@@ -110,7 +110,7 @@ def reconstruction_loss(model: KeyCLDModel, frames: torch.Tensor, config: TrainC
     """Foreground-weighted MSE (+ coverage, liveness and heatmap terms) of uint8 frames `(B, H, W, 3)`."""
     c = config
     heat = model.heatmaps(frames)
-    q = spatial_softmax(heat)
+    q = model.keypoints(heat)
     target = frames.float() / 255.0
     recon = model.render(q)
     w = foreground_weights(target, model.background, c.foreground_weight, c.model.encoder.foreground_threshold)
@@ -135,7 +135,7 @@ def reconstruction_loss(model: KeyCLDModel, frames: torch.Tensor, config: TrainC
         loss = loss + c.spread_weight * spread + c.separation_weight * close
         values["dead_spread"], values["closeness"] = spread.item(), close.item()
     if c.heatmap_weight > 0:
-        h = heatmap_sharpness_loss(heat, q, model.renderer.config.sigma)
+        h = heatmap_sharpness_loss(heat, spatial_softmax(heat), model.renderer.config.sigma)
         loss = loss + c.heatmap_weight * h
         values["heatmap_bce"] = h.item()
     return loss, values
