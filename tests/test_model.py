@@ -158,8 +158,8 @@ def test_constrained_keypoints_read_their_direction_beyond_the_links_start():
     grid = image_grid(32, 32)
     pivot = model.renderer.pivot_links()[0][0]
 
-    def peak(at):
-        return -((grid - torch.tensor(at)) ** 2).sum(-1) / 0.01
+    def peak(at):  # about a pixel wide
+        return -((grid - torch.tensor(at)) ** 2).sum(-1) / 0.001
 
     # a strong peak 2 px right of the pivot, a weaker one far up: the far one sets the direction
     heat = torch.maximum(peak([pivot[0].item() + 0.06, pivot[1].item()]), peak([pivot[0].item(), 0.6]) - 3)[None, None]
@@ -168,6 +168,15 @@ def test_constrained_keypoints_read_their_direction_beyond_the_links_start():
     # with nothing beyond the reach, the near peak still gives the direction
     q = model.keypoints(peak([pivot[0].item() + 0.06, pivot[1].item()])[None, None])[0, 0]
     assert q[0].item() > pivot[0].item() + 0.6 and abs(q[1].item() - pivot[1].item()) < 1e-3
+    # the acrobot's lower arm is read off the upper arm: a stronger peak there does not fold it back
+    model = KeyCLDModel("acrobot", replace(TINY_MODEL, encoder=replace(TINY_MODEL.encoder, constrained=True)))
+    with torch.no_grad():
+        model.keypoint_constraints.raw_length.fill_(0.0)
+        model.renderer.pivots.zero_()
+    upper_arm = peak([0.0, -0.6])
+    lower_arm = torch.maximum(peak([0.0, -0.2]), peak([0.5, -0.69]) - 3)
+    q = model.keypoints(torch.stack([upper_arm, lower_arm])[None])[0]
+    torch.testing.assert_close(q, torch.tensor([[0.0, -0.6931], [0.6931, -0.6931]]), atol=1e-2, rtol=0)
 
 
 def test_constrained_keypoints_refuse_constraints_they_cannot_hold():

@@ -14,6 +14,7 @@ For a set of C constraints, `ConstraintSet` gives
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -136,12 +137,13 @@ class ConstraintSet(nn.Module):
                 out.append(((qdot[..., c.b, :] - qdot[..., c.a, :]) ** 2).sum(-1))
         return torch.stack(out, -1)
 
-    def place(self, read: Callable[[int, torch.Tensor | None, torch.Tensor | None], torch.Tensor],
+    def place(self, read: Callable[[int, "PlacedLink | None"], torch.Tensor],
               pivots: dict[int, torch.Tensor] | None = None, eps: float = 1e-2) -> torch.Tensor:
         """Keypoints `(..., K, 2)` put on the manifold by construction, each constraint in turn placing one keypoint.
 
-        `read(k, start, length)` gives keypoint k's raw point `(..., 2)`: freely for a keypoint
-        no link ends at (start and length None), else away from the link's start `(..., 2)`.
+        `read(k, link)` gives keypoint k's raw point `(..., 2)`: freely for a keypoint no
+        link ends at (link None), else for the link being placed (`PlacedLink`: its start,
+        its length and the link placed before it, whose pixels the raw point should avoid).
         A ``fixed_height`` keypoint takes the height; a pivot link's keypoint, or a link's
         second keypoint, keeps only its raw point's direction from the link's start (the
         pivot, or the first keypoint as already placed) and takes the link's length. Only
@@ -151,7 +153,8 @@ class ConstraintSet(nn.Module):
         `(2,)` used instead of this set's own (the renderer's, so lines and keypoints agree).
         """
         moved = {c.a if c.kind != "fixed_distance" else c.b for c in self.constraints if c.kind != "fixed_height"}
-        points: list[torch.Tensor | None] = [None if k in moved else read(k, None, None) for k in range(self.num_keypoints)]
+        points: list[torch.Tensor | None] = [None if k in moved else read(k, None) for k in range(self.num_keypoints)]
+        segments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # keypoint -> the placed link ending at it
         for i, c in enumerate(self.constraints):
             if c.kind == "fixed_height":
                 x = points[c.a][..., 0]
@@ -162,10 +165,12 @@ class ConstraintSet(nn.Module):
             else:
                 start, k = points[c.a], c.b
             length = self.length[i]
-            d = read(k, start, length) - start
+            before = segments.get(c.a) if c.kind == "fixed_distance" else None
+            d = read(k, PlacedLink(start, length, before)) - start
             # eps (0.3 px) keeps the direction finite where a point sits on its link's start; it shortens
             # a link by under 0.1% once the point is 7 px from the start
             points[k] = start + length * d / (d.pow(2).sum(-1, keepdim=True) + eps**2).sqrt()
+            segments[k] = (start, points[k])
         return torch.stack(points, -2)
 
     def check_placeable(self) -> None:
@@ -194,6 +199,15 @@ class ConstraintSet(nn.Module):
         j = self.jacobian(q)
         flat = qdot.flatten(-2)
         return (flat - _pinv_apply(j, (j @ flat.unsqueeze(-1)).squeeze(-1))).reshape(qdot.shape)
+
+
+class PlacedLink(NamedTuple):
+    """A rigid link as `ConstraintSet.place` places it: its start `(..., 2)` or `(2,)`, its length, and
+    the link placed before it (start, end), if it continues one (the acrobot's lower arm)."""
+
+    start: torch.Tensor
+    length: torch.Tensor
+    before: tuple[torch.Tensor, torch.Tensor] | None
 
 
 def _pinv_apply(j: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,8 @@ class EncoderConfig:
             its link's length from the link's start. Read anywhere, the acrobot's upper-arm
             heatmap settled 2-3 px from the shoulder, where a fraction of a pixel turns the
             arm by a tenth of a radian (0.39 rad RMS; BENCHMARKS.md).
+        link_clearance: and not within this distance (image units) of the link placed
+            before it: the acrobot's lower arm, folded back, lies beside the upper arm.
     """
 
     channels: int = 32
@@ -64,6 +66,7 @@ class EncoderConfig:
     coordinates: bool = False
     constrained: bool = False
     read_beyond: float = 0.5
+    link_clearance: float = 0.08  # 2.6 px at 64 px height: the arm is 1.45 px wide
 
 
 def image_grid(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:

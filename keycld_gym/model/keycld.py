@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from keycld_gym.model.constraints import ConstraintSet
+from keycld_gym.model.constraints import ConstraintSet, PlacedLink
 from keycld_gym.model.dynamics import Dynamics, DynamicsConfig, mlp
 from keycld_gym.model.encoder import (
     EncoderConfig,
@@ -28,7 +28,11 @@ from keycld_gym.model.encoder import (
     spatial_softmax,
 )
 from keycld_gym.model.integrators import INTEGRATORS, rollout_step
-from keycld_gym.model.renderer import KeypointRenderer, RendererConfig
+from keycld_gym.model.renderer import (
+    KeypointRenderer,
+    RendererConfig,
+    segment_distance2,
+)
 from keycld_gym.sim.systems import Constraint, SystemSpec, get_system
 
 REWARD_OUTPUTS = ("linear", "sigmoid")
@@ -145,15 +149,21 @@ class KeyCLDModel(nn.Module):
         if not self.constrained_keypoints:
             return spatial_softmax(heatmaps)
         grid = image_grid(*heatmaps.shape[-2:], heatmaps.device).to(heatmaps.dtype)  # (h, w, 2)
-        reach = self.config.encoder.read_beyond
+        config = self.config.encoder
 
-        def read(k: int, start: torch.Tensor | None, length: torch.Tensor | None) -> torch.Tensor:
+        def read(k: int, link: PlacedLink | None) -> torch.Tensor:
             heat = heatmaps[:, k]
-            if start is not None:
-                # cells near the link's start would give a noisy direction; they still win
-                # over the background if no foreground lies beyond (a link seen end-on)
-                near = ((grid - start.detach().reshape(-1, 1, 1, 2)) ** 2).sum(-1) < (reach * length.detach()) ** 2
-                heat = heat - 50.0 * near
+            if link is not None:
+                # Cells near the link's start would give a noisy direction, cells on the link
+                # before it (the upper arm, for the lower arm's direction) a wrong one. They are
+                # held far down, yet above the background's -1e4 (`mask_heatmaps`), so they
+                # still count when no other foreground is left (a link seen end-on, folded back).
+                start = link.start.detach().reshape(-1, 1, 1, 2)
+                avoid = ((grid - start) ** 2).sum(-1) < (config.read_beyond * link.length.detach()) ** 2
+                if link.before is not None:
+                    a, b = (p.detach().reshape(-1, 1, 1, 2) for p in link.before)
+                    avoid = avoid | (segment_distance2(grid, a, b) < config.link_clearance**2)
+                heat = heat - 5e3 * avoid
             return spatial_softmax(heat[:, None])[:, 0]
 
         pivots, pivoted = self.renderer.pivot_links()
