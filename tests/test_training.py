@@ -195,3 +195,26 @@ def test_coverage_pulls_a_link_along_the_foreground_and_liveness_penalties():
     moving[:, 1] += 3.0
     spread, close = keypoint_liveness(moving, 0.05, 0.1)
     assert spread == 0 and close < 1e-3
+
+
+def test_constrained_keypoints_train_and_hold_the_constraints_through_both_phases(tiny_data, tmp_path):
+    """`EncoderConfig.constrained` on real frames: the loss falls, encoded keypoints keep the constraints exactly."""
+    from dataclasses import replace
+
+    from keycld_gym.data.dataset import iter_sequences
+
+    torch.manual_seed(0)
+    model = replace(TINY_MODEL, encoder=replace(TINY_MODEL.encoder, constrained=True))
+    cfg = tiny_train_config(tiny_data, model=model, keypoint_steps=80, dynamics_steps=4, log_every=5, keypoint_lr=3e-3)
+    Trainer(cfg, tmp_path, progress=False).run()
+    loss = _column(tmp_path / "log_keypoints.csv", "recon_weighted")
+    assert np.mean(loss[-3:]) < 0.5 * np.mean(loss[:2])
+    trained = load_model(tmp_path / "model")
+    q = trained.encode_frames(next(iter_sequences(tiny_data, "cartpole"))["frames"])
+    assert q[:, 0, 1].std() < 1e-5  # the cart on its rail
+    lengths = (q[:, 1] - q[:, 0]).norm(dim=-1)
+    assert lengths.std() < 1e-3 * lengths.mean()
+    # the dynamics phase kept the keypoints' order and started its constants at the encoder's
+    kc = trained.keypoint_constraints
+    assert abs(trained.constraints.height[0].item() - kc.height[0].item()) < 0.05
+    assert abs(trained.constraints.length[1].item() - kc.length[1].item()) < 0.05
