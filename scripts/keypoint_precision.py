@@ -8,7 +8,8 @@ Trains the system recipe's keypoint phase (`dynamics_steps=0`) on DATA, with the
 settings except the encoder's `full_resolution`, `mask_ramp`, `coordinates` and `constrained`
 (`EncoderConfig`), the renderer's `learn_pivots`, `local` and any field given by
 `--renderer`, and any `TrainConfig` field given by `--train`. The keypoints are then put in the order that best keeps the
-constraints (`keypoint_order`, as the dynamics phase does first), and the encoder is scored
+constraints (`keypoint_order`, as the dynamics phase does first; constrained keypoints are
+in that order already), and the encoder is scored
 on every 5th frame of HELD_OUT: the error against the true bodies after one affine map
 (`diagnostics.keypoint_error`), the response to sub-pixel shifts
 (`diagnostics.subpixel_response`), and the link angles as `keycld-gym evaluate-model`
