@@ -32,7 +32,7 @@ from keycld_gym import diagnostics
 from keycld_gym.data.dataset import iter_sequences
 from keycld_gym.evaluation import keypoint_state_metrics
 from keycld_gym.model.checkpoint import load_model
-from keycld_gym.model.keycld import KeyCLDModel, keypoint_order
+from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.training.recipes import RECIPES, get_recipe
 from keycld_gym.training.trainer import Trainer
 
@@ -100,8 +100,7 @@ def main() -> None:
     train_s = time.time() - started
 
     trained = load_model(out / "model")
-    order = (list(range(trained.spec.num_keypoints)) if trained.constrained_keypoints
-             else keypoint_order(torch.from_numpy(training_keypoints(trained, args.data)), trained.spec))
+    order = trained.keypoint_order(torch.from_numpy(training_keypoints(trained, args.data)))
     trained.permute_keypoints(order)
     started = time.time()
     keypoints, points, sampled, qpos = diagnostics.true_keypoint_samples(trained, args.eval, every=EVERY)

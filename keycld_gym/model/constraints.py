@@ -137,7 +137,7 @@ class ConstraintSet(nn.Module):
                 out.append(((qdot[..., c.b, :] - qdot[..., c.a, :]) ** 2).sum(-1))
         return torch.stack(out, -1)
 
-    def place(self, read: Callable[[int, "PlacedLink | None"], torch.Tensor],
+    def place(self, read: Callable[[int, PlacedLink | None], torch.Tensor],
               pivots: dict[int, torch.Tensor] | None = None, eps: float = 1e-2) -> torch.Tensor:
         """Keypoints `(..., K, 2)` put on the manifold by construction, each constraint in turn placing one keypoint.
 
@@ -152,7 +152,7 @@ class ConstraintSet(nn.Module):
         would take a point that looks like nothing in particular. `pivots`: keypoint -> pivot
         `(2,)` used instead of this set's own (the renderer's, so lines and keypoints agree).
         """
-        moved = {c.a if c.kind != "fixed_distance" else c.b for c in self.constraints if c.kind != "fixed_height"}
+        moved = {_placed(c) for c in self.constraints if c.kind != "fixed_height"}
         points: list[torch.Tensor | None] = [None if k in moved else read(k, None) for k in range(self.num_keypoints)]
         segments: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # keypoint -> the placed link ending at it
         for i, c in enumerate(self.constraints):
@@ -175,7 +175,7 @@ class ConstraintSet(nn.Module):
 
     def check_placeable(self) -> None:
         """Fail unless `place` can hold every constraint: no keypoint moved by two of them."""
-        moved = [c.a if c.kind != "fixed_distance" else c.b for c in self.constraints]
+        moved = [_placed(c) for c in self.constraints]
         twice = sorted({k for k in moved if moved.count(k) > 1})
         if twice:
             raise ValueError(f"constrained keypoints need each keypoint fixed by at most one constraint; "
@@ -199,6 +199,11 @@ class ConstraintSet(nn.Module):
         j = self.jacobian(q)
         flat = qdot.flatten(-2)
         return (flat - _pinv_apply(j, (j @ flat.unsqueeze(-1)).squeeze(-1))).reshape(qdot.shape)
+
+
+def _placed(c: Constraint) -> int:
+    """The keypoint a constraint places (`ConstraintSet.place`): a link's far end, else its one keypoint."""
+    return c.b if c.kind == "fixed_distance" else c.a
 
 
 class PlacedLink(NamedTuple):

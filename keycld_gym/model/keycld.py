@@ -144,6 +144,12 @@ class KeyCLDModel(nn.Module):
         """Whether encoded keypoints are placed on the constraints (`EncoderConfig.constrained`): their order is the constraints'."""
         return self.config.encoder.constrained
 
+    def keypoint_order(self, keypoints: torch.Tensor) -> list[int]:
+        """The order of encoded keypoints `(N, K, 2)` the constraints name (`keypoint_order`); constrained keypoints are in it already."""
+        if self.constrained_keypoints:
+            return list(range(self.spec.num_keypoints))
+        return keypoint_order(keypoints, self.spec)
+
     def keypoints(self, heatmaps: torch.Tensor) -> torch.Tensor:
         """Keypoints `(B, K, 2)` of heatmap logits `(B, K, h, w)`: their expected positions, placed on the constraints if constrained."""
         if not self.constrained_keypoints:

@@ -21,7 +21,7 @@ import torch
 from keycld_gym.data.dataset import WindowDataset
 from keycld_gym.files import write_json
 from keycld_gym.model.estimation import fit_trajectory, initial_guess, refine_trajectory
-from keycld_gym.model.keycld import KeyCLDModel, init_constraints_from, keypoint_order
+from keycld_gym.model.keycld import KeyCLDModel, init_constraints_from
 from keycld_gym.model.physics_fit import apply_physics, fit_physics
 from keycld_gym.sim.systems import WINDOWS
 from keycld_gym.training.config import TrainConfig
@@ -74,7 +74,7 @@ class DynamicsPhase:
     def prepare(self) -> None:
         """Order keypoints by the constraints, start the constraint constants, fit the start states."""
         kp = self.encode_sequences(self.train.data["frames"])
-        order = list(range(kp.shape[2])) if self.model.constrained_keypoints else keypoint_order(kp.flatten(0, 1), self.model.spec)
+        order = self.model.keypoint_order(kp.flatten(0, 1))
         if order != list(range(len(order))):
             self.model.permute_keypoints(order)
             kp = kp[:, :, order]
