@@ -1,4 +1,4 @@
-"""The one-command pipeline and the model recipes, end to end on a tiny pendulum."""
+"""The one-command pipeline and the model recipes, end to end on a tiny pendulum and a tiny acrobot."""
 
 import json
 from dataclasses import replace
@@ -182,3 +182,56 @@ def test_a_recipe_on_fewer_frames_scales_both_training_sets_alike(tmp_path, caps
     assert main(["pipeline", "--system", "cartpole", "--out", str(tmp_path), "--training-frames", "45000",
                  "--until", "nope"]) == 2
     assert "other data sets" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_acrobot_pipeline_end_to_end(tmp_path):
+    """The acrobot's recipe (constrained full-resolution keypoints, a driven elbow, two damped
+    joints), shrunk: collect, train, refit, evaluate; then the imagined env, an agent, a real episode."""
+    from gymnasium.utils.env_checker import check_env
+
+    from keycld_gym.envs.imagined_env import KeyCLDEnv
+    from keycld_gym.model.checkpoint import load_model
+    from keycld_gym.rl.agent import load_agent
+    from keycld_gym.rl.agent_evaluation import evaluate_agent
+    from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
+
+    torch.set_num_threads(1)
+    full = get_recipe("acrobot")
+    tiny = replace(TINY_MODEL, encoder=replace(full.model.encoder, channels=8, depth=1),
+                   renderer=replace(full.model.renderer, channels=8, background_channels=4),
+                   dynamics=replace(full.model.dynamics, hidden=16), reward_output="sigmoid")
+    recipe = ModelRecipe(
+        system="acrobot",
+        keypoint_data=DataPlan("short", episodes=3, frames=20, seed=0),
+        dynamics_data=DataPlan("long", episodes=3, frames=40, seed=2),
+        eval_data=DataPlan("eval", episodes=2, frames=213, seed=1),  # 0.32 s start + 45 agent steps of 4
+        model=tiny,
+        train=dict(full.train, keypoint_steps=4, keypoint_batch=8, dynamics_steps=3, dynamics_batch=4,
+                   horizon_ramp_steps=2, max_horizon=8, val_fraction=0.4, checkpoint_every_s=1e9),
+        reward_steps=5, renderer_steps=2,
+    )
+    out = tmp_path / "run"
+    record = Pipeline(recipe, out, workers=1, progress=False, command="pytest").run()
+    assert {"keypoints", "dynamics", "reward", "evaluate"} <= set(record["steps"])
+    fit = json.loads((out / "dynamics" / "physics_fit.json").read_text())
+    assert len(fit["input"]) == 1 and len(fit["damping"]) == 2  # the elbow's torque; both joints damped
+
+    model = load_model(out / "model")
+    assert model.config.encoder.constrained and model.config.encoder.full_resolution
+    frames = np.load(sorted((out / "data" / "eval").glob("shard_*.npz"))[0])["frames"][0, :5]
+    kp = model.encode_frames(frames)  # placed on the encoder's own constants: the arm lengths hold exactly
+    assert model.keypoint_constraints.phi(kp).abs().max() < 1e-3
+    result = json.loads((out / "eval.json").read_text())
+    assert result["sequences"] == 2 and result["start_frames"] == 33  # 0.32 s at 0.01 s
+    assert np.isfinite(result["model"]["vpt_agent_median"])
+    assert {"link0_angle_rms_rad", "link1_angle_rms_rad"} <= set(result["keypoints"])
+
+    check_env(KeyCLDEnv("acrobot", out / "model", obs_type="keypoints"), skip_render_check=True)
+    config = AgentTrainConfig(system="acrobot", checkpoint=str(out / "model"), total_steps=32, eval_every=32,
+                              eval_episodes=1)
+    train_agent(config, tmp_path / "agent", progress=False, command="pytest")
+    agent = load_agent(tmp_path / "agent" / "agent", "acrobot", "keypoints")
+    real = evaluate_agent(agent, episodes=1, seed=5, checkpoint=str(out / "model"), workers=1, max_steps=20)
+    assert real["episodes"] == 1 and 0.0 <= real["real_return_mean"] <= 1000.0
+    assert real["model_real_frames"] == 3 * 20 + 3 * 40
