@@ -17,7 +17,7 @@ from keycld_gym.benchmark import run_benchmark
 from keycld_gym.bundling import bundle_agent, bundle_model
 from keycld_gym.data.collect import CollectConfig, collect
 from keycld_gym.data.preview import dataset_preview
-from keycld_gym.diagnostics import diagnose
+from keycld_gym.diagnostics import diagnose, keypoint_map_for
 from keycld_gym.energy_control import energy_agent
 from keycld_gym.errors import KeyCLDError
 from keycld_gym.evaluation import load_and_evaluate
@@ -188,6 +188,18 @@ def _recipe_threads(args: argparse.Namespace, obs_type: str, algo: str) -> None:
     torch.set_num_threads(args.threads or get_agent_recipe(args.system, obs_type, algo).torch_threads)
 
 
+def _true_keypoint_map(args: argparse.Namespace) -> dict | None:
+    """`train-agent --world true`: the map from true points into the model's keypoints, fitted on `--data`."""
+    if args.world == "imagined":
+        if args.data is not None:
+            raise ValueError("--data fits the true state's keypoint map: it goes with --world true")
+        return None
+    if args.data is None:
+        raise ValueError("--world true needs --data: held-out real sequences on which to map the true state into "
+                         "the model's keypoints (for example a pipeline run's data/task-eval)")
+    return keypoint_map_for(load_model(checkpoint_folder(args.checkpoint, args.system)), args.data).to_dict()
+
+
 def _train_agent(args: argparse.Namespace) -> int:
     _recipe_threads(args, args.obs, args.algo)
     config = AgentTrainConfig(
@@ -195,12 +207,13 @@ def _train_agent(args: argparse.Namespace) -> int:
         total_steps=args.steps, budget_s=None if args.budget is None else args.budget * 60,
         observation_noise=args.noise, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
         real_eval_every=args.real_eval_every, real_eval_episodes=args.real_eval_episodes,
-        checkpoint_every_s=args.checkpoint_every,
+        checkpoint_every_s=args.checkpoint_every, world=args.world, keypoint_map=_true_keypoint_map(args),
     )
     state = train_agent(config, args.out, resume=args.resume, progress=not args.quiet, command=default_command())
     last = state["curve"][-1]
-    print(f"trained {args.algo} on {args.obs} in imagination: {state['steps']} steps in {state['wall_s'] / 60:.1f} min, "
-          f"imagined return {last['imagined_return']:.1f} -> {Path(args.out) / 'agent'}")
+    where = "in imagination" if args.world == "imagined" else "on the true simulator's state (a reference)"
+    print(f"trained {args.algo} on {args.obs} {where}: {state['steps']} steps in {state['wall_s'] / 60:.1f} min, "
+          f"{config.return_key.replace('_', ' ')} {last[config.return_key]:.1f} -> {Path(args.out) / 'agent'}")
     return 0
 
 
@@ -428,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the agent recipe's, agents/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--world", choices=("imagined", "true"), default="imagined",
+                   help="true: a reference, the same recipe trained on the true simulator's state (keypoints mapped "
+                        "into the model's); the default trains in imagination only")
+    p.add_argument("--data", help="--world true: held-out real sequences to fit that map on")
     p.set_defaults(func=_train_agent)
     p = sub.add_parser("evaluate-agent", help="an agent's return in the real task and in imagination")
     p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), 'bundled', or 'energy' "

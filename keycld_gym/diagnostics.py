@@ -23,8 +23,10 @@ by least squares on held-out frames. Then:
   squares on exact samples of the true system, mapped into keypoint space), scored by the
   held-out VPT: about the best any learned dynamics can do behind this encoder.
 - `oracle_agent`: an agent's real return when its observations are the true keypoints
-  (mapped, no rendering) instead of the estimate from rendered frames: the gap to its real
-  return is what the state estimate costs.
+  (mapped, no rendering; `envs/true_keypoints.py`) instead of the estimate from rendered
+  frames: the gap to its real return is what the state estimate costs. For an agent
+  trained on the true state (`train-agent --world true`) it is the reference return of
+  the RL alone.
 """
 
 from __future__ import annotations
@@ -36,34 +38,22 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from keycld_gym.data.dataset import iter_sequences
+from keycld_gym.envs.true_keypoints import TrueKeypointEnv
 from keycld_gym.evaluation import evaluate_model
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.model.physics_fit import apply_physics, solve_physics
 from keycld_gym.rl.agent import Agent
-from keycld_gym.sim.keypoint_truth import exact_samples, point_jacobian, true_points
+from keycld_gym.rl.agent_evaluation import episode_returns
+from keycld_gym.sim.keypoint_truth import (
+    KeypointMap,
+    exact_samples,
+    fit_keypoint_map,
+    true_points,
+)
 from keycld_gym.sim.real_env import RealEnv
-
-
-class KeypointMap:
-    """The affine map `kp = A p + b` from true points (world x, z) to a model's keypoint space."""
-
-    def __init__(self, a: np.ndarray, b: np.ndarray):
-        self.a, self.b = a, b
-
-    def points(self, p: np.ndarray) -> np.ndarray:
-        """Keypoints `(..., K, 2)` of true points `(..., K, 2)`."""
-        return p @ self.a.T + self.b
-
-    def vectors(self, v: np.ndarray) -> np.ndarray:
-        """Keypoint velocities or accelerations `(..., K, 2)` of the true ones."""
-        return v @ self.a.T
-
-    @property
-    def scale(self) -> float:
-        """Keypoint units per metre (the map's mean singular value)."""
-        return float(np.linalg.svd(self.a, compute_uv=False).mean())
 
 
 class KeypointSamples(NamedTuple):
@@ -93,12 +83,10 @@ def true_keypoint_samples(model: KeyCLDModel, data: str | Path, every: int = 5) 
     return KeypointSamples(np.concatenate(kps), np.array(points), np.concatenate(sampled), np.concatenate(states))
 
 
-def fit_keypoint_map(keypoints: np.ndarray, points: np.ndarray) -> KeypointMap:
-    """The least-squares affine map (one for all keypoints) from true points to encoded keypoints `(N, K, 2)`."""
-    p = points.reshape(-1, 2)
-    x = np.concatenate([p, np.ones((len(p), 1))], 1)
-    w, *_ = np.linalg.lstsq(x, keypoints.reshape(-1, 2), rcond=None)
-    return KeypointMap(w[:2].T, w[2])
+def keypoint_map_for(model: KeyCLDModel, data: str | Path, every: int = 5) -> KeypointMap:
+    """The affine map from true points into `model`'s keypoint space, fitted on held-out `data` (every `every`-th frame)."""
+    samples = true_keypoint_samples(model, data, every=every)
+    return fit_keypoint_map(samples.keypoints, samples.points)
 
 
 def keypoint_error(model: KeyCLDModel, keypoints: np.ndarray, points: np.ndarray, kmap: KeypointMap) -> dict[str, Any]:
@@ -218,21 +206,9 @@ def true_physics_vpt(model: KeyCLDModel, kmap: KeypointMap, data: str | Path) ->
 
 def oracle_agent_returns(agent: Agent, kmap: KeypointMap, episodes: int = 10, seed: int = 100_000) -> dict[str, Any]:
     """Real returns of an agent whose observations are the true keypoints (mapped) instead of an estimate from frames."""
-    spec = agent.recipe.system
-    env = RealEnv(spec, "state")
-    returns = []
-    for i in range(episodes):
-        env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            qpos, qvel = env.physics.data.qpos.copy(), env.physics.data.qvel.copy()
-            q = kmap.points(true_points(env.physics, env.system))
-            v = kmap.vectors(point_jacobian(env.physics, env.system, qpos) @ qvel)
-            obs = np.concatenate([q.ravel(), v.ravel()])[None].astype(np.float32)
-            _, reward, terminated, truncated, _ = env.step(agent.act(obs)[0])
-            total, done = total + reward, terminated or truncated
-        returns.append(float(total))
-    env.close()
+    venv = DummyVecEnv([lambda: TrueKeypointEnv(agent.system, kmap)])
+    returns = episode_returns(agent.act, venv, episodes, seed)
+    venv.close()
     return {"episodes": episodes, "seed": seed, "real_returns": returns,
             "real_return_mean": float(np.mean(returns)), "real_return_std": float(np.std(returns))}
 
@@ -244,7 +220,7 @@ def diagnose(model: KeyCLDModel, data: str | Path, *, agent: Agent | None = None
     kmap = fit_keypoint_map(keypoints, points)
     result: dict[str, Any] = {
         "system": model.spec.name, "data": str(data),
-        "keypoint_map": {"a": kmap.a.tolist(), "b": kmap.b.tolist()},
+        "keypoint_map": kmap.to_dict(),
         "keypoints": keypoint_error(model, keypoints, points, kmap),
         "subpixel": subpixel_response(model, held_out_qpos, kmap),
         "response": true_response(model, kmap),

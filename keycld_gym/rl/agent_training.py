@@ -5,6 +5,10 @@ model's batched imagined env, with keypoint noise of the measured real estimatio
 where the recipe asks for it. The real task is used only to measure: an optional periodic
 evaluation there draws the learning curve beside the imagined return.
 
+`world="true"` trains the same recipe on the true simulator instead (a reference: what the
+RL alone reaches on the task): keypoint observations of the true state, mapped into the
+model's keypoint space (`envs/true_keypoints.py`), no noise; its curve is the true return.
+
 OUT/
     agent/          the trained agent (agent.safetensors + agent.json), written at the end
     resume/         SB3's own checkpoint (model.zip, replay_buffer.pkl) every few minutes:
@@ -30,17 +34,22 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 from tqdm.auto import tqdm
 
 from keycld_gym.agents import AgentRecipe, get_recipe
+from keycld_gym.envs.true_keypoints import TrueKeypointEnv
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import differing_keys, write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.rl.agent import ALGORITHMS, Agent, imagined_vec_env, real_vec_env
 from keycld_gym.rl.agent_evaluation import episode_returns, model_data
+from keycld_gym.sim.keypoint_truth import KeypointMap
+from keycld_gym.sim.systems import get_system
 
 STATE = "state.json"
-IDENTITY = ("system", "obs_type", "algo", "seed", "checkpoint", "observation_noise")
+IDENTITY = ("system", "obs_type", "algo", "seed", "checkpoint", "observation_noise", "world")
+WORLDS = ("imagined", "true")
 # episodes of the learning curve start from their own seeds, apart from evaluate-agent's
 CURVE_SEED = 200_000
 
@@ -62,6 +71,20 @@ class AgentTrainConfig:
     real_eval_every: int = 0  # every n-th curve point also in the real task (0: never)
     real_eval_episodes: int = 2
     checkpoint_every_s: float = 120.0
+    world: str = "imagined"  # or "true": the reference on the true simulator (module docstring)
+    keypoint_map: dict[str, list] | None = None  # world "true": `KeypointMap.to_dict` into the model's keypoints
+
+    def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ValueError(f"world must be one of {WORLDS}, got {self.world!r}")
+        if self.world == "true" and (self.obs_type != "keypoints" or self.keypoint_map is None):
+            raise ValueError("world 'true' trains on keypoints of the true state: obs_type 'keypoints' and a keypoint_map "
+                             "(`keypoint_map_for(model, held_out_data)`) are needed")
+
+    @property
+    def return_key(self) -> str:
+        """The learning curve's return in the training world."""
+        return "imagined_return" if self.world == "imagined" else "true_return"
 
     def recipe(self) -> AgentRecipe:
         recipe = get_recipe(self.system, self.obs_type, self.algo)
@@ -70,6 +93,8 @@ class AgentTrainConfig:
             changes["total_steps"] = self.total_steps
         if self.observation_noise is not None:
             changes["observation_noise"] = self.observation_noise
+        if self.world == "true":
+            changes["observation_noise"] = "none"  # the true state: nothing estimated
         return recipe.replace(**changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +139,7 @@ class _Trainer:
         torch.manual_seed(config.seed)
         self.model_path = checkpoint_folder(config.checkpoint, config.system)
         self.model = load_model(self.model_path)
-        self.venv = imagined_vec_env(self.recipe, self.recipe.num_envs, self.model_path, seed=config.seed, training=True)
+        self.venv = self.world_env(self.recipe.num_envs, config.seed, training=True)
         self.curve: list[dict[str, Any]] = []
         self.wall_before = 0.0  # training time of earlier (interrupted) sessions
         self.started = time.time()
@@ -122,23 +147,32 @@ class _Trainer:
         self.next_eval = 0
         self._eval_env = self._real_env = None
 
+    def world_env(self, num_envs: int, seed: int, training: bool = False) -> VecEnv:
+        """`num_envs` envs of the training world: the model's imagination, or the true simulator."""
+        if self.config.world == "imagined":
+            return imagined_vec_env(self.recipe, num_envs, self.model_path, seed=seed, training=training)
+        kmap = KeypointMap.from_dict(self.config.keypoint_map)
+        venv = DummyVecEnv([lambda: TrueKeypointEnv(self.recipe.system, kmap)] * num_envs)  # physics only: cheap
+        venv.seed(seed)
+        return venv
+
     # -- measuring ----------------------------------------------------------------------------
     def evaluate(self, steps: int) -> dict[str, Any]:
         c = self.config
         policy = self.algorithm.policy
         act = lambda obs: policy.predict(obs, deterministic=True)[0]  # noqa: E731
         if self._eval_env is None:
-            self._eval_env = imagined_vec_env(self.recipe, c.eval_episodes, self.model_path, seed=CURVE_SEED)
+            self._eval_env = self.world_env(c.eval_episodes, CURVE_SEED)
         imag = episode_returns(act, self._eval_env, c.eval_episodes, CURVE_SEED)
         point: dict[str, Any] = {"steps": int(steps), "wall_s": round(self.wall(), 1),
-                                 "imagined_return": float(np.mean(imag)), "real_return": None}
+                                 c.return_key: float(np.mean(imag)), "real_return": None}
         index = len(self.curve)
         if c.real_eval_every and index % c.real_eval_every == 0:
             if self._real_env is None:
                 self._real_env = real_vec_env(self.recipe, self.model)
             point["real_return"] = float(np.mean(episode_returns(act, self._real_env, c.real_eval_episodes, CURVE_SEED)))
         self.curve.append(point)
-        self.algorithm.logger.record("eval/imagined_return", point["imagined_return"])
+        self.algorithm.logger.record(f"eval/{c.return_key}", point[c.return_key])
         if point["real_return"] is not None:
             self.algorithm.logger.record("eval/real_return", point["real_return"])
         self.next_eval = steps + c.eval_every
@@ -147,7 +181,7 @@ class _Trainer:
 
     def write_curve(self) -> None:
         with open(self.out / "curve.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, ["steps", "wall_s", "imagined_return", "real_return"])
+            writer = csv.DictWriter(f, ["steps", "wall_s", self.config.return_key, "real_return"])
             writer.writeheader()
             writer.writerows(self.curve)
 
@@ -219,13 +253,17 @@ class _Trainer:
             self.evaluate(self.algorithm.num_timesteps)
         self.save_resume()
         agent = Agent.from_algorithm(self.algorithm, self.recipe)
+        key = self.config.return_key
         agent.save(
             self.out / "agent",
             model={"path": str(self.model_path), "weights_sha256": self.model.checkpoint_config.get("weights_sha256"),
                    **model_data(self.model_path, self.recipe.system)},
             training={"command": self.command, "seed": self.config.seed, "steps": int(self.algorithm.num_timesteps),
                       "wall_s": round(self.wall(), 1), "torch_threads": torch.get_num_threads(),
-                      "imagined_return": self.curve[-1]["imagined_return"], "real_frames": 0},
+                      "world": self.config.world, key: self.curve[-1][key], "real_frames": 0,
+                      # the reference learns in the true simulator: that many of its physics steps
+                      "true_physics_steps": 0 if self.config.world == "imagined" else
+                      int(self.algorithm.num_timesteps) * get_system(self.recipe.system).action_repeat},
         )
         state = self.state("done")
         write_json(self.out / STATE, state)
@@ -234,7 +272,7 @@ class _Trainer:
 
 def train_agent(config: AgentTrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
                 command: str | None = None) -> dict[str, Any]:
-    """Train `config`'s agent in imagination into `out` (see the module docstring); returns the run's state."""
+    """Train `config`'s agent in imagination (or its world) into `out` (see the module docstring); returns the run's state."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return _Trainer(config, out, command, progress).run(resume)

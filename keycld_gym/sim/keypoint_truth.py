@@ -3,8 +3,9 @@
 Every spec names where its keypoints sit on the real bodies (`SystemSpec.keypoint_points`).
 Their positions in the plane the camera looks at (world x and z: every spec's camera looks
 along the world y axis), their velocities and accelerations come straight from MuJoCo. The
-diagnostics map them into a model's keypoint space by one affine map; no model or policy
-ever sees them.
+diagnostics map them into a model's keypoint space by one affine map (`KeypointMap`); only
+the references see them (`envs/true_keypoints.py`: what an agent reaches on the true state),
+never a model or an agent of imagination.
 """
 
 from __future__ import annotations
@@ -86,3 +87,40 @@ def exact_samples(physics: Any, spec: SystemSpec, n: int, seed: int, actions: tu
         out["qdd"].append(qdds)
         out["u"].append(us)
     return {k: np.array(v) for k, v in out.items()}
+
+
+class KeypointMap:
+    """The affine map `kp = A p + b` from true points (world x, z) to a model's keypoint space."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray):
+        self.a, self.b = a, b
+
+    def points(self, p: np.ndarray) -> np.ndarray:
+        """Keypoints `(..., K, 2)` of true points `(..., K, 2)`."""
+        return p @ self.a.T + self.b
+
+    def vectors(self, v: np.ndarray) -> np.ndarray:
+        """Keypoint velocities or accelerations `(..., K, 2)` of the true ones."""
+        return v @ self.a.T
+
+    def to_dict(self) -> dict[str, list]:
+        """The map as plain lists (JSON)."""
+        return {"a": self.a.tolist(), "b": self.b.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list]) -> "KeypointMap":
+        """The map `to_dict` wrote."""
+        return cls(np.asarray(d["a"], dtype=float), np.asarray(d["b"], dtype=float))
+
+    @property
+    def scale(self) -> float:
+        """Keypoint units per metre (the map's mean singular value)."""
+        return float(np.linalg.svd(self.a, compute_uv=False).mean())
+
+
+def fit_keypoint_map(keypoints: np.ndarray, points: np.ndarray) -> KeypointMap:
+    """The least-squares affine map (one for all keypoints) from true points to encoded keypoints `(N, K, 2)`."""
+    p = points.reshape(-1, 2)
+    x = np.concatenate([p, np.ones((len(p), 1))], 1)
+    w, *_ = np.linalg.lstsq(x, keypoints.reshape(-1, 2), rcond=None)
+    return KeypointMap(w[:2].T, w[2])
