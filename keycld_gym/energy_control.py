@@ -103,12 +103,18 @@ class EnergyShaping:
         action_cost: LQR weight of the action.
         centring: gains of a pushed body's offset from its rail's middle and of its velocity,
             added to the pumping (the cart must pump the pole without hitting the walls).
+        power_scale: 0 pumps in the direction of the power's sign; above 0 by tanh(power /
+            power_scale), so the pump fades where an action's power passes through zero
+            (a bang-bang pump through the acrobot's elbow locks the arm in bent poses).
     """
 
     def __init__(self, plant: EnergyPlant, *, gain: float = 50.0, switch: float = 0.05,
                  state_cost: tuple[float, float] = (1.0, 0.1), action_cost: float = 1.0,
-                 centring: tuple[float, float] = (0.0, 0.0)):
+                 centring: tuple[float, float] = (0.0, 0.0), power_scale: float = 0.0):
+        if power_scale < 0:
+            raise ValueError(f"power_scale must be 0 (the power's sign) or positive, got {power_scale}")
         self.plant, self.gain, self.switch, self.centring = plant, gain, switch, centring
+        self.power_scale = power_scale
         low, high = plant.potential_range
         self.target, self.span = high, high - low
         n = len(plant.upright)
@@ -129,7 +135,9 @@ class EnergyShaping:
     def __call__(self, x: Array) -> Array:
         """Actions in [-1, 1] `(N, A)` for states `(N, n)`."""
         shortfall = (self.target - self.plant.energy(x)) / self.span
-        pump = self.gain * shortfall[:, None] * np.sign(self.plant.power(x))
+        power = self.plant.power(x)
+        direction = np.tanh(power / self.power_scale) if self.power_scale > 0 else np.sign(power)
+        pump = self.gain * shortfall[:, None] * direction
         if self.plant.centring is not None and any(self.centring):
             offset, rate = self.plant.centring(x).transpose(1, 0, 2)
             pump = np.clip(pump, -1, 1) + self.centring[0] * offset + self.centring[1] * rate

@@ -110,9 +110,11 @@ def test_energy_agent_refuses_what_it_cannot_control(tiny_model_dir, capsys):
         EnergyAgent(load_model(tiny_model_dir), get_recipe("cartpole", "keypoints", "sac"))
     with pytest.raises(ValueError, match="keypoint"):
         ENERGY_CARTPOLE.replace(obs_type="pixels")
-    # no energy recipe for the acrobot yet: the command says which recipes exist
-    assert main(["evaluate-agent", "--agent", "energy", "--system", "acrobot", "--episodes", "1"]) == 2
-    assert "pendulum/keypoints/energy" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="power_scale must be 0"):
+        EnergyAgent(load_model(tiny_model_dir), ENERGY_CARTPOLE.replace(hyperparams={"power_scale": -1.0}))
+    # the controller is the model's: a missing model is said so
+    assert main(["evaluate-agent", "--agent", "energy", "--system", "acrobot", "--checkpoint", "no-such-model"]) == 2
+    assert "no-such-model" in capsys.readouterr().err
 
 
 def test_the_benchmark_table_lists_the_models_recorded_energy_controller():
