@@ -127,7 +127,7 @@ class Pipeline:
             ("renderer", lambda: refit_checkpoint(
                 self.out / "reward", self.model_folder, "renderer", fit_renderer,
                 data=self._training_data(), steps=r.renderer_steps, seed=r.seed, progress=self.progress,
-                command=self.command)),
+                command=self.command, **r.renderer_fit)),
             ("exploring-starts", lambda: write_start_bank(
                 self.model_folder, start_bank_from_data(self.data(r.dynamics_data.name), r.system, seed=r.seed),
                 EXPLORING_STARTS)),

@@ -209,7 +209,7 @@ def test_tiny_acrobot_pipeline_end_to_end(tmp_path):
         model=tiny,
         train=dict(full.train, keypoint_steps=4, keypoint_batch=8, dynamics_steps=3, dynamics_batch=4,
                    horizon_ramp_steps=2, max_horizon=8, val_fraction=0.4, checkpoint_every_s=1e9),
-        reward_steps=5, renderer_steps=2,
+        reward_steps=5, renderer_steps=2, renderer_fit=full.renderer_fit,
     )
     out = tmp_path / "run"
     record = Pipeline(recipe, out, workers=1, progress=False, command="pytest").run()
@@ -219,6 +219,7 @@ def test_tiny_acrobot_pipeline_end_to_end(tmp_path):
 
     model = load_model(out / "model")
     assert model.config.encoder.constrained and model.config.encoder.full_resolution
+    assert model.checkpoint_config["renderer"]["weight"] == full.renderer_fit["weight"]  # the recipe's refit
     frames = np.load(sorted((out / "data" / "eval").glob("shard_*.npz"))[0])["frames"][0, :5]
     kp = model.encode_frames(frames)  # placed on the encoder's own constants: the arm lengths hold exactly
     assert model.keypoint_constraints.phi(kp).abs().max() < 1e-3
