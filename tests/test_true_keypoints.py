@@ -35,11 +35,12 @@ def test_observations_are_the_true_bodies_mapped_and_their_velocities():
 
 
 def test_the_reference_trains_on_the_true_state(noisy_model_dir, tiny_data, tmp_path, capsys):
+    from keycld_gym.agents import get_recipe
     from keycld_gym.cli import main
     from keycld_gym.diagnostics import keypoint_map_for, oracle_agent_returns
     from keycld_gym.model.checkpoint import load_model
     from keycld_gym.rl.agent import load_agent
-    from keycld_gym.rl.agent_training import AgentTrainConfig
+    from keycld_gym.rl.agent_training import AgentTrainConfig, _Trainer
 
     torch.set_num_threads(1)
     run = tmp_path / "true"
@@ -54,6 +55,14 @@ def test_the_reference_trains_on_the_true_state(noisy_model_dir, tiny_data, tmp_
     agent = load_agent(run / "agent", "cartpole", "keypoints")
     training = agent.info["training"]
     assert training["world"] == "true" and training["true_physics_steps"] == state["steps"] * 8
+    # training episodes are cut where the recipe says, as in imagination
+    trainer = _Trainer(AgentTrainConfig(system="pendulum", world="true", keypoint_map=FLIP.to_dict()), tmp_path / "t",
+                       None, False)
+    venv = trainer.world_env(1, 0, training=True)
+    venv.reset()
+    cut = get_recipe("pendulum", "keypoints", "sac").training_episode_steps
+    dones = [venv.step(np.zeros((1, 1), np.float32))[2][0] for _ in range(cut)]
+    assert dones == [False] * (cut - 1) + [True]
     # scored as it trained: the true keypoints in the real task (the diagnostics' oracle)
     kmap = keypoint_map_for(load_model(noisy_model_dir), tiny_data)
     np.testing.assert_allclose(kmap.a, state["config"]["keypoint_map"]["a"])

@@ -55,4 +55,3 @@ class TrueKeypointEnv(gym.Env):
 
     def close(self) -> None:
         self.env.close()
-

@@ -8,6 +8,9 @@ evaluation there draws the learning curve beside the imagined return.
 `world="true"` trains the same recipe on the true simulator instead (a reference: what the
 RL alone reaches on the task): keypoint observations of the true state, mapped into the
 model's keypoint space (`envs/true_keypoints.py`), no noise; its curve is the true return.
+Training episodes are cut as the recipe says; exploring starts, which draw states from the
+model's own data in its keypoint space, are the imagined env's only: every true episode
+starts from the task's reset.
 
 OUT/
     agent/          the trained agent (agent.safetensors + agent.json), written at the end
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
@@ -152,7 +156,13 @@ class _Trainer:
         if self.config.world == "imagined":
             return imagined_vec_env(self.recipe, num_envs, self.model_path, seed=seed, training=training)
         kmap = KeypointMap.from_dict(self.config.keypoint_map)
-        venv = DummyVecEnv([lambda: TrueKeypointEnv(self.recipe.system, kmap)] * num_envs)  # physics only: cheap
+        steps = self.recipe.training_episode_steps if training else None
+
+        def make() -> gym.Env:
+            env = TrueKeypointEnv(self.recipe.system, kmap)
+            return env if steps is None else gym.wrappers.TimeLimit(env, steps)
+
+        venv = DummyVecEnv([make] * num_envs)  # physics only, nothing rendered: cheap in one process
         venv.seed(seed)
         return venv
 
