@@ -28,7 +28,7 @@ ALLOWED = {
     "pipeline": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl"},
     "ablations": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "pipeline"},
     "bundling": {"base", "sim", "data", "model", "rl"},
-    "diagnostics": {"base", "sim", "data", "model", "evaluation", "rl"},
+    "diagnostics": {"base", "sim", "data", "model", "evaluation", "envs", "rl"},
     "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "ablations",
             "bundling", "diagnostics", "video", "energy_control", "agents"},
     "package": {"base", "sim", "model", "envs"},
