@@ -28,10 +28,10 @@ class TrueKeypointEnv(gym.Env):
 
     def __init__(self, system: str | SystemSpec, kmap: KeypointMap, *, action_repeat: int | None = None,
                  render_mode: str | None = None):
-        self.env = RealEnv(system, "state", action_repeat=action_repeat, render_mode=render_mode)
-        self.system, self.kmap, self.render_mode = self.env.system, kmap, render_mode
         if np.shape(kmap.a) != (2, 2) or np.shape(kmap.b) != (2,):
             raise ValueError(f"a keypoint map is a 2x2 matrix and a 2-vector, got {np.shape(kmap.a)} and {np.shape(kmap.b)}")
+        self.env = RealEnv(system, "state", action_repeat=action_repeat, render_mode=render_mode)
+        self.system, self.kmap, self.render_mode = self.env.system, kmap, render_mode
         k = self.system.num_keypoints
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4 * k,), dtype=np.float32)
         self.action_space = self.env.action_space
