@@ -30,14 +30,18 @@ def test_gymnasium_and_sb3_checkers(ckpt, obs_type):
     sb3_check_env(KeyCLDEnv("cartpole", ckpt, obs_type=obs_type), warn=False)
 
 
-def test_make_without_import_and_without_weights(ckpt):
+def test_make_without_import_and_without_weights(ckpt, monkeypatch, tmp_path):
     code = ("import gymnasium as gym; e = gym.make('keycld_gym:KeyCLD-Cartpole-v0', checkpoint=%r); "
             "o, _ = e.reset(seed=0); print(o.shape)" % ckpt)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "(64, 128, 3)" in out.stdout
+    monkeypatch.setattr("keycld_gym.model.checkpoint.BUNDLED_DIR", tmp_path)  # a package without weights
     with pytest.raises(CheckpointError, match="keycld-gym pipeline --system acrobot"):
         gym.make("KeyCLD-Acrobot-v0")
+    with pytest.raises(CheckpointError, match="keycld-gym pipeline --system acrobot"):
+        keycld_gym.make_real_env("acrobot", "keypoints")  # no bundled model to estimate with
+    monkeypatch.undo()
     with pytest.raises(CheckpointError, match="not 'pendulum'"):
         KeyCLDEnv("pendulum", ckpt)
 
@@ -239,8 +243,6 @@ def test_real_keypoint_twin_has_the_imagined_spaces_and_full_returns(ckpt):
         keycld_gym.make_real_env("cartpole", "keypoints", model=model, checkpoint=ckpt)
     with pytest.raises(ValueError, match="reads no model"):
         keycld_gym.make_real_env("cartpole", "pixels", model=model)
-    with pytest.raises(CheckpointError, match="keycld-gym pipeline --system acrobot"):
-        keycld_gym.make_real_env("acrobot", "keypoints")  # no bundled model to estimate with
 
 
 def test_bundled_cartpole_model_and_default_env():
@@ -273,4 +275,21 @@ def test_bundled_pendulum_model_and_default_env():
     env = gym.make("KeyCLD-Pendulum-v0")
     obs, _ = env.reset(seed=0)
     assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_bundled_acrobot_model_and_default_env():
+    """`gym.make("KeyCLD-Acrobot-v0")` out of the box: the bundled model, made by its recipe's pipeline."""
+    from gymnasium.utils.env_checker import check_env
+
+    model = keycld_gym.load_model("acrobot")
+    cfg = model.checkpoint_config
+    assert cfg["training"]["phase"] == "done" and cfg["data"]["regime"] == "task"
+    assert "keycld-gym pipeline --system acrobot" in cfg["training"]["command"]
+    assert cfg["keypoints_from"]["data"]["frames"] + cfg["data"]["frames"] <= 100_000
+    assert model.config.encoder.constrained and model.config.dynamics.input_matrix == "spec"
+    env = gym.make("KeyCLD-Acrobot-v0")
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert info["keypoints"].shape == (2, 2)  # elbow and tip, from real start frames of the task's reset
     check_env(env.unwrapped, skip_render_check=True)
