@@ -27,6 +27,16 @@ def get_recipe(system: str, obs_type: str = "keypoints", algo: str = "sac") -> A
     return RECIPES[key]
 
 
+BUNDLED: dict[tuple[str, str], AgentRecipe] = {
+    (r.system, r.obs_type): r for module in (pendulum, cartpole, acrobot) for r in module.BUNDLED
+}
+
+
+def bundled_recipe(system: str, obs_type: str = "keypoints") -> AgentRecipe | None:
+    """The recipe of a system's bundled agent for an observation type (None: none ships); the benchmark trains the keypoint one."""
+    return BUNDLED.get((system, obs_type))
+
+
 def rl_zoo_hyperparams(algo: str) -> dict[str, dict[str, Any]]:
     """An RL Zoo hyper-parameter file's contents for `algo`: one entry per KeyCLD env id, from the recipes.
 
@@ -39,4 +49,5 @@ def rl_zoo_hyperparams(algo: str) -> dict[str, dict[str, Any]]:
             if r.algo == algo and r.features == "cnn"}
 
 
-__all__ = ["ALGOS", "OBS_TYPES", "SB3_ALGOS", "RECIPES", "AgentRecipe", "get_recipe", "rl_zoo_hyperparams"]
+__all__ = ["ALGOS", "OBS_TYPES", "SB3_ALGOS", "RECIPES", "BUNDLED", "AgentRecipe", "bundled_recipe", "get_recipe",
+           "rl_zoo_hyperparams"]

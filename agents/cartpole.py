@@ -62,3 +62,6 @@ ENERGY = AgentRecipe(
 )
 
 RECIPES = [SAC_KEYPOINTS, PPO_KEYPOINTS, PPO_PIXELS, SAC_PIXELS, ENERGY]
+# the recipes of the bundled agents, one per observation type; `keycld-gym benchmark` trains
+# a fresh agent of the keypoint one
+BUNDLED = [SAC_KEYPOINTS, SAC_PIXELS]

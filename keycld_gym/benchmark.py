@@ -1,7 +1,8 @@
 """The main job, `keycld-gym benchmark`: train in imagination, evaluate in the real task, report.
 
-On a world model (default: the bundled one) a keypoint SAC agent is trained only in the
-imagined env within a wall-time budget, then evaluated on real episodes of the standard
+On a world model (default: the bundled one) a keypoint agent of the system's bundled recipe
+(`agents/`: SAC for cartpole and pendulum, PPO on 256 batched envs for the acrobot) is
+trained only in the imagined env within a wall-time budget, then evaluated on real episodes of the standard
 dm_control task. The report folder holds `benchmark.json`, `learning_curve.png` (imagined
 and real return against training steps) and `side_by_side.gif` (the same policy in
 imagination and in the real task, from the same reset seed); a table goes to stdout.
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from keycld_gym.agents import get_recipe
+from keycld_gym.agents import AgentRecipe, bundled_recipe
 from keycld_gym.energy_control import ENERGY_RECORD
 from keycld_gym.envs.imagined_env import KeyCLDEnv
 from keycld_gym.envs.real_keypoints import RealKeypointEnv
@@ -25,6 +26,7 @@ from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.rl.agent import AGENT_CONFIG, bundled_agent_path, load_agent
 from keycld_gym.rl.agent_evaluation import cut_short, evaluate_agent, random_returns
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
+from keycld_gym.sim.systems import get_system
 from keycld_gym.video import annotate, side_by_side_frames, write_video
 
 EVAL_SEED = 100_000  # real episodes of the final evaluation: seeds never used in training
@@ -86,25 +88,36 @@ def side_by_side(agent: Any, checkpoint: str | Path, seed: int, path: Path, scal
     return write_video(path, video, fps=1 / model.spec.agent_dt)
 
 
+def benchmark_recipe(system: str) -> AgentRecipe:
+    """The recipe the benchmark trains: that of the system's bundled keypoint agent (`agents/`)."""
+    recipe = bundled_recipe(get_system(system).name, "keypoints")
+    if recipe is None:
+        raise ValueError(f"no bundled keypoint agent recipe for {system!r}: name one in agents/{system}.py BUNDLED")
+    return recipe
+
+
 def run_benchmark(
     system: str = "cartpole", out: str | Path = "benchmark", *, budget_min: float | None = None, seed: int = 0,
     episodes: int = 10, eval_seed: int = EVAL_SEED, checkpoint: str | Path | None = None, total_steps: int | None = None,
     real_curve_points: int = 3, workers: int = 2, video: bool = True, video_steps: int | None = None, progress: bool = True,
     command: str | None = None, max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train a keypoint SAC agent in imagination within `budget_min` minutes (default: the recipe's), evaluate it for real, write the report.
+    """Train a keypoint agent (the bundled one's recipe) in imagination within `budget_min` minutes (default: the recipe's), evaluate it for real, write the report.
 
     `max_steps` cuts the evaluation's episodes (a quick check; see `evaluate_agent`).
     """
     t0 = time.time()
+    recipe = benchmark_recipe(system)
     if budget_min is None:
-        budget_min = get_recipe(system, "keypoints", "sac").benchmark_budget_min
+        budget_min = recipe.benchmark_budget_min
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_path = checkpoint_folder(checkpoint, system)
+    # about 30 curve points, at least 4,000 steps apart (SAC's short budgets keep every 4,000)
+    eval_every = max(4000, (total_steps or recipe.total_steps) // 30)
     config = AgentTrainConfig(
-        system=system, obs_type="keypoints", algo="sac", seed=seed, checkpoint=str(model_path),
-        total_steps=total_steps, budget_s=budget_min * 60, eval_every=4000, eval_episodes=16, real_eval_episodes=1,
+        system=system, obs_type="keypoints", algo=recipe.algo, seed=seed, checkpoint=str(model_path),
+        total_steps=total_steps, budget_s=budget_min * 60, eval_every=eval_every, eval_episodes=16, real_eval_episodes=1,
     )
     # the real return at about `real_curve_points` points of the learning curve
     expected_points = (total_steps or config.recipe().total_steps) // config.eval_every + 1
@@ -129,7 +142,7 @@ def run_benchmark(
         "energy_control": json.loads(energy.read_text()) if energy.exists() else None,
     }
     learning_curve_plot(state["curve"], out / "learning_curve.png",
-                        f"{system}: SAC on keypoints, trained in imagination only (model: {result['model_real_frames']} real frames)")
+                        f"{system}: {recipe.algo.upper()} on keypoints, trained in imagination only (model: {result['model_real_frames']} real frames)")
     if video:
         side_by_side(agent, model_path, eval_seed, out / "side_by_side.gif", max_steps=video_steps)
     report["wall_s"] = round(time.time() - t0, 1)

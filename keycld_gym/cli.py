@@ -13,7 +13,7 @@ import torch
 
 from keycld_gym.ablations import AblationStudy
 from keycld_gym.agents import get_recipe as get_agent_recipe
-from keycld_gym.benchmark import run_benchmark
+from keycld_gym.benchmark import benchmark_recipe, run_benchmark
 from keycld_gym.bundling import bundle_agent, bundle_model
 from keycld_gym.data.collect import CollectConfig, collect
 from keycld_gym.data.preview import dataset_preview
@@ -308,7 +308,8 @@ def _bundle_agent(args: argparse.Namespace) -> int:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    _recipe_threads(args, "keypoints", "sac")
+    recipe = benchmark_recipe(args.system)
+    _recipe_threads(args, "keypoints", recipe.algo)
     run_benchmark(args.system, args.out, budget_min=args.budget, seed=args.seed, episodes=args.episodes,
                   checkpoint=args.checkpoint, total_steps=args.steps, video=not args.no_video, workers=args.workers,
                   progress=not args.quiet, command=default_command())

@@ -38,7 +38,7 @@ VIDEO_SUFFIXES = (".gif", ".mp4")
 BAR = 18  # px: the label bar above and the caption bar below each panel
 VALID, INVALID, TEXT = (40, 140, 60), (200, 40, 40), (30, 30, 30)
 # the model kinds' names in a video's labels
-KIND_LABELS = {"constrained": "KeyCLD", "unconstrained": "Lagrangian, no constraints", "neural_ode": "neural ODE"}
+KIND_LABELS = {"constrained": "KeyCLD", "unconstrained": "unconstrained", "neural_ode": "neural ODE"}
 
 
 def _font(size: int = 13):

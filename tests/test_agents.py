@@ -49,6 +49,33 @@ def test_recipes_cover_every_system_and_check_their_fields():
         get_recipe("pendulum").replace(exploring_starts=1.5)
 
 
+def test_each_system_names_its_bundled_recipes_and_the_benchmark_trains_the_keypoint_one():
+    from keycld_gym.agents import BUNDLED, bundled_recipe
+    from keycld_gym.benchmark import benchmark_recipe
+    from keycld_gym.rl.agent import bundled_agent_path
+
+    for (system, obs_type), recipe in BUNDLED.items():
+        assert recipe in RECIPES.values() and (recipe.system, recipe.obs_type) == (system, obs_type)
+        assert recipe.algo != "energy"  # the energy controller's record ships beside the model instead
+    assert [benchmark_recipe(s).algo for s in ("cartpole", "pendulum", "acrobot")] == ["sac", "sac", "ppo"]
+    assert bundled_agent_path("acrobot").name == "acrobot-ppo-keypoints"
+    assert bundled_agent_path("cartpole", "pixels").name == "cartpole-sac-pixels"
+    assert bundled_recipe("pendulum", "pixels") is None
+
+
+def test_every_bundled_agent_loads_and_acts_in_its_bundled_model():
+    from keycld_gym.agents import BUNDLED
+    from keycld_gym.envs.imagined_env import KeyCLDEnv
+
+    for (system, obs_type), recipe in BUNDLED.items():
+        agent = load_agent("bundled", system, obs_type)
+        assert agent.recipe.algo == recipe.algo and agent.info["evaluation"]["episodes"] == 10
+        if obs_type == "keypoints":
+            env = KeyCLDEnv(system, obs_type="keypoints")
+            obs, _ = env.reset(seed=0)
+            assert env.action_space.contains(agent.act(obs[None])[0].astype(np.float32))
+
+
 def test_keypoint_noise_matches_its_std(model_dir):
     from keycld_gym.envs.imagined_env import KeyCLDVectorEnv
     from keycld_gym.rl.observation_noise import KeypointNoise, read_noise

@@ -32,7 +32,7 @@ from stable_baselines3.common.vec_env import (
     VecTransposeImage,
 )
 
-from keycld_gym.agents import AgentRecipe
+from keycld_gym.agents import AgentRecipe, bundled_recipe
 from keycld_gym.envs.imagined_env import KeyCLDVectorEnv
 from keycld_gym.envs.real import make_real_env
 from keycld_gym.envs.sb3 import SB3VecEnv
@@ -52,9 +52,13 @@ BUNDLED_AGENTS = BUNDLED_DIR  # agents ship beside the models, one folder each
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO}
 
 
-def bundled_agent_path(system: str, obs_type: str = "keypoints", algo: str = "sac") -> Path:
-    """Folder of the bundled agent for a system (it may not exist)."""
-    return BUNDLED_AGENTS / f"{get_system(system).name}-{algo}-{obs_type}"
+def bundled_agent_path(system: str, obs_type: str = "keypoints", algo: str | None = None) -> Path:
+    """Folder of a system's bundled agent (it may not exist); `algo` None: its bundled recipe's (`agents/`)."""
+    name = get_system(system).name
+    if algo is None:
+        recipe = bundled_recipe(name, obs_type)
+        algo = recipe.algo if recipe is not None else "sac"  # none ships: train-agent's default, an absent folder
+    return BUNDLED_AGENTS / f"{name}-{algo}-{obs_type}"
 
 
 # -- the observation pipeline ---------------------------------------------------------------
