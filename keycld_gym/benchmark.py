@@ -1,9 +1,9 @@
 """The main job, `keycld-gym benchmark`: train in imagination, evaluate in the real task, report.
 
 On a world model (default: the bundled one) a keypoint agent of the system's bundled recipe
-(`agents/`: SAC for cartpole and pendulum, PPO on 256 batched envs for the acrobot) is
-trained only in the imagined env within a wall-time budget, then evaluated on real episodes of the standard
-dm_control task. The report folder holds `benchmark.json`, `learning_curve.png` (imagined
+(`agents/`: SAC for cartpole and the pendulum, PPO on 256 batched envs for the acrobot) is
+trained only in the imagined env within a wall-time budget, then evaluated on real
+episodes of the standard dm_control task. The report folder holds `benchmark.json`, `learning_curve.png` (imagined
 and real return against training steps) and `side_by_side.gif` (the same policy in
 imagination and in the real task, from the same reset seed); a table goes to stdout.
 """

@@ -15,6 +15,7 @@ import keycld_gym
 from keycld_gym import CheckpointError
 from keycld_gym.data.start_bank import read_start_bank
 from keycld_gym.envs.imagined_env import KeyCLDEnv, KeyCLDVectorEnv
+from keycld_gym.envs.registration import env_id
 from keycld_gym.envs.sb3 import SB3VecEnv
 
 
@@ -262,34 +263,19 @@ def test_bundled_cartpole_model_and_default_env():
     assert env.render().shape == (256, 512, 3)
 
 
-def test_bundled_pendulum_model_and_default_env():
-    """`gym.make("KeyCLD-Pendulum-v0")` out of the box: the bundled model, made by its recipe's pipeline."""
-    from gymnasium.utils.env_checker import check_env
+@pytest.mark.parametrize("system, max_frames, keypoints", [("pendulum", 50_000, 1), ("acrobot", 100_000, 2)])
+def test_bundled_model_made_by_its_pipeline_and_default_env(system, max_frames, keypoints):
+    """`gym.make("KeyCLD-<System>-v0")` out of the box: the bundled model, made by its recipe's pipeline."""
+    from keycld_gym.training.recipes import get_recipe as get_model_recipe
 
-    model = keycld_gym.load_model("pendulum")
+    model = keycld_gym.load_model(system)
     cfg = model.checkpoint_config
     assert cfg["training"]["phase"] == "done" and cfg["data"]["regime"] == "task"
-    assert "keycld-gym pipeline --system pendulum" in cfg["training"]["command"]
-    assert cfg["keypoints_from"]["data"]["frames"] + cfg["data"]["frames"] <= 50_000
-    assert model.config.dynamics.input_matrix == "spec" and model.config.reward_output == "sigmoid"
-    env = gym.make("KeyCLD-Pendulum-v0")
-    obs, _ = env.reset(seed=0)
-    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
-    check_env(env.unwrapped, skip_render_check=True)
-
-
-def test_bundled_acrobot_model_and_default_env():
-    """`gym.make("KeyCLD-Acrobot-v0")` out of the box: the bundled model, made by its recipe's pipeline."""
-    from gymnasium.utils.env_checker import check_env
-
-    model = keycld_gym.load_model("acrobot")
-    cfg = model.checkpoint_config
-    assert cfg["training"]["phase"] == "done" and cfg["data"]["regime"] == "task"
-    assert "keycld-gym pipeline --system acrobot" in cfg["training"]["command"]
-    assert cfg["keypoints_from"]["data"]["frames"] + cfg["data"]["frames"] <= 100_000
-    assert model.config.encoder.constrained and model.config.dynamics.input_matrix == "spec"
-    env = gym.make("KeyCLD-Acrobot-v0")
+    assert f"keycld-gym pipeline --system {system}" in cfg["training"]["command"]
+    assert cfg["keypoints_from"]["data"]["frames"] + cfg["data"]["frames"] <= max_frames  # the issue's budget
+    assert model.config == get_model_recipe(system).model  # the recipe as it stands made it
+    env = gym.make(env_id(system))
     obs, info = env.reset(seed=0)
     assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
-    assert info["keypoints"].shape == (2, 2)  # elbow and tip, from real start frames of the task's reset
+    assert info["keypoints"].shape == (keypoints, 2)  # from real start frames of the task's reset
     check_env(env.unwrapped, skip_render_check=True)

@@ -190,6 +190,7 @@ def test_tiny_acrobot_pipeline_end_to_end(tmp_path):
     joints), shrunk: collect, train, refit, evaluate; then the imagined env, an agent, a real episode."""
     from gymnasium.utils.env_checker import check_env
 
+    from keycld_gym.agents import bundled_recipe
     from keycld_gym.envs.imagined_env import KeyCLDEnv
     from keycld_gym.model.checkpoint import load_model
     from keycld_gym.rl.agent import load_agent
@@ -229,8 +230,9 @@ def test_tiny_acrobot_pipeline_end_to_end(tmp_path):
     assert {"link0_angle_rms_rad", "link1_angle_rms_rad"} <= set(result["keypoints"])
 
     check_env(KeyCLDEnv("acrobot", out / "model", obs_type="keypoints"), skip_render_check=True)
-    config = AgentTrainConfig(system="acrobot", checkpoint=str(out / "model"), total_steps=32, eval_every=32,
-                              eval_episodes=1)
+    # the acrobot's bundled recipe (PPO on 256 batched envs): one rollout
+    config = AgentTrainConfig(system="acrobot", algo=bundled_recipe("acrobot").algo, checkpoint=str(out / "model"),
+                              total_steps=32, eval_every=32, eval_episodes=1)
     train_agent(config, tmp_path / "agent", progress=False, command="pytest")
     agent = load_agent(tmp_path / "agent" / "agent", "acrobot", "keypoints")
     real = evaluate_agent(agent, episodes=1, seed=5, checkpoint=str(out / "model"), workers=1, max_steps=20)
