@@ -3,9 +3,10 @@
 On a world model (default: the bundled one) a keypoint agent of the system's bundled recipe
 (`agents/`: SAC for cartpole and the pendulum, PPO on 256 batched envs for the acrobot) is
 trained only in the imagined env within a wall-time budget, then evaluated on real
-episodes of the standard dm_control task. The report folder holds `benchmark.json`, `learning_curve.png` (imagined
-and real return against training steps) and `side_by_side.gif` (the same policy in
-imagination and in the real task, from the same reset seed); a table goes to stdout.
+episodes of the standard dm_control task. The report folder holds `benchmark.json`,
+`learning_curve.png` (imagined and real return against training steps) and
+`side_by_side.gif` (the same policy in imagination and in the real task, from the same reset
+seed); a table goes to stdout.
 """
 
 from __future__ import annotations
@@ -113,14 +114,15 @@ def run_benchmark(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model_path = checkpoint_folder(checkpoint, system)
+    steps = total_steps or recipe.total_steps
     # about 30 curve points, at least 4,000 steps apart (SAC's short budgets keep every 4,000)
-    eval_every = max(4000, (total_steps or recipe.total_steps) // 30)
     config = AgentTrainConfig(
         system=system, obs_type="keypoints", algo=recipe.algo, seed=seed, checkpoint=str(model_path),
-        total_steps=total_steps, budget_s=budget_min * 60, eval_every=eval_every, eval_episodes=16, real_eval_episodes=1,
+        total_steps=total_steps, budget_s=budget_min * 60, eval_every=max(4000, steps // 30), eval_episodes=16,
+        real_eval_episodes=1,
     )
     # the real return at about `real_curve_points` points of the learning curve
-    expected_points = (total_steps or config.recipe().total_steps) // config.eval_every + 1
+    expected_points = steps // config.eval_every + 1
     config.real_eval_every = max(1, expected_points // real_curve_points) if real_curve_points > 0 else 0
     train = out / "train"
     state = train_agent(config, train, resume=(train / "state.json").exists(), progress=progress, command=command)
