@@ -8,8 +8,10 @@ from typing import Any
 
 SB3_ALGOS = ("sac", "ppo")
 # energy: nothing learned by RL; the world model's own energy-shaping controller
-# (keycld_gym/energy_control.py), its settings in `hyperparams`
-ALGOS = (*SB3_ALGOS, "energy")
+# (keycld_gym/energy_control.py), its settings in `hyperparams`; mppi: nothing learned
+# either, model-predictive control in the world model guided by a trained agent's value
+# (keycld_gym/planning.py), its settings in `hyperparams`
+ALGOS = (*SB3_ALGOS, "energy", "mppi")
 OBS_TYPES = ("keypoints", "pixels")
 NOISES = ("measured", "none")
 # pixels: the policy's own CNN learns from the frames, or each frame goes through the world
@@ -67,8 +69,8 @@ class AgentRecipe:
             raise ValueError(f"unknown algorithm {self.algo!r}; choose one of {ALGOS}")
         if self.obs_type not in OBS_TYPES:
             raise ValueError(f"unknown observation type {self.obs_type!r}; choose one of {OBS_TYPES}")
-        if self.algo == "energy" and self.obs_type != "keypoints":
-            raise ValueError("the energy-shaping controller acts on keypoint observations")
+        if self.algo in ("energy", "mppi") and self.obs_type != "keypoints":
+            raise ValueError(f"the {self.algo} controller acts on keypoint observations")
         if self.features not in FEATURES:
             raise ValueError(f"unknown pixel features {self.features!r}; choose one of {FEATURES}")
         if self.features != "cnn" and self.obs_type != "pixels":

@@ -25,6 +25,7 @@ from keycld_gym.files import default_command, write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.dynamics import DAMPINGS, INPUT_MATRICES
 from keycld_gym.pipeline import Pipeline, refit_checkpoint
+from keycld_gym.planning import planning_agent
 from keycld_gym.rl.agent import load_agent
 from keycld_gym.rl.agent_evaluation import cut_short, evaluate_agent
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
@@ -219,7 +220,12 @@ def _train_agent(args: argparse.Namespace) -> int:
 
 def _evaluate_agent(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    agent = energy_agent(args.system, args.checkpoint) if args.agent == "energy" else load_agent(args.agent, args.system, args.obs)
+    if args.agent == "energy":
+        agent = energy_agent(args.system, args.checkpoint)
+    elif args.agent == "plan":
+        agent = planning_agent(args.system, args.checkpoint, args.guide)
+    else:
+        agent = load_agent(args.agent, args.system, args.obs)
     result = evaluate_agent(agent, episodes=args.episodes, seed=args.seed, checkpoint=args.checkpoint,
                             imagined=not args.no_imagined, workers=args.workers, max_steps=args.max_steps)
     if args.json:
@@ -448,8 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="--world true: held-out real sequences to fit that map on")
     p.set_defaults(func=_train_agent)
     p = sub.add_parser("evaluate-agent", help="an agent's return in the real task and in imagination")
-    p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), 'bundled', or 'energy' "
-                                                  "(the model's energy-shaping controller, no RL)")
+    p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), 'bundled', 'energy' "
+                                                  "(the model's energy-shaping controller, no RL) or 'plan' (model-"
+                                                  "predictive control in the model, guided by --guide's value)")
+    p.add_argument("--guide", default="bundled", help="--agent plan: the keypoint agent whose critic values the "
+                                                      "plans' ends (an agent folder; default: the bundled one)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--obs", choices=("keypoints", "pixels"), help="check the agent acts on these observations")
     p.add_argument("--episodes", type=int, default=10)

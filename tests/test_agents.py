@@ -35,7 +35,8 @@ def test_recipes_cover_every_system_and_check_their_fields():
             assert (r.system, r.obs_type, r.algo, r.policy) == (system, obs, algo, policy)
             assert AgentRecipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
     assert get_recipe("cartpole", "pixels", "ppo").frame_stack > 1
-    assert len(RECIPES) == 15  # 4 per system, and an energy-shaping controller each
+    assert len(RECIPES) == 16  # 4 per system, an energy-shaping controller each, the acrobot's planner
+    assert get_recipe("acrobot", "keypoints", "mppi").policy == "MPPI"
     assert get_recipe("pendulum", "keypoints", "energy").policy == "EnergyShaping"
     with pytest.raises(ValueError, match="no agent recipe"):
         get_recipe("cartpole", "keypoints", "dqn")

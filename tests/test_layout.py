@@ -24,13 +24,14 @@ ALLOWED = {
     "rl": {"base", "sim", "data", "model", "envs", "agents"},
     "video": {"base", "sim", "data", "model", "evaluation", "envs"},
     "energy_control": {"base", "sim", "model", "agents"},
+    "planning": {"base", "sim", "model", "envs", "rl", "agents"},
     "benchmark": {"base", "sim", "data", "model", "envs", "rl", "agents", "video", "energy_control"},
     "pipeline": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl"},
     "ablations": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "pipeline"},
     "bundling": {"base", "sim", "data", "model", "rl"},
     "diagnostics": {"base", "sim", "data", "model", "evaluation", "envs", "rl"},
     "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "ablations",
-            "bundling", "diagnostics", "video", "energy_control", "agents"},
+            "bundling", "diagnostics", "video", "energy_control", "planning", "agents"},
     "package": {"base", "sim", "model", "envs"},
 }
 

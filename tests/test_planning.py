@@ -1,0 +1,84 @@
+"""Model-predictive control in the learned model: it plans better than its guide acts, and says what it cannot take."""
+
+import numpy as np
+import pytest
+import torch
+
+from keycld_gym.agents import get_recipe
+from keycld_gym.cli import main
+from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.planning import Guide, ModelPredictiveControl, PlanningAgent, planning_agent
+from keycld_gym.rl.agent import imagined_vec_env, load_agent
+from keycld_gym.rl.agent_evaluation import episode_returns
+
+PLAN = get_recipe("acrobot", "keypoints", "mppi")
+
+
+def test_guides_read_ppo_and_sac_agents():
+    for system in ("acrobot", "pendulum"):  # PPO and SAC ship
+        agent = load_agent("bundled", system, "keypoints")
+        guide = Guide(agent)
+        k = load_model(checkpoint_folder(None, system)).spec.num_keypoints
+        obs = torch.zeros(3, 4 * k)
+        assert guide.value(obs).shape == (3,) and torch.isfinite(guide.value(obs)).all()
+        action = guide.action(obs)
+        assert action.shape == (3, 1) and (action.abs() <= 1).all()
+        np.testing.assert_allclose(action.numpy(), agent.act(obs.numpy()), atol=1e-6)  # the agent's own action
+        assert guide.gamma == agent.recipe.hyperparams.get("gamma", 0.99)
+
+
+def test_the_planner_gathers_more_imagined_reward_than_its_guide_alone():
+    """Same model, same starts, same observation noise: the plans beat the policy they start from.
+
+    The starts lie anywhere in the model's training data (arms swung up among them), where a
+    few seconds decide the reward.
+    """
+    agent = planning_agent("acrobot")
+    planner = ModelPredictiveControl(agent.planner.model, agent.guide, horizon=8, samples=64, iterations=1, elites=8)
+    guide = load_agent("bundled", "acrobot", "keypoints")
+    steps, episodes, seed = 30, 8, 7
+    anywhere = PLAN.replace(exploring_starts=1.0)
+    returns = {}
+    for name, act in (("plan", planner), ("guide", guide.act)):
+        venv = imagined_vec_env(anywhere, episodes, None, seed=seed, training=True)
+        returns[name] = float(np.mean(episode_returns(act, venv, episodes, seed, max_steps=steps)))
+    assert returns["plan"] > returns["guide"] + 1.0, returns
+
+
+def test_the_planner_acts_within_bounds_and_carries_its_plan():
+    model = load_model(checkpoint_folder(None, "acrobot"))
+    planner = ModelPredictiveControl(model, None, horizon=4, samples=16, iterations=2, elites=4, seed=1)
+    obs = imagined_vec_env(PLAN, 2, None, seed=0, noise=False).reset()
+    actions = planner(obs)
+    assert actions.shape == (2, 1) and actions.dtype == np.float32 and (np.abs(actions) <= 1).all()
+    assert planner.mean.shape == (2, 4, 1) and planner.gamma == 0.99  # no guide: its own discount
+    planner.reset()
+    assert planner.mean is None
+
+
+def test_the_planner_says_what_it_cannot_take():
+    model = load_model(checkpoint_folder(None, "acrobot"))
+    planner = ModelPredictiveControl(model, None, horizon=2, samples=4, elites=2)
+    with pytest.raises(ValueError, match=r"keypoint observations \(N, 8\)"):
+        planner(np.zeros((1, 6), np.float32))
+    with pytest.raises(ValueError, match="non-finite"):
+        planner(np.full((1, 8), np.nan, np.float32))
+    with pytest.raises(ValueError, match="elites"):
+        ModelPredictiveControl(model, None, samples=4, elites=8)
+    with pytest.raises(ValueError, match="min_noise"):
+        ModelPredictiveControl(model, None, noise=0.1, min_noise=0.2)
+    with pytest.raises(ValueError, match="keypoint"):
+        PLAN.replace(obs_type="pixels")
+    with pytest.raises(ValueError, match="mppi recipe"):
+        PlanningAgent(model, get_recipe("acrobot", "keypoints", "ppo"), None)
+    with pytest.raises(ValueError, match="trained for 'pendulum'"):
+        PlanningAgent(model, PLAN, load_agent("bundled", "pendulum", "keypoints"))
+
+
+def test_evaluate_agent_plans_in_the_real_task(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["evaluate-agent", "--agent", "plan", "--system", "acrobot", "--episodes", "1", "--max-steps", "2",
+                 "--workers", "1", "--threads", "1", "--no-imagined", "--json", str(out)]) == 0
+    assert "acrobot keypoints mppi agent plan: real return" in capsys.readouterr().out
+    assert main(["evaluate-agent", "--agent", "plan", "--system", "acrobot", "--guide", str(tmp_path / "no-agent")]) == 2
+    assert "no-agent" in capsys.readouterr().err
