@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 SB3_ALGOS = ("sac", "ppo")
 # energy: nothing learned by RL; the world model's own energy-shaping controller
@@ -89,6 +90,16 @@ class AgentRecipe:
     def replace(self, **changes: Any) -> "AgentRecipe":
         """A copy with some fields changed (checked again)."""
         return dataclasses.replace(self, **changes)
+
+    def with_settings(self, settings: dict[str, Any] | None, reader: Callable[..., Any]) -> "AgentRecipe":
+        """A copy whose hyperparams `settings` override, each a keyword of `reader` (the controller that takes them)."""
+        if not settings:
+            return self
+        known = [p for p in inspect.signature(reader).parameters if p not in ("self", "model", "plant", "guide")]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {self.algo} settings {unknown}; the settings are {known}")
+        return self.replace(hyperparams={**self.hyperparams, **settings})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,6 +24,7 @@ from keycld_gym.envs.imagined_env import KeyCLDEnv
 from keycld_gym.envs.real_keypoints import RealKeypointEnv
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.planning import PLANNING_RECORD
 from keycld_gym.rl.agent import AGENT_CONFIG, bundled_agent_path, load_agent
 from keycld_gym.rl.agent_evaluation import cut_short, evaluate_agent, random_returns
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
@@ -136,12 +137,14 @@ def run_benchmark(
         if (folder / AGENT_CONFIG).exists():
             bundled[obs_type] = load_agent(folder).info.get("evaluation")
     energy = model_path / ENERGY_RECORD  # the model's own energy controller, no RL (recorded)
+    planning = model_path / PLANNING_RECORD  # planning in the model, guided by the bundled agent (recorded)
     report: dict[str, Any] = {
         "system": system, "budget_min": budget_min, "seed": seed, "command": command,
         "trained": {"steps": state["steps"], "train_wall_s": state["wall_s"]},
         "agent": result, "random": {"real_returns": [round(r, 2) for r in rand], "real_return_mean": float(np.mean(rand))},
         "bundled_agent": bundled.get("keypoints"), "bundled_pixel_agent": bundled.get("pixels"), "curve": state["curve"],
         "energy_control": json.loads(energy.read_text()) if energy.exists() else None,
+        "planning": json.loads(planning.read_text()) if planning.exists() else None,
     }
     learning_curve_plot(state["curve"], out / "learning_curve.png",
                         f"{system}: {recipe.algo.upper()} on keypoints, trained in imagination only (model: {result['model_real_frames']} real frames)")
@@ -165,7 +168,8 @@ def format_table(report: dict[str, Any]) -> str:
     rows.append((f"this run ({report['trained']['steps']} steps)", f"{a['imagined_return_mean']:.0f} ± {a['imagined_return_std']:.0f}",
                  f"{a['real_return_mean']:.0f} ± {a['real_return_std']:.0f}", f"{100 * a['gap']:+.0f}%", frames(a)))
     for key, name in (("bundled_agent", "bundled agent (recorded)"), ("bundled_pixel_agent", "bundled pixel agent (recorded)"),
-                      ("energy_control", "energy control, no RL (recorded)")):
+                      ("energy_control", "energy control, no RL (recorded)"),
+                      ("planning", "planning, bundled agent's value (recorded)")):
         b = report.get(key)
         if b:
             rows.append((name, f"{b['imagined_return_mean']:.0f} ± {b['imagined_return_std']:.0f}",

@@ -218,14 +218,35 @@ def _train_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(pairs: list[str] | None) -> dict[str, Any]:
+    """KEY=VALUE pairs as a dict, each value read as JSON where it parses (24, 0.5, [0.8, 1.2]) and as a string otherwise."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _agent(args: argparse.Namespace, system: str, obs: str | None) -> Any:
+    """The agent `args.agent` names: 'energy' and 'plan' (controllers of the model `args.checkpoint`), else a folder or 'bundled'."""
+    settings = _settings(args.set)
+    if settings and args.agent not in ("energy", "plan"):
+        raise ValueError("--set changes the settings of --agent energy or plan; a trained agent's are in its folder")
+    if args.agent == "energy":
+        return energy_agent(system, args.checkpoint, settings)
+    if args.agent == "plan":
+        return planning_agent(system, args.checkpoint, args.guide, settings)
+    return load_agent(args.agent, system, obs)
+
+
 def _evaluate_agent(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    if args.agent == "energy":
-        agent = energy_agent(args.system, args.checkpoint)
-    elif args.agent == "plan":
-        agent = planning_agent(args.system, args.checkpoint, args.guide)
-    else:
-        agent = load_agent(args.agent, args.system, args.obs)
+    agent = _agent(args, args.system, args.obs)
     result = evaluate_agent(agent, episodes=args.episodes, seed=args.seed, checkpoint=args.checkpoint,
                             imagined=not args.no_imagined, workers=args.workers, max_steps=args.max_steps)
     if args.json:
@@ -276,7 +297,7 @@ def _observation_noise(args: argparse.Namespace) -> int:
 def _diagnose(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint)
-    agent = load_agent(args.agent, model.spec.name, "keypoints") if args.agent else None
+    agent = _agent(args, model.spec.name, "keypoints") if args.agent else None
     result = diagnose(model, args.data, agent=agent, episodes=args.episodes, seed=args.seed,
                       true_physics=not args.no_true_physics)
     if args.json:
@@ -459,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "predictive control in the model, guided by --guide's value)")
     p.add_argument("--guide", default="bundled", help="--agent plan: the keypoint agent whose critic values the "
                                                       "plans' ends (an agent folder; default: the bundled one)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="--agent energy or plan: override one of its "
+                                                                         "recipe's settings (repeatable; e.g. horizon=24)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--obs", choices=("keypoints", "pixels"), help="check the agent acts on these observations")
     p.add_argument("--episodes", type=int, default=10)
@@ -511,7 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diagnose", help="a model's keypoints, response and VPT against the true system; an agent on true keypoints")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, help="held-out real sequences (with their true states)")
-    p.add_argument("--agent", help="also run this keypoint agent (folder or 'bundled') on true keypoints in the real task")
+    p.add_argument("--agent", help="also run this keypoint agent (folder, 'bundled', 'energy' or 'plan', as "
+                                   "evaluate-agent takes them) on true keypoints in the real task")
+    p.add_argument("--guide", default="bundled", help="--agent plan: the keypoint agent whose critic values the plans' ends")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="--agent energy or plan: override one of its "
+                                                                         "recipe's settings (repeatable; e.g. horizon=24)")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=100_000, help="episode i of the real task is reset with seed + i")
     p.add_argument("--no-true-physics", action="store_true", help="skip the VPT with the true constants")

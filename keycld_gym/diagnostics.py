@@ -205,8 +205,13 @@ def true_physics_vpt(model: KeyCLDModel, kmap: KeypointMap, data: str | Path) ->
 
 
 def oracle_agent_returns(agent: Agent, kmap: KeypointMap, episodes: int = 10, seed: int = 100_000) -> dict[str, Any]:
-    """Real returns of an agent whose observations are the true keypoints (mapped) instead of an estimate from frames."""
-    venv = DummyVecEnv([lambda: TrueKeypointEnv(agent.system, kmap)])
+    """Real returns of an agent whose observations are the true keypoints (mapped) instead of an estimate from frames.
+
+    All episodes run side by side in one process (nothing is rendered), so the agent acts on
+    one batch: a planner plans for all of them at once.
+    """
+    system = agent.recipe.system
+    venv = DummyVecEnv([lambda: TrueKeypointEnv(system, kmap)] * episodes)
     returns = episode_returns(agent.act, venv, episodes, seed)
     venv.close()
     return {"episodes": episodes, "seed": seed, "real_returns": returns,

@@ -281,8 +281,8 @@ class EnergyAgent:
         return self.law(np.asarray(observations, np.float64))
 
 
-def energy_agent(system: str, checkpoint: str | Path | None = None) -> EnergyAgent:
-    """The energy-shaping agent of a system's model (default: the bundled one) with its recipe in `agents/`."""
-    recipe = get_recipe(get_system(system).name, "keypoints", "energy")
+def energy_agent(system: str, checkpoint: str | Path | None = None, settings: dict[str, Any] | None = None) -> EnergyAgent:
+    """The energy-shaping agent of a system's model (default: the bundled one) with its recipe in `agents/` (`settings` override its hyperparams)."""
+    recipe = get_recipe(get_system(system).name, "keypoints", "energy").with_settings(settings, EnergyShaping)
     folder = checkpoint_folder(checkpoint, recipe.system)
     return EnergyAgent(load_model(folder), recipe, {"model": {"path": str(folder)}})

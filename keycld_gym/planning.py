@@ -36,6 +36,10 @@ from keycld_gym.rl.agent import Agent, load_agent
 from keycld_gym.sim.systems import get_system
 
 Tensor = torch.Tensor
+# the recorded real evaluation of a model's planner guided by the bundled agent, beside the
+# model's weights (`keycld-gym evaluate-agent --agent plan --json MODEL/planning.json`); the
+# benchmark lists it beside the RL agents
+PLANNING_RECORD = "planning.json"
 
 
 class Guide:
@@ -84,12 +88,15 @@ class ModelPredictiveControl:
         noise: std of the candidates about the mean at each action's first round; later
             rounds use the elites' spread, at least `min_noise`.
         gamma: discount per agent step (None: the guide's, so that its value adds on the same scale).
+        gains: each candidate is imagined once per gain, the model pushing with gain * action,
+            and scored by the worst of them (robust to the model's error in the action's
+            effect; (1.0,): the model as it is).
         seed: seeds the candidates' noise.
     """
 
     def __init__(self, model: KeyCLDModel, guide: Guide | None = None, *, horizon: int = 16, samples: int = 256,
                  iterations: int = 2, elites: int = 32, temperature: float = 0.5, noise: float = 0.6,
-                 min_noise: float = 0.05, gamma: float | None = None, seed: int = 0):
+                 min_noise: float = 0.05, gamma: float | None = None, gains: tuple[float, ...] = (1.0,), seed: int = 0):
         if horizon < 1 or samples < 2 or iterations < 1 or not 1 <= elites <= samples:
             raise ValueError(f"the planner needs horizon >= 1, samples >= 2, iterations >= 1 and 1 <= elites <= samples, "
                              f"got {horizon}, {samples}, {iterations}, {elites}")
@@ -99,6 +106,9 @@ class ModelPredictiveControl:
         self.horizon, self.samples, self.iterations, self.elites = horizon, samples, iterations, elites
         self.temperature, self.noise, self.min_noise = temperature, noise, min_noise
         self.gamma = gamma if gamma is not None else (guide.gamma if guide is not None else 0.99)
+        self.gains = torch.tensor([float(g) for g in gains])
+        if len(self.gains) < 1 or not (self.gains > 0).all():
+            raise ValueError(f"gains must be one or more positive action gains, got {gains}")
         self.generator = torch.Generator().manual_seed(seed)
         self.spec = model.spec
         self.action_dim = model.action_dim
@@ -115,11 +125,15 @@ class ModelPredictiveControl:
         return self._sims[n]
 
     @torch.no_grad()
-    def _rollout(self, q: Tensor, v: Tensor, actions: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Scores `(B,)` of action sequences `(B, H, A)` from states `(B, K, 2)` x2; None: the guide's closed loop, its actions returned."""
+    def _rollout(self, q: Tensor, v: Tensor, actions: Tensor | None, gain: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Scores `(B,)` of action sequences `(B, H, A)` from states `(B, K, 2)` x2 under action gains `(B,)` (None: 1).
+
+        actions None: the guide's closed loop, its actions returned.
+        """
         b = len(q)
         sim = self._sim(b)
         sim.q, sim.v = q.clone(), v.clone()
+        sim.action_gain = torch.ones(b, 1) if gain is None else gain[:, None]
         score, discount = torch.zeros(b), 1.0
         alive = torch.ones(b, dtype=torch.bool)
         taken = torch.empty(b, self.horizon, self.action_dim)
@@ -155,7 +169,9 @@ class ModelPredictiveControl:
         else:  # last step's plan, one step on
             self.mean = torch.cat([self.mean[:, 1:], self.mean[:, -1:]], 1)
         guided = self._rollout(q, v, None)[1] if self.guide is not None else None
-        qs, vs = q.repeat_interleave(s, 0), v.repeat_interleave(s, 0)
+        g = len(self.gains)  # each candidate once per gain: index (gain, env, sample)
+        qs, vs = q.repeat_interleave(s, 0).repeat(g, 1, 1), v.repeat_interleave(s, 0).repeat(g, 1, 1)
+        gain = self.gains.repeat_interleave(n * s)
         std = torch.full((n, h, a), self.noise)
         for _ in range(self.iterations):
             noise = torch.randn(n, s, h, a, generator=self.generator)
@@ -163,7 +179,8 @@ class ModelPredictiveControl:
             candidates[:, 0] = self.mean
             if guided is not None:
                 candidates[:, 1] = guided
-            score = self._rollout(qs, vs, candidates.reshape(n * s, h, a))[0].reshape(n, s)
+            score = self._rollout(qs, vs, candidates.reshape(n * s, h, a).repeat(g, 1, 1), gain)[0]
+            score = score.reshape(g, n, s).amin(0)
             best, index = score.topk(self.elites, 1)
             elite = torch.gather(candidates, 1, index[:, :, None, None].expand(-1, -1, h, a))
             spread = best.std(1, keepdim=True) if self.elites > 1 else torch.ones(n, 1)
@@ -195,10 +212,14 @@ class PlanningAgent:
         return self.planner(observations)
 
 
-def planning_agent(system: str, checkpoint: str | Path | None = None, guide: str | Path | None = "bundled") -> PlanningAgent:
-    """The planner of a system's model (default: the bundled one), guided by an agent folder (default: the bundled keypoint agent; None: no guide)."""
+def planning_agent(system: str, checkpoint: str | Path | None = None, guide: str | Path | None = "bundled",
+                   settings: dict[str, Any] | None = None) -> PlanningAgent:
+    """The planner of a system's model (default: the bundled one), guided by an agent folder (default: the bundled keypoint agent; None: no guide).
+
+    `settings` override the recipe's hyperparams (`agents/<system>.py`, `PLAN`).
+    """
     name = get_system(system).name
-    recipe = get_recipe(name, "keypoints", "mppi")
+    recipe = get_recipe(name, "keypoints", "mppi").with_settings(settings, ModelPredictiveControl)
     folder = checkpoint_folder(checkpoint, name)
     guide_agent = load_agent(guide, name, "keypoints") if guide is not None else None
     return PlanningAgent(load_model(folder), recipe, guide_agent, {"model": {"path": str(folder)}})

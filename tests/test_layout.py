@@ -25,7 +25,7 @@ ALLOWED = {
     "video": {"base", "sim", "data", "model", "evaluation", "envs"},
     "energy_control": {"base", "sim", "model", "agents"},
     "planning": {"base", "sim", "model", "envs", "rl", "agents"},
-    "benchmark": {"base", "sim", "data", "model", "envs", "rl", "agents", "video", "energy_control"},
+    "benchmark": {"base", "sim", "data", "model", "envs", "rl", "agents", "video", "energy_control", "planning"},
     "pipeline": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl"},
     "ablations": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "pipeline"},
     "bundling": {"base", "sim", "data", "model", "rl"},

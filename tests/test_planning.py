@@ -1,5 +1,7 @@
 """Model-predictive control in the learned model: it plans better than its guide acts, and says what it cannot take."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,12 @@ import torch
 from keycld_gym.agents import get_recipe
 from keycld_gym.cli import main
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
-from keycld_gym.planning import Guide, ModelPredictiveControl, PlanningAgent, planning_agent
+from keycld_gym.planning import (
+    Guide,
+    ModelPredictiveControl,
+    PlanningAgent,
+    planning_agent,
+)
 from keycld_gym.rl.agent import imagined_vec_env, load_agent
 from keycld_gym.rl.agent_evaluation import episode_returns
 
@@ -47,11 +54,12 @@ def test_the_planner_gathers_more_imagined_reward_than_its_guide_alone():
 
 def test_the_planner_acts_within_bounds_and_carries_its_plan():
     model = load_model(checkpoint_folder(None, "acrobot"))
-    planner = ModelPredictiveControl(model, None, horizon=4, samples=16, iterations=2, elites=4, seed=1)
     obs = imagined_vec_env(PLAN, 2, None, seed=0, noise=False).reset()
-    actions = planner(obs)
-    assert actions.shape == (2, 1) and actions.dtype == np.float32 and (np.abs(actions) <= 1).all()
-    assert planner.mean.shape == (2, 4, 1) and planner.gamma == 0.99  # no guide: its own discount
+    for gains in ((1.0,), (0.8, 1.2)):  # the model as it is; the worst of two action gains
+        planner = ModelPredictiveControl(model, None, horizon=4, samples=16, iterations=2, elites=4, gains=gains, seed=1)
+        actions = planner(obs)
+        assert actions.shape == (2, 1) and actions.dtype == np.float32 and (np.abs(actions) <= 1).all()
+        assert planner.mean.shape == (2, 4, 1) and planner.gamma == 0.99  # no guide: its own discount
     planner.reset()
     assert planner.mean is None
 
@@ -67,6 +75,8 @@ def test_the_planner_says_what_it_cannot_take():
         ModelPredictiveControl(model, None, samples=4, elites=8)
     with pytest.raises(ValueError, match="min_noise"):
         ModelPredictiveControl(model, None, noise=0.1, min_noise=0.2)
+    with pytest.raises(ValueError, match="positive action gains"):
+        ModelPredictiveControl(model, None, gains=(1.0, 0.0))
     with pytest.raises(ValueError, match="keypoint"):
         PLAN.replace(obs_type="pixels")
     with pytest.raises(ValueError, match="mppi recipe"):
@@ -78,7 +88,28 @@ def test_the_planner_says_what_it_cannot_take():
 def test_evaluate_agent_plans_in_the_real_task(tmp_path, capsys):
     out = tmp_path / "plan.json"
     assert main(["evaluate-agent", "--agent", "plan", "--system", "acrobot", "--episodes", "1", "--max-steps", "2",
-                 "--workers", "1", "--threads", "1", "--no-imagined", "--json", str(out)]) == 0
+                 "--workers", "1", "--threads", "1", "--no-imagined", "--json", str(out),
+                 "--set", "horizon=3", "--set", "samples=8", "--set", "elites=4", "--set", "gains=[0.9, 1.1]"]) == 0
     assert "acrobot keypoints mppi agent plan: real return" in capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["algo"] == "mppi" and record["policy_real_frames"] == 0 and len(record["real_returns"]) == 1
+    # a misspelt setting, a setting for a trained agent, a pair without '=': each said so
+    for agent, pair, said in (("plan", "horizn=3", "unknown mppi settings ['horizn']"),
+                              ("bundled", "horizon=3", "--set changes the settings of --agent energy or plan"),
+                              ("plan", "horizon", "--set takes KEY=VALUE")):
+        assert main(["evaluate-agent", "--agent", agent, "--system", "acrobot", "--set", pair]) == 2
+        assert said in capsys.readouterr().err
     assert main(["evaluate-agent", "--agent", "plan", "--system", "acrobot", "--guide", str(tmp_path / "no-agent")]) == 2
     assert "no-agent" in capsys.readouterr().err
+
+
+def test_the_benchmark_table_lists_the_models_recorded_planner():
+    from keycld_gym.benchmark import format_table
+    from keycld_gym.planning import PLANNING_RECORD
+
+    record = json.loads((checkpoint_folder(None, "acrobot") / PLANNING_RECORD).read_text())
+    assert record["algo"] == "mppi" and len(record["real_returns"]) == 10 and record["seed"] == 100_000
+    report = {"system": "acrobot", "agent": record, "random": {"real_return_mean": 0.0}, "planning": record,
+              "trained": {"steps": 8, "train_wall_s": 1.0}}
+    row = next(line for line in format_table(report).splitlines() if line.startswith("planning"))
+    assert f"{record['real_return_mean']:.0f}" in row
