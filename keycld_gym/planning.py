@@ -11,8 +11,8 @@ candidate in every round is the guide's own policy run closed-loop in the model.
 
 The guide is an agent trained in imagination only (the bundled one by default), so the
 planner adds no real frames: it spends the model's cheap steps at decision time, where a
-policy alone spends them in training. The horizon covers what the critic cannot see well
-(the next second), the critic what lies past the horizon (the reward of the acrobot's
+policy alone spends them in training. The horizon covers what the critic values poorly
+(the next fraction of a second), the critic what lies past the horizon (the reward of the acrobot's
 balance is seconds away from most states). Feedback from each real frame keeps the model's
 error from compounding past one horizon, which is what lets a planner score in the real
 task where an open-loop exploit of the model would not (docs/design.md).
