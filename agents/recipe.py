@@ -92,10 +92,10 @@ class AgentRecipe:
         return dataclasses.replace(self, **changes)
 
     def with_settings(self, settings: dict[str, Any] | None, reader: Callable[..., Any]) -> "AgentRecipe":
-        """A copy whose hyperparams `settings` override, each a keyword of `reader` (the controller that takes them)."""
+        """A copy whose hyperparams `settings` override, each a keyword-only argument of `reader` (the controller that takes them)."""
         if not settings:
             return self
-        known = [p for p in inspect.signature(reader).parameters if p not in ("self", "model", "plant", "guide")]
+        known = [name for name, p in inspect.signature(reader).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
         unknown = sorted(set(settings) - set(known))
         if unknown:
             raise ValueError(f"unknown {self.algo} settings {unknown}; the settings are {known}")

@@ -343,6 +343,14 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _controller_arguments(p: argparse.ArgumentParser) -> None:
+    """--guide and --set, for the commands whose --agent may name a controller of the model (`_agent`)."""
+    p.add_argument("--guide", default="bundled", help="--agent plan: the keypoint agent whose critic values the "
+                                                      "plans' ends (an agent folder; default: the bundled one)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="--agent energy or plan: override one of its "
+                                                                         "recipe's settings (repeatable; e.g. horizon=24)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `keycld-gym`."""
     parser = argparse.ArgumentParser(prog="keycld-gym", description=__doc__)
@@ -478,10 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), 'bundled', 'energy' "
                                                   "(the model's energy-shaping controller, no RL) or 'plan' (model-"
                                                   "predictive control in the model, guided by --guide's value)")
-    p.add_argument("--guide", default="bundled", help="--agent plan: the keypoint agent whose critic values the "
-                                                      "plans' ends (an agent folder; default: the bundled one)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="--agent energy or plan: override one of its "
-                                                                         "recipe's settings (repeatable; e.g. horizon=24)")
+    _controller_arguments(p)
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--obs", choices=("keypoints", "pixels"), help="check the agent acts on these observations")
     p.add_argument("--episodes", type=int, default=10)
@@ -536,9 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="held-out real sequences (with their true states)")
     p.add_argument("--agent", help="also run this keypoint agent (folder, 'bundled', 'energy' or 'plan', as "
                                    "evaluate-agent takes them) on true keypoints in the real task")
-    p.add_argument("--guide", default="bundled", help="--agent plan: the keypoint agent whose critic values the plans' ends")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="--agent energy or plan: override one of its "
-                                                                         "recipe's settings (repeatable; e.g. horizon=24)")
+    _controller_arguments(p)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=100_000, help="episode i of the real task is reset with seed + i")
     p.add_argument("--no-true-physics", action="store_true", help="skip the VPT with the true constants")
