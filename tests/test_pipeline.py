@@ -224,6 +224,9 @@ def test_tiny_acrobot_pipeline_end_to_end(tmp_path):
     frames = np.load(sorted((out / "data" / "eval").glob("shard_*.npz"))[0])["frames"][0, :5]
     kp = model.encode_frames(frames)  # placed on the encoder's own constants: the arm lengths hold exactly
     assert model.keypoint_constraints.phi(kp).abs().max() < 1e-3
+    # the arm lengths the keypoint phase learned, carried through the later steps
+    learned = load_model(out / "keypoints" / "model").keypoint_constraints.length
+    assert torch.equal(model.keypoint_constraints.length, learned)
     result = json.loads((out / "eval.json").read_text())
     assert result["sequences"] == 2 and result["start_frames"] == 33  # 0.32 s at 0.01 s
     assert np.isfinite(result["model"]["vpt_agent_median"])

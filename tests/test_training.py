@@ -218,3 +218,12 @@ def test_constrained_keypoints_train_and_hold_the_constraints_through_both_phase
     kc = trained.keypoint_constraints
     assert abs(trained.constraints.height[0].item() - kc.height[0].item()) < 0.05
     assert abs(trained.constraints.length[1].item() - kc.length[1].item()) < 0.05
+    # a run that reuses this encoder (the pipeline's dynamics step, the ablations) places the
+    # keypoints where it did: with the learned link lengths, not their starting values
+    assert abs(kc.length[1].item() - 0.5) > 1e-4
+    reuse = replace(cfg, keypoints_from=str(tmp_path / "model"), keypoint_steps=0, dynamics_steps=2)
+    reused = Trainer(reuse, tmp_path / "reuse", progress=False).run()
+    frames = next(iter_sequences(tiny_data, "cartpole"))["frames"]
+    assert torch.equal(reused.encode_frames(frames), q)
+    with pytest.raises(ValueError, match="same kind"):
+        Trainer(replace(reuse, model=TINY_MODEL), tmp_path / "mismatch", progress=False)

@@ -33,7 +33,9 @@ class TrainConfig:
     # an acrobot keypoint to sit on the elbow: both links share one colour, and a keypoint on
     # the shoulder with a zero-length pivot link satisfies its own constraint.
     constraint_weight: float = 0.0
-    pivot_separation_weight: float = 0.0  # against keypoints on a learned pivot (`losses.pivot_closeness`)
+    # Against keypoints on a learned pivot (`losses.pivot_closeness`). No recipe uses it: it
+    # pushes the acrobot's tip off the shoulder also where a folded arm puts it (BENCHMARKS.md).
+    pivot_separation_weight: float = 0.0
     # phase 2: dynamics and reward
     dynamics_steps: int = 1500
     dynamics_batch: int = 64
