@@ -37,10 +37,11 @@ ENERGY = AgentRecipe(
 
 # No RL of its own: at every agent step, 256 action sequences of 16 agent steps (0.64 s)
 # imagined in the model, twice refitted, each scored by its imagined reward plus the bundled
-# PPO agent's value at its end (keycld_gym/planning.py). The PPO agent's 42 imagined / 49
-# real becomes 224 imagined / 133 real (10 unseen seeds). Horizon 24 with 192 samples scored
-# higher on the true state of other seeds (166 against 109) but lower in the real task on the
-# evaluation's (103), at 1.2 times the cost (BENCHMARKS.md). The imagined evaluation sees
+# PPO agent's value at its end (keycld_gym/planning.py). In the bundled model the PPO
+# agent's 30 imagined / 46 real becomes 321 imagined / 235 real (10 unseen seeds; 224 / 133
+# in the previous model). Horizon 24 with 192 samples scored higher on the true state of other
+# seeds (166 against 109) but lower in the real task on the evaluation's (103), at 1.2 times
+# the cost (BENCHMARKS.md; both in the previous model). The imagined evaluation sees
 # the measured keypoint noise, as the guide did in training.
 PLAN = AgentRecipe(
     system="acrobot", obs_type="keypoints", algo="mppi", policy="MPPI", total_steps=1, num_envs=1,
