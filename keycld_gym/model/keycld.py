@@ -111,6 +111,20 @@ class KeyCLDModel(nn.Module):
         placement = list(self.keypoint_constraints.parameters()) if self.constrained_keypoints else []
         return list(self.encoder.parameters()) + list(self.renderer.parameters()) + placement
 
+    @torch.no_grad()
+    def load_keypoint_phase(self, other: "KeyCLDModel") -> None:
+        """Take `other`'s keypoint phase: what `keypoint_parameters` trains (placement lengths included) and the background."""
+        if other.constrained_keypoints != self.constrained_keypoints:
+            raise ValueError(f"that model places its keypoints on the constraints ({other.constrained_keypoints}) where "
+                             f"this one does ({self.constrained_keypoints}); reuse an encoder of the same kind")
+        self.encoder.load_state_dict(other.encoder.state_dict())
+        self.renderer.load_state_dict(other.renderer.state_dict())
+        if self.constrained_keypoints:
+            # the learned link lengths place the keypoints: left at their start, the acrobot's
+            # elbow sat 10% out along the upper arm and the lower arm turned by 0.12 sin(elbow)
+            self.keypoint_constraints.load_state_dict(other.keypoint_constraints.state_dict())
+        self.background.copy_(other.background)
+
     def network_parameters(self) -> list[nn.Parameter]:
         """The dynamics' MLPs and the reward head."""
         return self.dynamics.network_parameters() + list(self.reward_net.parameters())

@@ -66,19 +66,9 @@ class Trainer:
         self.log = RunLog(self.out)
 
     def _reuse_keypoints(self) -> dict[str, Any]:
-        """Copy the encoder (with its placement lengths), renderer and background of `keypoints_from`; returns their provenance."""
+        """Take the keypoint phase of `keypoints_from` (`KeyCLDModel.load_keypoint_phase`); returns its provenance."""
         src = load_model(self.config.keypoints_from)
-        if src.constrained_keypoints != self.model.constrained_keypoints:
-            raise ValueError(f"{self.config.keypoints_from} places its keypoints on the constraints "
-                             f"({src.constrained_keypoints}) where this run's encoder does "
-                             f"({self.model.constrained_keypoints}); reuse an encoder of the same kind")
-        self.model.encoder.load_state_dict(src.encoder.state_dict())
-        self.model.renderer.load_state_dict(src.renderer.state_dict())
-        self.model.background.copy_(src.background)
-        if self.model.constrained_keypoints:
-            # the learned link lengths place the keypoints: left at their start, the acrobot's
-            # elbow sat 10% out along the upper arm and the lower arm turned by 0.12 sin(elbow)
-            self.model.keypoint_constraints.load_state_dict(src.keypoint_constraints.state_dict())
+        self.model.load_keypoint_phase(src)
         if src.checkpoint_config.get("keypoints_from"):
             # that model reused its encoder and renderer in turn: they (and their data) come from further up
             return {**src.checkpoint_config["keypoints_from"], "via": str(self.config.keypoints_from)}
