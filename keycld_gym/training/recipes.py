@@ -145,7 +145,7 @@ RECIPES: dict[str, ModelRecipe] = {
         # zero is exact far from upright.
         # The bob placed on its constraint (a fixed distance from the pivot, which the renderer
         # holds at the image centre where the camera looks), drawn by a local renderer: on the 40
-        # held-out sequences, keypoint error 0.56 -> 0.15 px RMS (BENCHMARKS.md).
+        # held-out sequences, keypoint error 0.56 -> 0.14 px RMS (BENCHMARKS.md).
         model=ModelConfig(encoder=EncoderConfig(full_resolution=True, constrained=True),
                           renderer=RendererConfig(learn_pivots=False, local=True),
                           dynamics=DynamicsConfig(input_matrix="spec", damping="joints", **_STRUCTURED),
