@@ -90,11 +90,15 @@ def keypoint_map_for(model: KeyCLDModel, data: str | Path, every: int = 5) -> Ke
     return fit_keypoint_map(samples.keypoints, samples.points)
 
 
+def pixel_errors(model: KeyCLDModel, keypoints: np.ndarray, points: np.ndarray, kmap: KeypointMap) -> np.ndarray:
+    """Encoded keypoints minus the mapped true points, in pixels `(N, K, 2)`."""
+    # image units span [-1, 1] over the frame's height (docs/design.md section 2): px = units * H / 2
+    return (keypoints - kmap.points(points)) * (model.spec.camera.height / 2)
+
+
 def keypoint_error(model: KeyCLDModel, keypoints: np.ndarray, points: np.ndarray, kmap: KeypointMap) -> dict[str, Any]:
     """The encoder's error against the mapped true points: pixels (RMS, 99th percentile, bias and noise), per keypoint and overall."""
-    # image units span [-1, 1] over the frame's height (docs/design.md section 2): px = units * H / 2
-    px = model.spec.camera.height / 2
-    diff = (keypoints - kmap.points(points)) * px  # (N, K, 2)
+    diff = pixel_errors(model, keypoints, points, kmap)
     err = np.linalg.norm(diff, axis=-1)  # (N, K)
     noise = np.linalg.norm(diff - state_bias(diff, points), axis=-1)
     return {
@@ -133,13 +137,13 @@ def tracked_point_error(model: KeyCLDModel, keypoints: np.ndarray, points: np.nd
     links = [(c.a, c.b) for c in model.spec.constraints if c.kind == "fixed_distance"]
     chosen = [1.0] * len(links)
 
-    def rms(fs: list[float]) -> float:
+    def squared_error(fs: list[float]) -> float:  # the search's score: no bias split, as keypoint_error makes
         moved = tracked_points(points, links, fs)
-        return keypoint_error(model, keypoints, moved, fit_keypoint_map(keypoints, moved))["rms_px"]
+        return float((pixel_errors(model, keypoints, moved, fit_keypoint_map(keypoints, moved)) ** 2).sum())
 
     for _ in range(sweeps if links else 0):
         for i in range(len(links)):
-            chosen[i] = float(min(fractions, key=lambda f: rms([*chosen[:i], f, *chosen[i + 1:]])))
+            chosen[i] = float(min(fractions, key=lambda f: squared_error([*chosen[:i], f, *chosen[i + 1:]])))
     moved = tracked_points(points, links, chosen)
     error = keypoint_error(model, keypoints, moved, fit_keypoint_map(keypoints, moved))
     return {"rms_px": error["rms_px"], "p99_px": error["p99_px"], "per_keypoint_rms_px": error["per_keypoint_rms_px"],
