@@ -11,7 +11,7 @@ from typing import Any
 from keycld_gym.envs.registration import env_id
 
 from . import acrobot, cartpole, pendulum
-from .recipe import ALGOS, OBS_TYPES, SB3_ALGOS, AgentRecipe
+from .recipe import ALGOS, NOISES, OBS_TYPES, SB3_ALGOS, AgentRecipe
 
 RECIPES: dict[tuple[str, str, str], AgentRecipe] = {
     (r.system, r.obs_type, r.algo): r for module in (pendulum, cartpole, acrobot) for r in module.RECIPES
@@ -49,5 +49,5 @@ def rl_zoo_hyperparams(algo: str) -> dict[str, dict[str, Any]]:
             if r.algo == algo and r.features == "cnn"}
 
 
-__all__ = ["ALGOS", "OBS_TYPES", "SB3_ALGOS", "RECIPES", "BUNDLED", "AgentRecipe", "bundled_recipe", "get_recipe",
+__all__ = ["ALGOS", "NOISES", "OBS_TYPES", "SB3_ALGOS", "RECIPES", "BUNDLED", "AgentRecipe", "bundled_recipe", "get_recipe",
            "rl_zoo_hyperparams"]

@@ -14,7 +14,7 @@ SB3_ALGOS = ("sac", "ppo")
 # (keycld_gym/planning.py), its settings in `hyperparams`
 ALGOS = (*SB3_ALGOS, "energy", "mppi")
 OBS_TYPES = ("keypoints", "pixels")
-NOISES = ("measured", "none")
+NOISES = ("measured", "estimated", "none")
 # pixels: the policy's own CNN learns from the frames, or each frame goes through the world
 # model's frozen keypoint encoder first (keycld_gym/rl/frame_encoding.py)
 FEATURES = ("cnn", "keycld-encoder")
@@ -39,7 +39,10 @@ class AgentRecipe:
     frame_stack: int = 1  # pixels: the last n frames (or their keypoints), stacked on the last axis
     features: str = "cnn"  # pixels: one of FEATURES
     # keypoints: Gaussian noise of the model's measured real estimation error on the
-    # imagined observations (observation_noise.json beside the weights), or none;
+    # imagined observations (observation_noise.json beside the weights), or "estimated":
+    # every imagined frame's keypoints with one real frame's measured encoder noise through
+    # the real env's Kalman filter (`Filtering`), which then estimates the real states too;
+    # or none;
     # keycld-encoder pixels: of one real frame's encoder error, on each frame's keypoints
     observation_noise: str = "none"
     # keypoints or pixels: each imagined episode's model pushes with gain * action, the gain
@@ -78,6 +81,8 @@ class AgentRecipe:
             raise ValueError(f"features={self.features!r} applies to pixel observations only")
         if self.observation_noise not in NOISES:
             raise ValueError(f"observation_noise must be one of {NOISES}, got {self.observation_noise!r}")
+        if self.observation_noise == "estimated" and self.obs_type != "keypoints":
+            raise ValueError("observation_noise='estimated' runs the real env's filter on keypoints: use obs_type='keypoints'")
         if self.observation_noise != "none" and self.obs_type != "keypoints" and self.features != "keycld-encoder":
             raise ValueError("observation noise applies to keypoint observations (or keycld-encoder pixels) only")
         if not 0.0 <= self.exploring_starts <= 1.0:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from keycld_gym.ablations import AblationStudy
+from keycld_gym.agents import NOISES
 from keycld_gym.agents import get_recipe as get_agent_recipe
 from keycld_gym.benchmark import benchmark_recipe, run_benchmark
 from keycld_gym.bundling import bundle_agent, bundle_model
@@ -469,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
     p.add_argument("--steps", type=int, help="imagined agent steps (default: the recipe's budget in agents/)")
     p.add_argument("--budget", type=float, help="stop after this many minutes of training")
-    p.add_argument("--noise", choices=("measured", "none"), help="observation noise of the real side's measured error (keypoints, or keycld-encoder pixels; default: the recipe's)")
+    p.add_argument("--noise", choices=NOISES, help="observation noise: the real side's measured error as independent draws, "
+                   "or (keypoints) noisy frames through the real env's filter, or none (default: the recipe's)")
     p.add_argument("--eval-every", type=int, default=5000, help="agent steps between learning-curve points")
     p.add_argument("--eval-episodes", type=int, default=16, help="imagined episodes per learning-curve point")
     p.add_argument("--real-eval-every", type=int, default=0,

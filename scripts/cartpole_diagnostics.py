@@ -24,7 +24,14 @@ dynamics can do behind this encoder. Needs a model with a constant input matrix 
 linear potential.
 
 `tracked-agent`: an agent's real return with the real env's state estimate set by
-`--window`, `--iterations`, `--robust` (the protocol's episodes and seeds, two processes).
+`--window`, `--iterations`, `--robust` or `--filter` (the protocol's episodes and seeds, two
+processes); `--true-part positions` (or `velocities`) hands the agent that part of the true
+state instead, so what the other part of the estimate costs shows (one process).
+
+`causal`: an online estimator (the window, or `--filter` the Kalman filter) run through the
+held-out sequences frame by frame as the real env runs it, read once per agent step, against
+the true state mapped into keypoint space: position and velocity error RMS per coordinate,
+overall and away from the rail ends, and its cost per agent step.
 
 `estimate`: the real env's state estimate (`Tracking`: window, Gauss-Newton iterations,
 Huber threshold) of held-out frames against the true state mapped into keypoint space,
@@ -35,12 +42,14 @@ every 8th frame: velocity error RMS per coordinate, overall and away from the ra
     python scripts/cartpole_diagnostics.py oracle-agent --agent bundled --checkpoint cartpole --data data/cartpole-task-eval
     python scripts/cartpole_diagnostics.py tracked-agent --agent bundled --checkpoint cartpole --data data/cartpole-task-eval --window 33
     python scripts/cartpole_diagnostics.py estimate --checkpoint cartpole --data data/cartpole-task-eval --window 17 --robust 0.02
+    python scripts/cartpole_diagnostics.py causal --checkpoint cartpole --data data/cartpole-task-eval [--filter]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -49,11 +58,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from keycld_gym.data.dataset import iter_sequences, iter_shards  # noqa: E402
-from keycld_gym.envs.real_keypoints import Tracking  # noqa: E402
+from keycld_gym.envs.real_keypoints import RealKeypointEnv  # noqa: E402
 from keycld_gym.evaluation import evaluate_model  # noqa: E402
 from keycld_gym.files import write_json  # noqa: E402
 from keycld_gym.model.checkpoint import load_model  # noqa: E402
 from keycld_gym.model.physics_fit import PhysicsFit, apply_physics  # noqa: E402
+from keycld_gym.model.tracking import Estimator, Filtering, Tracking  # noqa: E402
 from keycld_gym.rl.agent import load_agent, real_vec_env  # noqa: E402
 from keycld_gym.rl.agent_evaluation import episode_returns  # noqa: E402
 from keycld_gym.sim.real_env import RealEnv  # noqa: E402
@@ -171,7 +181,10 @@ def true_physics(args: argparse.Namespace, model, w: np.ndarray) -> dict:
     return {"checkpoint": str(args.checkpoint), "data": args.data, **{k: v for k, v in r.items() if k.startswith("vpt")}}
 
 
-def _tracking(args: argparse.Namespace) -> Tracking:
+def _tracking(args: argparse.Namespace) -> Estimator:
+    if args.filter:
+        return Filtering(measurement_std=args.measurement_std, acceleration_std=args.acceleration_std,
+                         robust=None if args.robust <= 0 else args.robust)
     return Tracking(args.window, args.iterations, None if args.robust <= 0 else args.robust)
 
 
@@ -179,14 +192,36 @@ def tracked_agent(args: argparse.Namespace, model, w: np.ndarray) -> dict:
     """Real returns of an agent with the state estimate's settings changed (see the module docstring)."""
     tracking = _tracking(args)
     agent = load_agent(args.agent, "cartpole", "keypoints")
-    venv = real_vec_env(agent.recipe, model, workers=2, tracking=tracking)
-    returns = episode_returns(agent.act, venv, args.episodes, args.seed)
-    venv.close()
-    print(f"{tracking}: real return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {args.episodes} episodes "
+    if args.true_part:
+        returns = _part_true_returns(args, agent, model, w, tracking)
+    else:
+        venv = real_vec_env(agent.recipe, model, workers=2, tracking=tracking)
+        returns = episode_returns(agent.act, venv, args.episodes, args.seed)
+        venv.close()
+    print(f"{tracking}{', true ' + args.true_part if args.true_part else ''}: real return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {args.episodes} episodes "
           f"(seeds {args.seed}-{args.seed + args.episodes - 1}): {np.round(returns, 1).tolist()}")
-    return {"agent": str(args.agent), "checkpoint": str(args.checkpoint), "tracking": vars(tracking), "seed": args.seed,
+    return {"agent": str(args.agent), "checkpoint": str(args.checkpoint), "tracking": vars(tracking),
+            "true_part": args.true_part, "seed": args.seed,
             "episodes": args.episodes, "real_returns": returns,
             "real_return_mean": float(np.mean(returns)), "real_return_std": float(np.std(returns))}
+
+
+def _part_true_returns(args: argparse.Namespace, agent, model, w: np.ndarray, tracking: Estimator) -> list[float]:
+    """Real returns with one part of the estimate (positions or velocities) replaced by the true state's (one process)."""
+    env = RealKeypointEnv("cartpole", model, tracking=tracking)
+    part = slice(0, 4) if args.true_part == "positions" else slice(4, 8)
+    returns = []
+    for i in range(args.episodes):
+        obs, _ = env.reset(seed=args.seed + i)
+        total, done = 0.0, False
+        while not done:
+            physics = env.env.physics
+            obs[part] = np.concatenate(keypoint_state(w, physics.data.qpos, physics.data.qvel))[part]
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs[None])[0])
+            total, done = total + reward, terminated or truncated
+        returns.append(total)
+    env.close()
+    return returns
 
 
 def estimate(args: argparse.Namespace, model, w: np.ndarray) -> dict:
@@ -212,9 +247,49 @@ def estimate(args: argparse.Namespace, model, w: np.ndarray) -> dict:
             "velocity_rms": rms}
 
 
+def causal(args: argparse.Namespace, model, w: np.ndarray) -> dict:
+    """Position and velocity error of an online estimator run through held-out sequences as the real env runs it."""
+    estimator = _tracking(args)
+    seqs = list(iter_sequences(args.data, "cartpole"))
+    length = min(len(s["frames"]) for s in seqs) if args.frames is None else args.frames
+    kp = torch.stack([model.encode_frames(s["frames"][:length]) for s in seqs])  # (B, T, K, 2)
+    acts = torch.from_numpy(np.stack([s["actions"][: length - 1] for s in seqs]).astype(np.float32))
+    repeat = model.spec.action_repeat
+
+    def run(kp: torch.Tensor, acts: torch.Tensor) -> list[tuple[int, np.ndarray]]:
+        online, reads = estimator.start(model), []
+        for t in range(kp.shape[1]):
+            online.add(kp[:, t], None if t == 0 else acts[:, t - 1])
+            if t and t % repeat == 0:  # read as an agent reads it, once per agent step
+                q, v = online.estimate()
+                reads.append((t, torch.cat([q.flatten(1), v.flatten(1)], 1).numpy()))
+        return reads
+
+    reads = [(t, est) for t, est in run(kp, acts) if t >= args.burn_in]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    run(kp[:1], acts[:1])  # the cost: one episode's estimator, as the real env runs it
+    per_step = (time.perf_counter() - start) / ((length - 1) / repeat) * 1e3
+    torch.set_num_threads(threads)
+    err = np.concatenate([est - np.stack([np.concatenate(keypoint_state(w, s["qpos"][t], s["qvel"][t])) for s in seqs])
+                          for t, est in reads])
+    inner = np.concatenate([np.abs([s["qpos"][t, 0] for s in seqs]) < 1.5 for t, _ in reads])  # metres; rails end at +-1.8
+    rms = {f"{part}_{name}": np.sqrt((err[m][:, cols] ** 2).mean(0))[[0, 2, 3]].round(4).tolist()
+           for name, m in (("all", np.ones_like(inner)), ("away_from_rail_ends", inner))
+           for part, cols in (("position", slice(0, 4)), ("velocity", slice(4, 8)))}
+    print(f"{estimator}: over {len(err)} agent steps of {len(seqs)} sequences (frames {args.burn_in}-{length - 1}), "
+          f"RMS (cart x, tip x, tip y) positions {rms['position_all']}, velocities {rms['velocity_all']}; "
+          f"|x| < 1.5 m ({inner.mean():.0%}): positions {rms['position_away_from_rail_ends']}, "
+          f"velocities {rms['velocity_away_from_rail_ends']}; {per_step:.1f} ms per agent step (one env, one thread)")
+    return {"checkpoint": str(args.checkpoint), "data": args.data, "estimator": {"kind": type(estimator).__name__,
+            **vars(estimator)}, "samples": len(err), "frames": length, "burn_in": args.burn_in, "rms": rms,
+            "ms_per_agent_step": per_step}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("response", "oracle-agent", "true-physics", "estimate", "tracked-agent"))
+    p.add_argument("check", choices=("response", "oracle-agent", "true-physics", "estimate", "tracked-agent", "causal"))
     p.add_argument("--checkpoint", default="cartpole")
     p.add_argument("--data", required=True, help="held-out cartpole data set (frames and true states)")
     p.add_argument("--agent", default="bundled", help="oracle-agent, tracked-agent: an agent folder or 'bundled'")
@@ -222,18 +297,29 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--velocity-noise", type=float, default=0.0,
                    help="oracle-agent: std of noise on the cart velocity (image units/s) and pole rate (rad/s)")
-    p.add_argument("--window", type=int, help="estimate, tracked-agent: frames per window (estimate: at most 49; default: the real env's)")
-    p.add_argument("--iterations", type=int, default=Tracking.iterations, help="estimate, tracked-agent: Gauss-Newton iterations")
-    p.add_argument("--robust", type=float, default=Tracking.robust,
-                   help="estimate, tracked-agent: Huber threshold in image units (0: plain least squares)")
+    p.add_argument("--window", type=int, help="estimate, tracked-agent, causal: frames per window (estimate: at most 49; default: the real env's)")
+    p.add_argument("--iterations", type=int, default=Tracking.iterations, help="estimate, tracked-agent, causal: Gauss-Newton iterations")
+    p.add_argument("--robust", type=float,
+                   help="estimate, tracked-agent: Huber threshold, image units for the window, standard deviations "
+                        "for the filter (0: plain least squares; default: the estimator's)")
+    p.add_argument("--true-part", choices=("positions", "velocities"),
+                   help="tracked-agent: that part of the estimate replaced by the true state's (what the other part costs)")
+    p.add_argument("--filter", action="store_true", help="tracked-agent, causal: the Kalman filter (`Filtering`), not the window")
+    p.add_argument("--measurement-std", type=float, default=Filtering.measurement_std, help="--filter: keypoint noise, image units")
+    p.add_argument("--acceleration-std", type=float, default=Filtering.acceleration_std,
+                   help="--filter: the dynamics' error as white acceleration noise, image units/s^2/sqrt(Hz)")
+    p.add_argument("--frames", type=int, help="causal: frames of each sequence (default: all)")
+    p.add_argument("--burn-in", type=int, default=48, help="causal: frames before the first scored estimate")
     p.add_argument("--json")
     args = p.parse_args()
+    if args.robust is None:
+        args.robust = (Filtering if args.filter else Tracking).robust
     model = load_model(args.checkpoint)
     if model.spec.name != "cartpole":
         raise SystemExit(f"{args.checkpoint} is a {model.spec.name!r} model: these checks know the cartpole only")
     w = state_to_keypoints(model, Path(args.data))
     check = {"response": response, "oracle-agent": oracle_agent, "true-physics": true_physics, "estimate": estimate,
-             "tracked-agent": tracked_agent}[args.check]
+             "tracked-agent": tracked_agent, "causal": causal}[args.check]
     result = check(args, model, w)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

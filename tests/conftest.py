@@ -37,6 +37,18 @@ TINY_MODEL = ModelConfig(
 TINY_MODEL_VAL_FRACTION = 0.45
 
 
+def model_with_gravity():
+    """An untrained tiny cartpole model with a pole of length ~1 and a non-trivial potential: dynamics to estimate under."""
+    from keycld_gym.model.keycld import KeyCLDModel
+
+    torch.manual_seed(0)
+    model = KeyCLDModel("cartpole", TINY_MODEL)
+    with torch.no_grad():
+        model.constraints.raw_length.fill_(0.54)  # length ~1
+        model.dynamics.potential_net[-1].weight.mul_(100.0)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A real cartpole data set: 6 sequences x 48 frames of the standard task (about 4 s)."""
@@ -77,8 +89,8 @@ def noisy_model_dir(tiny_model_dir, tiny_data, tmp_path_factory):
     """The tiny model with its measured observation noise, as a recipe asking for it needs."""
     import shutil
 
-    from keycld_gym.envs.real_keypoints import Tracking
     from keycld_gym.model.checkpoint import load_model
+    from keycld_gym.model.tracking import Tracking
     from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
 
     folder = tmp_path_factory.mktemp("noisy") / "model"

@@ -94,6 +94,45 @@ def test_keypoint_noise_matches_its_std(model_dir):
         KeypointNoise(KeyCLDVectorEnv(2, "cartpole", model_dir, obs_type="pixels"), std)
 
 
+def test_estimated_keypoints_follow_the_imagined_state_through_the_real_filter(model_dir):
+    from keycld_gym.envs.imagined_env import KeyCLDVectorEnv
+    from keycld_gym.model.tracking import Filtering, Tracking
+    from keycld_gym.rl.agent import real_estimator
+    from keycld_gym.rl.observation_noise import EstimatedKeypoints, read_noise
+
+    std, frame_std = read_noise(model_dir), read_noise(model_dir, "frame_std")
+    clean = KeyCLDVectorEnv(64, "cartpole", model_dir, obs_type="keypoints")
+    estimated = EstimatedKeypoints(KeyCLDVectorEnv(64, "cartpole", model_dir, obs_type="keypoints"), Filtering(),
+                                   frame_std, std, seed=1)
+    a, _ = clean.reset(seed=3)
+    b, _ = estimated.reset(seed=3)
+    actions = np.random.default_rng(0).uniform(-1, 1, (64, 1)).astype(np.float32)
+    for _ in range(4):
+        a, *_ = clean.step(actions)
+        b, *_ = estimated.step(actions)
+        # the same imagined motion, seen through noisy frames: close, not equal
+        position_error = np.abs(b - a)[:, :4].max()
+        assert np.isfinite(b).all() and 1e-4 < position_error < 10 * frame_std.max() + 0.02
+    with pytest.raises(ValueError, match="must be"):
+        EstimatedKeypoints(clean, Filtering(), frame_std[:3], std)
+    with pytest.raises(ValueError, match="obs_type='keypoints'"):
+        EstimatedKeypoints(KeyCLDVectorEnv(2, "cartpole", model_dir, obs_type="pixels"), Filtering(), frame_std, std)
+    # as a recipe asks for it: episodes that end start the filter again from their next start
+    recipe = get_recipe("cartpole", "keypoints", "sac").replace(observation_noise="estimated", training_episode_steps=3)
+    venv = imagined_vec_env(recipe, 2, model_dir, seed=0, training=True)
+    venv.reset()
+    for step in range(1, 5):
+        obs, _, dones, infos = venv.step(np.zeros((2, 1), np.float32))
+        assert np.isfinite(obs).all() and dones.all() == (step == 3)
+        if step == 3:  # the last estimate of the ended episodes
+            assert all(np.isfinite(i["terminal_observation"]).all() for i in infos)
+    venv.close()
+    assert isinstance(real_estimator(recipe), Filtering)
+    assert isinstance(real_estimator(recipe.replace(observation_noise="measured")), Tracking)
+    with pytest.raises(ValueError, match="estimated"):
+        get_recipe("cartpole", "pixels", "ppo").replace(observation_noise="estimated")
+
+
 def test_training_episodes_are_cut_where_the_recipe_says_and_evaluations_are_not(model_dir):
     recipe = get_recipe("cartpole", "keypoints", "sac").replace(training_episode_steps=3, observation_noise="none")
     for training in (True, False):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import model_with_gravity
 
 from keycld_gym.model.estimation import (
     estimate_state,
@@ -11,21 +11,10 @@ from keycld_gym.model.estimation import (
     initial_guess,
     refine_trajectory,
 )
-from keycld_gym.model.keycld import KeyCLDModel
-
-
-def _model_with_gravity():
-    torch.manual_seed(0)
-    model = KeyCLDModel("cartpole", TINY_MODEL)
-    with torch.no_grad():
-        model.constraints.raw_length.fill_(0.54)  # length ~1
-        last = model.dynamics.potential_net[-1]
-        last.weight.mul_(100.0)  # a non-trivial potential
-    return model
 
 
 def test_shooting_recovers_the_end_state_far_better_than_differencing():
-    model = _model_with_gravity()
+    model = model_with_gravity()
     torch.manual_seed(1)
     q0 = torch.tensor([[[0.1, 0.0], [0.6, 0.8]], [[-0.3, 0.0], [-0.3, -1.0]]])
     v0 = torch.tensor([[[0.5, 0.0], [1.0, -0.5]], [[0.0, 0.0], [2.0, 0.0]]])
@@ -44,7 +33,7 @@ def test_shooting_recovers_the_end_state_far_better_than_differencing():
 
 
 def test_two_frames_are_enough_to_run_and_bad_shapes_are_refused():
-    model = _model_with_gravity()
+    model = model_with_gravity()
     kp = torch.zeros(1, 2, 2, 2)
     kp[:, :, 1, 1] = 1.0
     qs, vs = fit_trajectory(model, kp, torch.zeros(1, 1, 1))
@@ -66,7 +55,7 @@ def test_initial_guess_is_a_line_fit():
 
 
 def test_robust_refinement_is_not_dragged_by_a_glitched_frame():
-    model = _model_with_gravity()
+    model = model_with_gravity()
     torch.manual_seed(2)
     q0, v0 = model.project(torch.tensor([[[0.1, 0.0], [0.6, 0.8]]]), torch.tensor([[[0.5, 0.0], [1.0, -0.5]]]))
     actions = torch.rand(1, 16, 1) * 2 - 1
@@ -84,7 +73,7 @@ def test_robust_refinement_is_not_dragged_by_a_glitched_frame():
 
 
 def test_tracking_settings_are_checked():
-    from keycld_gym.envs.real_keypoints import Tracking
+    from keycld_gym.model.tracking import Tracking
 
     for bad in (dict(window=1), dict(iterations=0), dict(robust=0.0)):
         with pytest.raises(ValueError):
@@ -93,7 +82,7 @@ def test_tracking_settings_are_checked():
 
 
 def test_a_model_whose_rollout_blows_up_still_gives_finite_states_from_the_frames():
-    model = _model_with_gravity()
+    model = model_with_gravity()
     with torch.no_grad():
         model.dynamics.mass_raw_diag.fill_(-12.0)  # a near-zero mass: huge accelerations
     # frames of a legal motion: the cart slides at 0.5 units/s, the pole rigidly with it

@@ -220,13 +220,15 @@ def test_sb3_learns_on_the_batched_env(ckpt):
     assert model.num_timesteps >= 64
 
 
-def test_real_keypoint_twin_has_the_imagined_spaces_and_full_returns(ckpt):
-    from keycld_gym.envs.real_keypoints import Tracking
+@pytest.mark.parametrize("estimator", ["window", "filter"])
+def test_real_keypoint_twin_has_the_imagined_spaces_and_full_returns(ckpt, estimator):
+    from keycld_gym.model.tracking import Filtering, Tracking
 
     model = keycld_gym.load_model(ckpt)
     # 100 physics steps per agent step leave no overlap between windows, so each one is a cold
     # fit: a short window keeps those quick
-    real = keycld_gym.make_real_env("cartpole", "keypoints", model=model, action_repeat=100, tracking=Tracking(window=5))
+    tracking = Tracking(window=5) if estimator == "window" else Filtering()
+    real = keycld_gym.make_real_env("cartpole", "keypoints", model=model, action_repeat=100, tracking=tracking)
     imagined = KeyCLDEnv("cartpole", ckpt, obs_type="keypoints", action_repeat=100)
     assert real.observation_space == imagined.observation_space and real.action_space == imagined.action_space
     obs, _ = real.reset(seed=0)
@@ -239,9 +241,12 @@ def test_real_keypoint_twin_has_the_imagined_spaces_and_full_returns(ckpt):
         assert np.all(np.isfinite(obs))
         if term or trunc:
             break
-    assert steps == 10 and 0 < total <= 1000  # 1000 physics steps, window steps included
+    # the first agent step of 100 physics steps goes under a zero action, gathering frames: 9 are left
+    assert steps == 9 and 0 < total <= 1000
     with pytest.raises(ValueError, match="either model or checkpoint"):
         keycld_gym.make_real_env("cartpole", "keypoints", model=model, checkpoint=ckpt)
+    with pytest.raises(TypeError, match="Tracking or Filtering"):
+        keycld_gym.make_real_env("cartpole", "keypoints", model=model, tracking="kalman")
     with pytest.raises(ValueError, match="reads no model"):
         keycld_gym.make_real_env("cartpole", "pixels", model=model)
 

@@ -51,6 +51,9 @@ class Imagination:
         # a state is diverged once it is non-finite or a keypoint is far outside the frame
         self.bound = 2.0 * max(1.0, w / h) + 1.0
         self._bank_states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # by id(bank["frames"])
+        # positions after each physics step of the last agent step `(N, action_repeat, K, 2)`:
+        # the frames a real camera would have seen (an estimator in the loop reads them)
+        self.frame_keypoints = torch.zeros(num_envs, action_repeat, k, 2, device=self.device)
 
     # -- start states -----------------------------------------------------------------------
     def bank_states(self, bank: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,14 +114,17 @@ class Imagination:
         reward = torch.zeros(self.num_envs, device=self.device)
         q, v = self.q, self.v
         pushed = actions * self.action_gain
+        frames = []
         for _ in range(self.action_repeat):
             q, v = self.model.step(q, v, pushed)
+            frames.append(q)
             reward += self.model.reward(q, v, actions).clamp(0.0, 1.0)  # the suite's rewards lie in [0, 1]
         diverged = ~(torch.isfinite(q).all((1, 2)) & torch.isfinite(v).all((1, 2)) & (q.abs() < self.bound).all((1, 2)))
         diverged |= ~torch.isfinite(reward)
         # a diverged env keeps its last finite state, so no observation is ever non-finite
         keep = diverged[:, None, None]
         self.q, self.v = torch.where(keep, self.q, q), torch.where(keep, self.v, v)
+        self.frame_keypoints = torch.where(keep[:, None], self.q[:, None], torch.stack(frames, 1))
         return torch.where(diverged, torch.zeros_like(reward), reward), diverged
 
     @torch.no_grad()

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import gymnasium as gym
 
-from keycld_gym.envs.real_keypoints import RealKeypointEnv, Tracking
+from keycld_gym.envs.real_keypoints import RealKeypointEnv
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.model.tracking import Estimator, Tracking
 from keycld_gym.sim.real_env import RealEnv
 from keycld_gym.sim.systems import SystemSpec, get_system
 
@@ -27,14 +28,14 @@ def make_real_env(
     render_mode: str | None = None,
     model: KeyCLDModel | None = None,
     checkpoint: str | Path | None = None,
-    tracking: Tracking | None = None,
+    tracking: Estimator | None = None,
 ) -> gym.Env:
     """The real dm_control task of `system` as a Gymnasium env (see `RealEnv`).
 
     `obs_type="keypoints"`: real frames are encoded into the imagined env's keypoint
     observation (see `RealKeypointEnv`) by `model` (a `KeyCLDModel`), or else by the model in
     `checkpoint` (a folder; None: the system's bundled model), estimated as `tracking` (a
-    `Tracking`; None: its defaults) says.
+    `Tracking` or `Filtering`, `model/tracking.py`; None: the default) says.
     """
     if obs_type == "keypoints":
         if model is None:

@@ -346,5 +346,8 @@ class Dynamics(nn.Module):
         m_inv_jt = torch.einsum("kl,...cld->...ckd", m_inv, j)  # rows of M^-1 J^T
         jmj = torch.einsum("...ckd,...ekd->...ce", j, m_inv_jt)  # (..., C, C)
         rhs = torch.einsum("...ckd,...kd->...c", j, m_inv_f) + c.jdot_qdot(q, qdot)
-        lam = torch.linalg.solve(jmj, rhs.unsqueeze(-1)).squeeze(-1)  # (..., C)
+        lam, info = torch.linalg.solve_ex(jmj, rhs.unsqueeze(-1))
+        # a state blown far off (an untrained model's) can make J M^-1 J^T singular: its
+        # acceleration is NaN, which every caller catches as a non-finite state, not an error
+        lam = torch.where((info == 0)[..., None, None], lam, torch.nan).squeeze(-1)  # (..., C)
         return m_inv_f - torch.einsum("...ckd,...c->...kd", m_inv_jt, lam)

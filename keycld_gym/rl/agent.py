@@ -39,8 +39,13 @@ from keycld_gym.envs.sb3 import SB3VecEnv
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import read_record, sha256_file, write_json
 from keycld_gym.model.checkpoint import BUNDLED_DIR
+from keycld_gym.model.tracking import Estimator, Filtering, Tracking
 from keycld_gym.rl.frame_encoding import VecEncodeFrames
-from keycld_gym.rl.observation_noise import KeypointNoise, read_noise
+from keycld_gym.rl.observation_noise import (
+    EstimatedKeypoints,
+    KeypointNoise,
+    read_noise,
+)
 from keycld_gym.sim.systems import get_system
 
 AGENT_WEIGHTS = "agent.safetensors"
@@ -94,11 +99,13 @@ def imagined_vec_env(recipe: AgentRecipe, num_envs: int, checkpoint: Any = None,
                            exploring_starts=recipe.exploring_starts if training else 0.0,
                            max_episode_steps=recipe.training_episode_steps if training else None)
     model, frame_noise = venv.model, None
-    if noise and recipe.observation_noise == "measured":
+    if noise and recipe.observation_noise != "none":
         folder = venv.checkpoint_path
         if folder is None:
             raise ValueError("measured observation noise needs a model loaded from a folder (its observation_noise.json)")
-        if recipe.obs_type == "keypoints":
+        if recipe.observation_noise == "estimated":
+            venv = EstimatedKeypoints(venv, Filtering(), read_noise(folder, "frame_std"), read_noise(folder), seed=seed)
+        elif recipe.obs_type == "keypoints":
             venv = KeypointNoise(venv, read_noise(folder), seed=seed)
         else:  # keycld-encoder pixels: on each frame's encoded keypoints
             frame_noise = read_noise(folder, "frame_std")
@@ -108,9 +115,17 @@ def imagined_vec_env(recipe: AgentRecipe, num_envs: int, checkpoint: Any = None,
     return wrap_observations(sb3, recipe, model, frame_noise, seed)
 
 
+def real_estimator(recipe: AgentRecipe) -> Estimator:
+    """How the real env estimates a recipe's keypoint states: as its agent saw them in imagination."""
+    return Filtering() if recipe.observation_noise == "estimated" else Tracking()
+
+
 def real_env_factory(recipe: AgentRecipe, model: Any = None, threads: int | None = None,
-                     tracking: Any = None) -> Callable[[], gym.Env]:
-    """A function making the real task with the recipe's observations (keypoints estimated by `model`, as `tracking` says)."""
+                     tracking: Estimator | None = None) -> Callable[[], gym.Env]:
+    """A function making the real task with the recipe's observations (keypoints estimated by `model`, as `tracking` says;
+    None: `real_estimator`)."""
+    tracking = tracking or real_estimator(recipe)
+
     def make() -> gym.Env:
         if threads is not None:  # in a worker process: one core each
             torch.set_num_threads(threads)
@@ -121,7 +136,7 @@ def real_env_factory(recipe: AgentRecipe, model: Any = None, threads: int | None
     return make
 
 
-def real_vec_env(recipe: AgentRecipe, model: Any = None, workers: int = 1, tracking: Any = None) -> VecEnv:
+def real_vec_env(recipe: AgentRecipe, model: Any = None, workers: int = 1, tracking: Estimator | None = None) -> VecEnv:
     """`workers` real envs (in as many processes if more than one) as the recipe's agent sees them."""
     if workers > 1:
         venv: VecEnv = SubprocVecEnv([real_env_factory(recipe, model, threads=1, tracking=tracking)] * workers)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,61 +29,67 @@ from gymnasium.vector import VectorEnv, VectorWrapper
 
 from keycld_gym.data.collect import MANIFEST
 from keycld_gym.data.dataset import iter_sequences
-from keycld_gym.envs.real_keypoints import Tracking
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import sha256_file, write_json
 from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.model.tracking import Estimator, Filtering, Tracking
 from keycld_gym.sim.systems import WINDOWS
 
 NOISE_FILE = "observation_noise.json"
 
 
 def measure_estimation_error(
-    model: KeyCLDModel, data: str | Path, *, tracking: Tracking = Tracking(), reference: int | None = None, every: int = 8,
-    max_sequences: int | None = None,
+    model: KeyCLDModel, data: str | Path, *, tracking: Estimator = Tracking(), reference: int | None = None,
+    every: int | None = None, max_sequences: int | None = None,
 ) -> dict[str, Any]:
     """Error of the real env's causal state estimate (`tracking`) against a centred `reference`-frame fit on real sequences in `data`.
 
+    The estimator runs through each sequence frame by frame as in the real env, and is read
+    every `every` frames (default: the system's action repeat, as an agent reads it).
     Returns per-coordinate `std` and `mean` of (estimate - reference) over the observation's
     4K numbers (positions, then velocities), with what it was measured on.
     """
-    window = tracking.frames(model.spec)
     if reference is None:
         reference = model.spec.frames(WINDOWS.start_fit)
-    if reference % 2 == 0 or reference <= window:
-        raise ValueError(f"reference must be an odd number of frames above window={window}, got {reference}")
+    if reference % 2 == 0 or reference < 3:
+        raise ValueError(f"reference must be an odd number of frames, at least 3, got {reference}")
+    every = model.spec.action_repeat if every is None else every
     half = reference // 2
-    kps, acts, used = [], [], 0
     t0 = time.time()
+    sequences = []
     for seq in iter_sequences(data, model.spec.name):
-        if max_sequences is not None and used >= max_sequences:
+        if max_sequences is not None and len(sequences) >= max_sequences:
             break
-        frames = seq["frames"]
-        kp = model.encode_frames(frames)  # (T, K, 2)
-        a = torch.from_numpy(seq["actions"].astype(np.float32))
-        # frame t's window ends at t; the reference is centred on t
-        for t in range(max(window - 1, half), len(frames) - half, every):
-            kps.append((kp[t - window + 1: t + 1], kp[t - half: t + half + 1]))
-            acts.append((a[t - window + 1: t], a[t - half: t + half]))
-        used += 1
-    if not kps:
+        if len(seq["frames"]) >= reference:
+            sequences.append((model.encode_frames(seq["frames"]), torch.from_numpy(seq["actions"].astype(np.float32))))
+    if not sequences:
         raise ValueError(f"{data} has no sequence of at least {reference} frames to measure on")
-    causal_q, causal_v = tracking.fit(model, torch.stack([k[0] for k in kps]), torch.stack([a[0] for a in acts]))
-    ref_q, ref_v = tracking.fit(model, torch.stack([k[1] for k in kps]), torch.stack([a[1] for a in acts]))
-    estimate = torch.cat([causal_q[:, -1].flatten(1), causal_v[:, -1].flatten(1)], 1)
+    causal, windows, window_actions = [], [], []
+    for length in sorted({len(kp) for kp, _ in sequences}):  # sequences of one length run as one batch
+        kp = torch.stack([k for k, _ in sequences if len(k) == length])  # (B, T, K, 2)
+        acts = torch.stack([a for k, a in sequences if len(k) == length])  # (B, T - 1, A)
+        estimator = tracking.start(model)
+        for t in range(length - half):
+            estimator.add(kp[:, t], None if t == 0 else acts[:, t - 1])
+            if t >= half and t % every == 0:
+                q, v = estimator.estimate()
+                causal.append(torch.cat([q.flatten(1), v.flatten(1)], 1))
+                windows.append(kp[:, t - half: t + half + 1])
+                window_actions.append(acts[:, t - half: t + half])
+    ref_q, ref_v = Tracking().fit(model, torch.cat(windows), torch.cat(window_actions))
     truth = torch.cat([ref_q[:, half].flatten(1), ref_v[:, half].flatten(1)], 1)
-    err = (estimate - truth).numpy()
+    err = (torch.cat(causal) - truth).numpy()
     # one frame's encoder output against the reference position: what a policy reading
     # single frames (a keycld-encoder pixel agent) sees
-    frame_err = (torch.stack([k[1][half] for k in kps]) - ref_q[:, half]).flatten(1).numpy()
+    frame_err = (torch.cat(windows)[:, half] - ref_q[:, half]).flatten(1).numpy()
     return {
         "std": err.std(0).round(6).tolist(),
         "mean": err.mean(0).round(6).tolist(),
         "frame_std": frame_err.std(0).round(6).tolist(),
         "frame_mean": frame_err.mean(0).round(6).tolist(),
-        "window": window, "iterations": tracking.iterations, "robust": tracking.robust,
+        "estimator": {"kind": type(tracking).__name__, **asdict(tracking)},
         "reference": reference, "every": every,
-        "samples": len(err), "sequences": used,
+        "samples": len(err), "sequences": len(sequences),
         "data": str(data), "data_manifest_sha256": sha256_file(Path(data) / MANIFEST),
         "seconds": round(time.time() - t0, 1),
     }
@@ -149,3 +156,64 @@ class KeypointNoise(VectorWrapper):
                 final[i] = self._noisy(final[i])
             info = {**info, "final_obs": final}
         return self._noisy(obs), reward, terminated, truncated, info
+
+
+class EstimatedKeypoints(VectorWrapper):
+    """Imagined keypoint observations as the real env makes them: frames' noisy keypoints through `estimator`.
+
+    Each physics frame's keypoints (`KeyCLDVectorEnv.frame_keypoints`) get zero-mean
+    Gaussian noise of std `frame_std` `(2K,)` (one real frame's measured encoder error) and
+    go, with the actions, through the real env's estimator (a `Filtering`, one per env), so
+    the agent sees errors with the real estimate's size and its structure over time (lag,
+    correlation), not independent draws. An episode's first observation is its start state
+    plus noise of std `start_std` `(4K,)` (the estimate's measured error), where the filter
+    starts too.
+    """
+
+    def __init__(self, env: VectorEnv, estimator: Filtering, frame_std: np.ndarray, start_std: np.ndarray,
+                 seed: int | None = None):
+        super().__init__(env)
+        self.sim = getattr(env.unwrapped, "sim", None)
+        if self.sim is None or getattr(env.unwrapped, "obs_type", None) != "keypoints":
+            raise ValueError("EstimatedKeypoints wraps a KeyCLDVectorEnv with obs_type='keypoints'")
+        d = env.single_observation_space.shape[0]
+        self.frame_std = torch.as_tensor(np.asarray(frame_std, np.float32))
+        self.start_std = torch.as_tensor(np.asarray(start_std, np.float32))
+        if self.frame_std.shape != (d // 2,) or self.start_std.shape != (d,):
+            raise ValueError(f"frame_std must be ({d // 2},) and start_std ({d},), got {tuple(self.frame_std.shape)} "
+                             f"and {tuple(self.start_std.shape)}")
+        self.estimator = estimator
+        self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+
+    def _noise(self, shape: tuple[int, ...], std: torch.Tensor) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator) * std
+
+    def _start(self, index: torch.Tensor, obs: np.ndarray) -> np.ndarray:
+        """Rows `index` start again from their true first observations `obs` `(n, 4K)`; their noisy copies."""
+        noisy = torch.from_numpy(obs) + self._noise(obs.shape, self.start_std)
+        self.filter.set_rows(index, noisy, self.start_std)
+        return self.filter.mean[index].numpy().astype(np.float32)
+
+    def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
+        obs, info = self.env.reset(**kwargs)
+        n, k = obs.shape[0], self.frame_std.shape[0] // 2
+        self.filter = self.estimator.start(self.sim.model)
+        self.filter.add(torch.zeros(n, k, 2), None)  # allocates the batch; every row is set next
+        return self._start(torch.arange(n), obs), info
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        frames = self.sim.frame_keypoints.cpu()  # (N, R, K, 2)
+        acts = torch.as_tensor(np.asarray(actions, np.float32)).reshape(len(obs), -1)
+        for r in range(frames.shape[1]):
+            self.filter.add(frames[:, r] + self._noise(frames[:, r].shape, self.frame_std.reshape(-1, 2)), acts)
+        q, v = self.filter.estimate()
+        estimate = torch.cat([q.flatten(1), v.flatten(1)], 1).numpy().astype(np.float32)
+        done = np.flatnonzero(terminated | truncated)
+        if len(done):
+            final = info["final_obs"].copy()
+            for i in done:
+                final[i] = estimate[i]
+            info = {**info, "final_obs": final}
+            estimate[done] = self._start(torch.from_numpy(done), obs[done])
+        return estimate, reward, terminated, truncated, info
