@@ -52,7 +52,9 @@ class Imagination:
         self.bound = 2.0 * max(1.0, w / h) + 1.0
         self._bank_states: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # by id(bank["frames"])
         # positions after each physics step of the last agent step `(N, action_repeat, K, 2)`:
-        # the frames a real camera would have seen (an estimator in the loop reads them)
+        # the frames a real camera would have seen; kept only when an estimator in the loop
+        # asks (`record_frames`), so plain imagination does no extra work
+        self.record_frames = False
         self.frame_keypoints = torch.zeros(num_envs, action_repeat, k, 2, device=self.device)
 
     # -- start states -----------------------------------------------------------------------
@@ -117,14 +119,16 @@ class Imagination:
         frames = []
         for _ in range(self.action_repeat):
             q, v = self.model.step(q, v, pushed)
-            frames.append(q)
+            if self.record_frames:
+                frames.append(q)
             reward += self.model.reward(q, v, actions).clamp(0.0, 1.0)  # the suite's rewards lie in [0, 1]
         diverged = ~(torch.isfinite(q).all((1, 2)) & torch.isfinite(v).all((1, 2)) & (q.abs() < self.bound).all((1, 2)))
         diverged |= ~torch.isfinite(reward)
         # a diverged env keeps its last finite state, so no observation is ever non-finite
         keep = diverged[:, None, None]
         self.q, self.v = torch.where(keep, self.q, q), torch.where(keep, self.v, v)
-        self.frame_keypoints = torch.where(keep[:, None], self.q[:, None], torch.stack(frames, 1))
+        if self.record_frames:
+            self.frame_keypoints = torch.where(keep[:, None], self.q[:, None], torch.stack(frames, 1))
         return torch.where(diverged, torch.zeros_like(reward), reward), diverged
 
     @torch.no_grad()

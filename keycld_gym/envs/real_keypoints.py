@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from keycld_gym.model.keycld import KeyCLDModel
-from keycld_gym.model.tracking import Estimator, Filtering, Tracking
+from keycld_gym.model.tracking import Estimator, Tracking
 from keycld_gym.sim.actions import checked_action, repeat_action
 from keycld_gym.sim.real_env import RealEnv
 from keycld_gym.sim.systems import get_system
@@ -42,7 +42,7 @@ class RealKeypointEnv(gym.Env):
                  tracking: Estimator = Tracking(), render_mode: str | None = None):
         if model.spec.name != get_system(system).name:
             raise ValueError(f"model is a {model.spec.name!r} model, not {system!r}")
-        if not isinstance(tracking, (Tracking, Filtering)):
+        if not isinstance(tracking, Estimator):
             raise TypeError(f"tracking must be a Tracking or Filtering, got {type(tracking).__name__}")
         self.model = model.eval()
         self.env = RealEnv(system, "pixels", action_repeat=1, render_mode=render_mode)

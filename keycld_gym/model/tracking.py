@@ -150,8 +150,15 @@ class KeypointFilter:
     def __init__(self, model: KeyCLDModel, settings: Filtering):
         self.model, self.settings = model, settings
         self.mean: torch.Tensor | None = None
-        self.cov: torch.Tensor | None = None
+        self.cov: torch.Tensor | None = None  # double precision: a stiff step's Jacobian can be large
         self._shape = (model.spec.num_keypoints, 2)
+        d, h, dt, a2 = 4 * model.spec.num_keypoints, 2 * model.spec.num_keypoints, model.dt, settings.acceleration_std**2
+        self._probe = torch.cat([torch.zeros(1, d), settings.eps * torch.eye(d)])  # (D + 1, D): the Jacobian's probes
+        # white acceleration noise over one step (the same every step), added before the step
+        # so the Jacobian carries it into the tangent space like the covariance itself
+        eye = torch.eye(h, dtype=torch.float64)
+        self._noise = torch.cat([torch.cat([a2 * dt**3 / 3 * eye, a2 * dt**2 / 2 * eye], 1),
+                                 torch.cat([a2 * dt**2 / 2 * eye, a2 * dt * eye], 1)])
 
     def _split(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = z.shape[-1] // 2
@@ -161,21 +168,12 @@ class KeypointFilter:
     def _predict(self, action: torch.Tensor) -> None:
         """Mean and covariance one physics step on, under `action` `(B, A)`."""
         b, d = self.mean.shape
-        s, dt = self.settings, self.model.dt
-        probe = torch.cat([torch.zeros(1, d), s.eps * torch.eye(d)]).to(self.mean)  # (D + 1, D)
-        z = (self.mean[:, None] + probe).flatten(0, 1)
+        z = (self.mean[:, None] + self._probe.to(self.mean)).flatten(0, 1)
         q, v = self.model.step(*self.model.project(*self._split(z)), action.to(z).repeat_interleave(d + 1, 0))
         out = torch.cat([q.flatten(1), v.flatten(1)], 1).reshape(b, d + 1, d)
-        jac = ((out[:, 1:] - out[:, :1]) / s.eps).transpose(1, 2).double()  # (B, D out, D in)
-        # white acceleration noise over the step, added before the step so the Jacobian
-        # carries it into the tangent space like the covariance itself
-        a2, h = s.acceleration_std**2, d // 2
-        noise = torch.zeros(d, d, dtype=torch.float64)
-        eye = torch.eye(h, dtype=torch.float64)
-        noise[:h, :h], noise[:h, h:], noise[h:, :h], noise[h:, h:] = (
-            a2 * dt**3 / 3 * eye, a2 * dt**2 / 2 * eye, a2 * dt**2 / 2 * eye, a2 * dt * eye)
+        jac = ((out[:, 1:] - out[:, :1]) / self.settings.eps).transpose(1, 2).double()  # (B, D out, D in)
         self.mean = out[:, 0]
-        self.cov = jac @ (self.cov + noise) @ jac.transpose(1, 2)
+        self.cov = jac @ (self.cov + self._noise) @ jac.transpose(1, 2)
 
     @torch.no_grad()
     def _update(self, keypoints: torch.Tensor) -> None:
@@ -197,11 +195,18 @@ class KeypointFilter:
         gain[info != 0] = float("nan")
         self.mean = self.mean + (gain @ innovation[..., None])[..., 0].to(self.mean)
         # Joseph's form: the covariance stays symmetric and positive semi-definite
-        ikh = torch.eye(d).to(y).expand(b, d, d).clone()
+        ikh = torch.eye(d, dtype=y.dtype).repeat(b, 1, 1)
         ikh[:, :, :h] -= gain
         self.cov = ikh @ self.cov @ ikh.transpose(1, 2) + gain @ torch.diag_embed(r) @ gain.transpose(1, 2)
         q, v = self.model.project(*self._split(self.mean))
         self.mean = torch.cat([q.flatten(1), v.flatten(1)], 1)
+
+    @torch.no_grad()
+    def begin(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Start a batch from states `mean` `(B, 4K)` known to within independent `std` `(4K,)` (in place of a first frame)."""
+        b, d = mean.shape
+        self.mean, self.cov = mean.new_zeros(b, d), torch.zeros(b, d, d, dtype=torch.float64)
+        self.set_rows(torch.arange(b), mean, std)
 
     @torch.no_grad()
     def set_rows(self, index: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -216,22 +221,19 @@ class KeypointFilter:
         if (action is None) != (self.mean is None):
             raise ValueError("the first frame comes without an action, every later one with the action before it")
         if action is None:
-            b, d = keypoints.shape[0], 4 * self._shape[0]
-            # the covariance in double precision: a stiff step's Jacobian can be large
-            self.mean, self.cov = keypoints.new_zeros(b, d), torch.zeros(b, d, d, dtype=torch.float64)
-            self._from_frame(torch.ones(b, dtype=torch.bool), keypoints)
+            self.begin(*self._seen(keypoints))
             return
         self._predict(action)
         self._update(keypoints)
         bad = ~(self.mean.isfinite().all(1) & self.cov.isfinite().all((1, 2)))
         if bad.any():  # an untrained model's step can blow up: start those rows again from this frame
-            self._from_frame(bad, keypoints[bad])
+            self.set_rows(bad, *self._seen(keypoints[bad]))
 
-    def _from_frame(self, index: torch.Tensor, keypoints: torch.Tensor) -> None:
-        """Rows `index` from one frame's keypoints `(n, K, 2)`: positions as seen, velocities unknown."""
+    def _seen(self, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A state `(n, 4K)` and its std `(4K,)` from one frame's keypoints `(n, K, 2)`: positions as seen, velocities unknown."""
         s, h = self.settings, keypoints[0].numel()
         std = torch.cat([torch.full((h,), s.measurement_std), torch.full((h,), s.initial_velocity_std)])
-        self.set_rows(index, torch.cat([keypoints.flatten(1), torch.zeros_like(keypoints.flatten(1))], 1), std)
+        return torch.cat([keypoints.flatten(1), torch.zeros_like(keypoints.flatten(1))], 1), std
 
     def estimate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The state `(B, K, 2)` x2 at the last frame added."""

@@ -183,23 +183,21 @@ class EstimatedKeypoints(VectorWrapper):
             raise ValueError(f"frame_std must be ({d // 2},) and start_std ({d},), got {tuple(self.frame_std.shape)} "
                              f"and {tuple(self.start_std.shape)}")
         self.estimator = estimator
+        self.sim.record_frames = True
         self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
 
     def _noise(self, shape: tuple[int, ...], std: torch.Tensor) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator) * std
 
-    def _start(self, index: torch.Tensor, obs: np.ndarray) -> np.ndarray:
-        """Rows `index` start again from their true first observations `obs` `(n, 4K)`; their noisy copies."""
-        noisy = torch.from_numpy(obs) + self._noise(obs.shape, self.start_std)
-        self.filter.set_rows(index, noisy, self.start_std)
-        return self.filter.mean[index].numpy().astype(np.float32)
+    def _noisy_start(self, obs: np.ndarray) -> torch.Tensor:
+        """Episodes' first observations `(n, 4K)` as the estimate sees them: plus noise of `start_std`."""
+        return torch.from_numpy(obs) + self._noise(obs.shape, self.start_std)
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
         obs, info = self.env.reset(**kwargs)
-        n, k = obs.shape[0], self.frame_std.shape[0] // 2
         self.filter = self.estimator.start(self.sim.model)
-        self.filter.add(torch.zeros(n, k, 2), None)  # allocates the batch; every row is set next
-        return self._start(torch.arange(n), obs), info
+        self.filter.begin(self._noisy_start(obs), self.start_std)
+        return self.filter.mean.numpy().astype(np.float32), info
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         obs, reward, terminated, truncated, info = self.env.step(actions)
@@ -215,5 +213,7 @@ class EstimatedKeypoints(VectorWrapper):
             for i in done:
                 final[i] = estimate[i]
             info = {**info, "final_obs": final}
-            estimate[done] = self._start(torch.from_numpy(done), obs[done])
+            index = torch.from_numpy(done)
+            self.filter.set_rows(index, self._noisy_start(obs[done]), self.start_std)
+            estimate[done] = self.filter.mean[index].numpy()
         return estimate, reward, terminated, truncated, info
