@@ -7,6 +7,14 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from keycld_gym.model.tracking import (
+    Estimator,
+    Filtering,
+    Tracking,
+    estimator_from_dict,
+    estimator_to_dict,
+)
+
 SB3_ALGOS = ("sac", "ppo")
 # energy: nothing learned by RL; the world model's own energy-shaping controller
 # (keycld_gym/energy_control.py), its settings in `hyperparams`; mppi: nothing learned
@@ -63,6 +71,10 @@ class AgentRecipe:
     # torch threads of training (`train-agent` and `benchmark` without --threads): SAC's
     # small networks and many gradient steps per vector step run faster on one thread
     torch_threads: int = 2
+    # keypoints: how the real env estimates the state from its frames (`RealKeypointEnv`):
+    # the sliding-window fit or the Kalman filter, with their settings; observation noise
+    # "estimated" trains through the same filter in imagination
+    real_estimator: Estimator = Tracking()
 
     def __post_init__(self) -> None:
         if self.action_gain is not None:
@@ -83,6 +95,11 @@ class AgentRecipe:
             raise ValueError(f"observation_noise must be one of {NOISES}, got {self.observation_noise!r}")
         if self.observation_noise == "estimated" and self.obs_type != "keypoints":
             raise ValueError("observation_noise='estimated' runs the real env's filter on keypoints: use obs_type='keypoints'")
+        if not isinstance(self.real_estimator, Estimator):
+            raise ValueError(f"real_estimator must be a Tracking or a Filtering, got {self.real_estimator!r}")
+        if self.observation_noise == "estimated" and not isinstance(self.real_estimator, Filtering):
+            raise ValueError("observation_noise='estimated' trains through the real env's Kalman filter: "
+                             "set real_estimator=Filtering(...)")
         if self.observation_noise != "none" and self.obs_type != "keypoints" and self.features != "keycld-encoder":
             raise ValueError("observation noise applies to keypoint observations (or keycld-encoder pixels) only")
         if not 0.0 <= self.exploring_starts <= 1.0:
@@ -107,7 +124,7 @@ class AgentRecipe:
         return self.replace(hyperparams={**self.hyperparams, **settings})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "real_estimator": estimator_to_dict(self.real_estimator)}
 
     def rl_zoo(self) -> dict[str, Any]:
         """This recipe as one entry of an RL Zoo hyper-parameter file (algorithm settings and budget).
@@ -132,4 +149,6 @@ class AgentRecipe:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown recipe fields {sorted(unknown)}")
+        if "real_estimator" in d:
+            d = {**d, "real_estimator": estimator_from_dict(d["real_estimator"])}
         return cls(**d)

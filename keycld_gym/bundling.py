@@ -18,7 +18,13 @@ from pathlib import Path
 from keycld_gym.data.start_bank import EXPLORING_STARTS, START_BANK, read_start_bank
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import write_json
-from keycld_gym.model.checkpoint import CONFIG, WEIGHTS, bundled_path, load_model
+from keycld_gym.model.checkpoint import (
+    CONFIG,
+    NOISE_FILE,
+    WEIGHTS,
+    bundled_path,
+    load_model,
+)
 from keycld_gym.rl.agent import (
     AGENT_CONFIG,
     AGENT_WEIGHTS,
@@ -26,7 +32,6 @@ from keycld_gym.rl.agent import (
     load_agent,
 )
 from keycld_gym.rl.agent_evaluation import cut_short
-from keycld_gym.rl.observation_noise import NOISE_FILE
 
 
 def model_card(config: dict, result: dict | None) -> str:
@@ -84,7 +89,10 @@ def model_card(config: dict, result: dict | None) -> str:
 def _recipe_summary(r: dict) -> str:
     if r["obs_type"] == "pixels":
         return f"{r['policy']}, the last {r['frame_stack']} frames, features {r.get('features', 'cnn')}"
-    return f"{r['policy']}, observation noise {r['observation_noise']}"
+    estimator = r.get("real_estimator", {"kind": "Tracking"})
+    settings = ", ".join(f"{k} {v}" for k, v in estimator.items() if k != "kind")
+    return (f"{r['policy']}, observation noise {r['observation_noise']}; real states estimated by "
+            f"{estimator['kind']}{f' ({settings})' if settings else ''}")
 
 
 def agent_card(config: dict, evaluation: dict) -> str:
@@ -143,8 +151,11 @@ def bundle_agent(agent_folder: str | Path, evaluation: str | Path, dest: str | P
     r = agent.recipe
     dest = Path(dest) if dest is not None else bundled_agent_path(r.system, r.obs_type, r.algo)
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(Path(agent_folder) / AGENT_WEIGHTS, dest / AGENT_WEIGHTS)
+    if (dest / AGENT_WEIGHTS).resolve() != (Path(agent_folder) / AGENT_WEIGHTS).resolve():  # else re-recorded in place
+        shutil.copy2(Path(agent_folder) / AGENT_WEIGHTS, dest / AGENT_WEIGHTS)
     config = json.loads((Path(agent_folder) / AGENT_CONFIG).read_text())
+    if "real_estimator" in result:  # the agent meets the real task as it was evaluated
+        config["recipe"]["real_estimator"] = result["real_estimator"]
     config["evaluation"] = {k: v for k, v in result.items() if k != "model_data"}
     write_json(dest / AGENT_CONFIG, config)
     (dest / "README.md").write_text(agent_card(config, result))

@@ -25,6 +25,7 @@ from keycld_gym.evaluation import load_and_evaluate
 from keycld_gym.files import default_command, write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.dynamics import DAMPINGS, INPUT_MATRICES
+from keycld_gym.model.tracking import parse_estimator
 from keycld_gym.pipeline import Pipeline, refit_checkpoint
 from keycld_gym.planning import planning_agent
 from keycld_gym.rl.agent import load_agent
@@ -248,6 +249,8 @@ def _agent(args: argparse.Namespace, system: str, obs: str | None) -> Any:
 def _evaluate_agent(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     agent = _agent(args, args.system, args.obs)
+    if args.real_estimator is not None:
+        agent.recipe = agent.recipe.replace(real_estimator=parse_estimator(args.real_estimator))
     result = evaluate_agent(agent, episodes=args.episodes, seed=args.seed, checkpoint=args.checkpoint,
                             imagined=not args.no_imagined, workers=args.workers, max_steps=args.max_steps)
     if args.json:
@@ -287,7 +290,8 @@ def _ablations(args: argparse.Namespace) -> int:
 def _observation_noise(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint)
-    result = measure_estimation_error(model, args.data, max_sequences=args.max_sequences)
+    tracking = None if args.real_estimator is None else parse_estimator(args.real_estimator)
+    result = measure_estimation_error(model, args.data, tracking=tracking, max_sequences=args.max_sequences)
     k = model.spec.num_keypoints
     print(json.dumps({"position_std": result["std"][: 2 * k], "velocity_std": result["std"][2 * k:],
                       "frame_std": result["frame_std"], "samples": result["samples"], "seconds": result["seconds"]}))
@@ -503,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(its returns are then not on the task's 0-1000 scale)")
     p.add_argument("--workers", type=int, default=2, help="processes running real episodes side by side")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--real-estimator", help="keypoints: estimate the real states with this instead of the agent recipe's "
+                                            "estimator: 'window', 'filter' or JSON such as "
+                                            "'{\"kind\": \"Filtering\", \"acceleration_std\": 0.05, \"bias_std\": 0.03}'; "
+                                            "recorded in the result, and bundle-agent keeps it")
     p.set_defaults(func=_evaluate_agent)
     p = sub.add_parser("benchmark", help="the main job: train in imagination, evaluate in the real task, report")
     p.add_argument("--system", default="cartpole", choices=sorted(SYSTEMS))
@@ -540,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sequences", type=int)
     p.add_argument("--out", help="folder to write observation_noise.json to (default: the checkpoint)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--real-estimator", help="the estimator to measure: 'window', 'filter' or its JSON (default: the "
+                                            "one the system's bundled keypoint recipe meets the real task with)")
     p.set_defaults(func=_observation_noise)
     p = sub.add_parser("diagnose", help="a model's keypoints, response and VPT against the true system; an agent on true keypoints")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")

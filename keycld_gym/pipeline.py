@@ -37,12 +37,13 @@ from keycld_gym.data.start_bank import (
 )
 from keycld_gym.evaluation import evaluate_model
 from keycld_gym.files import write_json
-from keycld_gym.model.checkpoint import checkpoint_folder, load_model, save_checkpoint
-from keycld_gym.rl.observation_noise import (
+from keycld_gym.model.checkpoint import (
     NOISE_FILE,
-    measure_estimation_error,
-    write_noise,
+    checkpoint_folder,
+    load_model,
+    save_checkpoint,
 )
+from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
 from keycld_gym.training.recipes import ModelRecipe, get_recipe
 from keycld_gym.training.renderer_fit import fit_renderer
 from keycld_gym.training.reward_fit import fit_reward_head

@@ -33,6 +33,11 @@ held-out sequences frame by frame as the real env runs it, read once per agent s
 the true state mapped into keypoint space: position and velocity error RMS per coordinate,
 overall and away from the rail ends, and its cost per agent step.
 
+`agent-errors`: an agent run in the real task (one process) with the estimator set as for
+`tracked-agent`; the estimate's error against the true state at every agent step, RMS and
+mean, overall and apart for the steps it balances (pole within 26 degrees of the top) and
+swings: the errors that matter to the agent, on the states it visits.
+
 `estimate`: the real env's state estimate (`Tracking`: window, Gauss-Newton iterations,
 Huber threshold) of held-out frames against the true state mapped into keypoint space,
 every 8th frame: velocity error RMS per coordinate, overall and away from the rail ends.
@@ -43,6 +48,7 @@ every 8th frame: velocity error RMS per coordinate, overall and away from the ra
     python scripts/cartpole_diagnostics.py tracked-agent --agent bundled --checkpoint cartpole --data data/cartpole-task-eval --window 33
     python scripts/cartpole_diagnostics.py estimate --checkpoint cartpole --data data/cartpole-task-eval --window 17 --robust 0.02
     python scripts/cartpole_diagnostics.py causal --checkpoint cartpole --data data/cartpole-task-eval [--filter]
+    python scripts/cartpole_diagnostics.py agent-errors --agent bundled --checkpoint cartpole --data data/cartpole-task-eval --episodes 4
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ from keycld_gym.evaluation import evaluate_model  # noqa: E402
 from keycld_gym.files import write_json  # noqa: E402
 from keycld_gym.model.checkpoint import load_model  # noqa: E402
 from keycld_gym.model.physics_fit import PhysicsFit, apply_physics  # noqa: E402
-from keycld_gym.model.tracking import Estimator, Filtering, Tracking  # noqa: E402
+from keycld_gym.model.tracking import Estimator, Filtering, Tracking, estimator_to_dict  # noqa: E402
 from keycld_gym.rl.agent import load_agent, real_vec_env  # noqa: E402
 from keycld_gym.rl.agent_evaluation import episode_returns  # noqa: E402
 from keycld_gym.sim.real_env import RealEnv  # noqa: E402
@@ -184,7 +190,7 @@ def true_physics(args: argparse.Namespace, model, w: np.ndarray) -> dict:
 def _tracking(args: argparse.Namespace) -> Estimator:
     if args.filter:
         return Filtering(measurement_std=args.measurement_std, acceleration_std=args.acceleration_std,
-                         robust=None if args.robust <= 0 else args.robust)
+                         robust=None if args.robust <= 0 else args.robust, bias_std=args.bias_std)
     return Tracking(args.window, args.iterations, None if args.robust <= 0 else args.robust)
 
 
@@ -200,28 +206,60 @@ def tracked_agent(args: argparse.Namespace, model, w: np.ndarray) -> dict:
         venv.close()
     print(f"{tracking}{', true ' + args.true_part if args.true_part else ''}: real return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {args.episodes} episodes "
           f"(seeds {args.seed}-{args.seed + args.episodes - 1}): {np.round(returns, 1).tolist()}")
-    return {"agent": str(args.agent), "checkpoint": str(args.checkpoint), "tracking": vars(tracking),
+    return {"agent": str(args.agent), "checkpoint": str(args.checkpoint), "tracking": estimator_to_dict(tracking),
             "true_part": args.true_part, "seed": args.seed,
             "episodes": args.episodes, "real_returns": returns,
             "real_return_mean": float(np.mean(returns)), "real_return_std": float(np.std(returns))}
 
 
-def _part_true_returns(args: argparse.Namespace, agent, model, w: np.ndarray, tracking: Estimator) -> list[float]:
-    """Real returns with one part of the estimate (positions or velocities) replaced by the true state's (one process)."""
+def _in_process(args: argparse.Namespace, agent, model, w: np.ndarray, tracking: Estimator,
+                part: slice | None = None) -> tuple[list[float], np.ndarray]:
+    """Real returns of `agent` run in this process, and every agent step's estimate error and true state `(N, 12)`.
+
+    `part`: that slice of the observation replaced by the true state's. Rows: the estimate
+    minus the true state in keypoint space (8), then the true qpos and qvel (4).
+    """
     env = RealKeypointEnv("cartpole", model, tracking=tracking)
-    part = slice(0, 4) if args.true_part == "positions" else slice(4, 8)
-    returns = []
+    returns, rows = [], []
     for i in range(args.episodes):
         obs, _ = env.reset(seed=args.seed + i)
         total, done = 0.0, False
         while not done:
-            physics = env.env.physics
-            obs[part] = np.concatenate(keypoint_state(w, physics.data.qpos, physics.data.qvel))[part]
+            qpos, qvel = env.env.physics.data.qpos.copy(), env.env.physics.data.qvel.copy()
+            true = np.concatenate(keypoint_state(w, qpos, qvel))
+            rows.append(np.concatenate([obs - true, qpos, qvel]))
+            if part is not None:
+                obs[part] = true[part]
             obs, reward, terminated, truncated, _ = env.step(agent.act(obs[None])[0])
             total, done = total + reward, terminated or truncated
         returns.append(total)
     env.close()
-    return returns
+    return returns, np.array(rows)
+
+
+def _part_true_returns(args: argparse.Namespace, agent, model, w: np.ndarray, tracking: Estimator) -> list[float]:
+    """Real returns with one part of the estimate (positions or velocities) replaced by the true state's (one process)."""
+    return _in_process(args, agent, model, w, tracking, slice(0, 4) if args.true_part == "positions" else slice(4, 8))[0]
+
+
+def agent_errors(args: argparse.Namespace, model, w: np.ndarray) -> dict:
+    """The estimate's error against the true state along an agent's own real episodes, balancing and swinging apart."""
+    tracking = _tracking(args)
+    returns, rows = _in_process(args, load_agent(args.agent, "cartpole", "keypoints"), model, w, tracking)
+    err, upright = rows[:, :8], np.cos(rows[:, 9]) > 0.9  # within 26 degrees of the top
+    cols = [0, 2, 3]  # cart x, tip x, tip y
+    parts = {}
+    for name, m in (("all", np.ones(len(rows), bool)), ("upright", upright), ("swinging", ~upright)):
+        parts[name] = {"share": float(m.mean()), "position_rms": np.sqrt((err[m][:, cols] ** 2).mean(0)).round(4).tolist(),
+                       "velocity_rms": np.sqrt((err[m][:, [c + 4 for c in cols]] ** 2).mean(0)).round(4).tolist(),
+                       "velocity_mean": err[m][:, [c + 4 for c in cols]].mean(0).round(4).tolist()}
+        print(f"{name} ({m.mean():.0%} of {len(rows)} agent steps): RMS (cart x, tip x, tip y) positions "
+              f"{parts[name]['position_rms']}, velocities {parts[name]['velocity_rms']} (mean {parts[name]['velocity_mean']})")
+    print(f"{tracking}: real return {np.mean(returns):.1f} +- {np.std(returns):.1f} over {args.episodes} episodes "
+          f"(seeds {args.seed}-{args.seed + args.episodes - 1})")
+    return {"agent": str(args.agent), "checkpoint": str(args.checkpoint), "tracking": estimator_to_dict(tracking),
+            "seed": args.seed, "episodes": args.episodes, "errors": parts, "real_returns": returns,
+            "real_return_mean": float(np.mean(returns)), "real_return_std": float(np.std(returns))}
 
 
 def estimate(args: argparse.Namespace, model, w: np.ndarray) -> dict:
@@ -282,17 +320,18 @@ def causal(args: argparse.Namespace, model, w: np.ndarray) -> dict:
           f"RMS (cart x, tip x, tip y) positions {rms['position_all']}, velocities {rms['velocity_all']}; "
           f"|x| < 1.5 m ({inner.mean():.0%}): positions {rms['position_away_from_rail_ends']}, "
           f"velocities {rms['velocity_away_from_rail_ends']}; {per_step:.1f} ms per agent step (one env, one thread)")
-    return {"checkpoint": str(args.checkpoint), "data": args.data, "estimator": {"kind": type(estimator).__name__,
-            **vars(estimator)}, "samples": len(err), "frames": length, "burn_in": args.burn_in, "rms": rms,
+    return {"checkpoint": str(args.checkpoint), "data": args.data, "estimator": estimator_to_dict(estimator),
+            "samples": len(err), "frames": length, "burn_in": args.burn_in, "rms": rms,
             "ms_per_agent_step": per_step}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("check", choices=("response", "oracle-agent", "true-physics", "estimate", "tracked-agent", "causal"))
+    p.add_argument("check", choices=("response", "oracle-agent", "true-physics", "estimate", "tracked-agent", "causal",
+                                     "agent-errors"))
     p.add_argument("--checkpoint", default="cartpole")
     p.add_argument("--data", required=True, help="held-out cartpole data set (frames and true states)")
-    p.add_argument("--agent", default="bundled", help="oracle-agent, tracked-agent: an agent folder or 'bundled'")
+    p.add_argument("--agent", default="bundled", help="oracle-agent, tracked-agent, agent-errors: an agent folder or 'bundled'")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=100_000)
     p.add_argument("--velocity-noise", type=float, default=0.0,
@@ -305,9 +344,12 @@ def main() -> int:
     p.add_argument("--true-part", choices=("positions", "velocities"),
                    help="tracked-agent: that part of the estimate replaced by the true state's (what the other part costs)")
     p.add_argument("--filter", action="store_true", help="tracked-agent, causal: the Kalman filter (`Filtering`), not the window")
-    p.add_argument("--measurement-std", type=float, default=Filtering.measurement_std, help="--filter: keypoint noise, image units")
+    p.add_argument("--measurement-std", type=lambda s: None if s == "measured" else float(s), default=Filtering.measurement_std,
+                   help="--filter: keypoint noise, image units, or 'measured': the model's measured frame error per coordinate")
     p.add_argument("--acceleration-std", type=float, default=Filtering.acceleration_std,
                    help="--filter: the dynamics' error as white acceleration noise, image units/s^2/sqrt(Hz)")
+    p.add_argument("--bias-std", type=float, help="--filter: the acceleration bias state's random walk, "
+                   "image units/s^2/sqrt(s) (default: no bias state)")
     p.add_argument("--frames", type=int, help="causal: frames of each sequence (default: all)")
     p.add_argument("--burn-in", type=int, default=48, help="causal: frames before the first scored estimate")
     p.add_argument("--json")
@@ -319,7 +361,7 @@ def main() -> int:
         raise SystemExit(f"{args.checkpoint} is a {model.spec.name!r} model: these checks know the cartpole only")
     w = state_to_keypoints(model, Path(args.data))
     check = {"response": response, "oracle-agent": oracle_agent, "true-physics": true_physics, "estimate": estimate,
-             "tracked-agent": tracked_agent, "causal": causal}[args.check]
+             "tracked-agent": tracked_agent, "causal": causal, "agent-errors": agent_errors}[args.check]
     result = check(args, model, w)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import torch
 
 from keycld_gym.agents import RECIPES, AgentRecipe, get_recipe
 from keycld_gym.errors import CheckpointError
+from keycld_gym.model.tracking import Tracking, estimator_to_dict
 from keycld_gym.rl.agent import AGENT_WEIGHTS, Agent, imagined_vec_env, load_agent
 
 
@@ -79,7 +80,8 @@ def test_every_bundled_agent_loads_and_acts_in_its_bundled_model():
 
 def test_keypoint_noise_matches_its_std(model_dir):
     from keycld_gym.envs.imagined_env import KeyCLDVectorEnv
-    from keycld_gym.rl.observation_noise import KeypointNoise, read_noise
+    from keycld_gym.model.checkpoint import read_noise
+    from keycld_gym.rl.observation_noise import KeypointNoise
 
     std = read_noise(model_dir)
     clean = KeyCLDVectorEnv(512, "cartpole", model_dir, obs_type="keypoints")
@@ -96,9 +98,9 @@ def test_keypoint_noise_matches_its_std(model_dir):
 
 def test_estimated_keypoints_follow_the_imagined_state_through_the_real_filter(model_dir):
     from keycld_gym.envs.imagined_env import KeyCLDVectorEnv
-    from keycld_gym.model.tracking import Filtering, Tracking
-    from keycld_gym.rl.agent import real_estimator
-    from keycld_gym.rl.observation_noise import EstimatedKeypoints, read_noise
+    from keycld_gym.model.checkpoint import read_noise
+    from keycld_gym.model.tracking import Filtering
+    from keycld_gym.rl.observation_noise import EstimatedKeypoints
 
     std, frame_std = read_noise(model_dir), read_noise(model_dir, "frame_std")
     # the tiny model's own measured noise is large (its encoder is barely trained) and its
@@ -121,7 +123,8 @@ def test_estimated_keypoints_follow_the_imagined_state_through_the_real_filter(m
     with pytest.raises(ValueError, match="obs_type='keypoints'"):
         EstimatedKeypoints(KeyCLDVectorEnv(2, "cartpole", model_dir, obs_type="pixels"), Filtering(), frame_std, std)
     # as a recipe asks for it: episodes that end start the filter again from their next start
-    recipe = get_recipe("cartpole", "keypoints", "sac").replace(observation_noise="estimated", training_episode_steps=3)
+    recipe = get_recipe("cartpole", "keypoints", "sac").replace(observation_noise="estimated", training_episode_steps=3,
+                                                                real_estimator=Filtering(bias_std=0.1))
     venv = imagined_vec_env(recipe, 2, model_dir, seed=0, training=True)
     venv.reset()
     for step in range(1, 5):
@@ -130,10 +133,14 @@ def test_estimated_keypoints_follow_the_imagined_state_through_the_real_filter(m
         if step == 3:  # the last estimate of the ended episodes
             assert all(np.isfinite(i["terminal_observation"]).all() for i in infos)
     venv.close()
-    assert isinstance(real_estimator(recipe), Filtering)
-    assert isinstance(real_estimator(recipe.replace(observation_noise="measured")), Tracking)
     with pytest.raises(ValueError, match="estimated"):
         get_recipe("cartpole", "pixels", "ppo").replace(observation_noise="estimated")
+    with pytest.raises(ValueError, match="Kalman filter"):
+        recipe.replace(real_estimator=Tracking())
+    # the estimator travels with the recipe into agent.json and back
+    assert AgentRecipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    with pytest.raises(ValueError, match="unknown state estimator"):
+        AgentRecipe.from_dict({**recipe.to_dict(), "real_estimator": {"kind": "Oracle"}})
 
 
 def test_training_episodes_are_cut_where_the_recipe_says_and_evaluations_are_not(model_dir):
@@ -227,6 +234,17 @@ def test_cli_train_and_evaluate_agent_and_bad_inputs(model_dir, tmp_path, capsys
     assert 0.0 <= result["real_return_mean"] <= 1000.0 and np.isfinite(result["imagined_return_mean"])
     assert result["model_real_frames"] == 6 * 48 and result["model_data_regime"] == "task"
     assert result["policy_real_frames"] == 0
+    assert result["real_estimator"] == estimator_to_dict(get_recipe("cartpole").real_estimator)
+    # another real-side estimator for the same agent: recorded, and a bundle of the agent keeps it
+    assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--episodes", "1",
+                 "--checkpoint", str(model_dir), "--json", str(out), "--threads", "1", "--max-steps", "4",
+                 "--no-imagined", "--real-estimator", '{"kind": "Tracking", "window": 9}']) == 0
+    assert json.loads(out.read_text())["real_estimator"]["window"] == 9
+    assert main(["bundle-agent", "--agent", str(run / "agent"), "--eval", str(out), "--dest", str(tmp_path / "bundle")]) == 0
+    assert load_agent(tmp_path / "bundle", "cartpole").recipe.real_estimator == Tracking(window=9)
+    assert "real states estimated by Tracking (window 9" in (tmp_path / "bundle" / "README.md").read_text()
+    assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--real-estimator", "kalman"]) == 2
+    assert "a state estimator is 'window', 'filter' or JSON" in capsys.readouterr().err
 
     assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--max-steps", "0"]) == 2
     assert "max_steps must be at least 1" in capsys.readouterr().err

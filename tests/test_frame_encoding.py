@@ -79,7 +79,7 @@ def test_a_pixel_agent_learns_in_imagination_and_acts_on_real_frames(tiny_model_
 
 
 def test_measured_frame_noise_goes_on_the_imagined_keypoints_only(noisy_model_dir):
-    from keycld_gym.rl.observation_noise import read_noise
+    from keycld_gym.model.checkpoint import read_noise
 
     model = load_model(noisy_model_dir)
     std = read_noise(noisy_model_dir, "frame_std")
@@ -103,7 +103,7 @@ def test_measured_frame_noise_goes_on_the_imagined_keypoints_only(noisy_model_di
 
 
 def test_a_noise_file_without_the_frame_error_says_to_measure_again(tmp_path):
-    from keycld_gym.rl.observation_noise import NOISE_FILE, read_noise
+    from keycld_gym.model.checkpoint import NOISE_FILE, read_noise
 
     (tmp_path / NOISE_FILE).write_text('{"std": [0.1, 0.1]}')
     with pytest.raises(CheckpointError, match="older measurement"):

@@ -9,11 +9,12 @@ Two estimators: `Tracking` (the default), the model's own start-state estimation
 last 17 frames (two cartpole agent steps), each window refined from the previous one's fit
 by Gauss-Newton with Huber weights against the encoder's rare glitched frames; and
 `Filtering`, an extended Kalman filter with the learned dynamics, one cheap update per
-frame. The state an agent saw in imagination decides which one its real env uses
-(`rl.agent.real_estimator`). Measured against the true state on held-out sequences,
-cartpole (BENCHMARKS.md, issue 19 and sim-to-real): the window's velocities err by about
-0.1 image units/s RMS, the filter's by less away from the rail ends and by more at them,
-where the stiff contact is the dynamics' weakest part. A model whose rollout is not finite
+frame, optionally with an acceleration-bias state. An agent's recipe names the one its
+real env uses (`AgentRecipe.real_estimator`; the cartpole's is the filter with the bias
+state). Measured against the true state on held-out sequences, cartpole (BENCHMARKS.md,
+issue 19 and sim-to-real): the window's velocities err by about 0.1 image units/s RMS, the
+filter's by less away from the rail ends and by more at them, where the stiff contact is
+the dynamics' weakest part. A model whose rollout is not finite
 (an untrained one's) still gives finite states (the frames' own positions and
 differences, or the filter started again from the frame): never a NaN.
 """

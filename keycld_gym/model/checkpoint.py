@@ -11,9 +11,11 @@ A checkpoint is a folder:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
@@ -28,6 +30,8 @@ MODEL_FORMAT = "keycld-gym-model"
 MODEL_FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+# the real state estimate's measured error beside the weights (rl/observation_noise.py measures it)
+NOISE_FILE = "observation_noise.json"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -124,4 +128,28 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     except RuntimeError as err:
         raise CheckpointError(f"{weights} does not fit the model its config describes: {err}") from err
     model.checkpoint_config = config
+    model.folder = path  # where its other files (measured noise, start frames) lie
     return model.to(device).eval()
+
+
+def read_noise(folder: str | Path, key: str = "std") -> np.ndarray:
+    """Per-coordinate standard deviations stored beside a model's weights.
+
+    `key` "std": the state estimate's `(4K,)`; "frame_std": one frame's encoded keypoints' `(2K,)`.
+    """
+    path = Path(folder) / NOISE_FILE
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} is missing: measure the model's estimation error with "
+            f"`keycld-gym observation-noise --checkpoint {folder} --data HELD_OUT_DATA`, or train with noise 'none'"
+        )
+    try:
+        measured = json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointError(f"{path} is corrupt ({err}); measure it again with `keycld-gym observation-noise`") from err
+    if key not in measured:
+        raise CheckpointError(f"{path} has no {key!r} (an older measurement): measure it again with `keycld-gym observation-noise`")
+    try:
+        return np.asarray(measured[key], np.float32)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} is corrupt ({err}); measure it again with `keycld-gym observation-noise`") from err

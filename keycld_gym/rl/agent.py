@@ -38,14 +38,10 @@ from keycld_gym.envs.real import make_real_env
 from keycld_gym.envs.sb3 import SB3VecEnv
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import read_record, sha256_file, write_json
-from keycld_gym.model.checkpoint import BUNDLED_DIR
-from keycld_gym.model.tracking import Estimator, Filtering, Tracking
+from keycld_gym.model.checkpoint import BUNDLED_DIR, read_noise
+from keycld_gym.model.tracking import Estimator
 from keycld_gym.rl.frame_encoding import VecEncodeFrames
-from keycld_gym.rl.observation_noise import (
-    EstimatedKeypoints,
-    KeypointNoise,
-    read_noise,
-)
+from keycld_gym.rl.observation_noise import EstimatedKeypoints, KeypointNoise
 from keycld_gym.sim.systems import get_system
 
 AGENT_WEIGHTS = "agent.safetensors"
@@ -104,7 +100,7 @@ def imagined_vec_env(recipe: AgentRecipe, num_envs: int, checkpoint: Any = None,
         if folder is None:
             raise ValueError("measured observation noise needs a model loaded from a folder (its observation_noise.json)")
         if recipe.observation_noise == "estimated":
-            venv = EstimatedKeypoints(venv, Filtering(), read_noise(folder, "frame_std"), read_noise(folder), seed=seed)
+            venv = EstimatedKeypoints(venv, recipe.real_estimator, read_noise(folder, "frame_std"), read_noise(folder), seed=seed)
         elif recipe.obs_type == "keypoints":
             venv = KeypointNoise(venv, read_noise(folder), seed=seed)
         else:  # keycld-encoder pixels: on each frame's encoded keypoints
@@ -115,16 +111,11 @@ def imagined_vec_env(recipe: AgentRecipe, num_envs: int, checkpoint: Any = None,
     return wrap_observations(sb3, recipe, model, frame_noise, seed)
 
 
-def real_estimator(recipe: AgentRecipe) -> Estimator:
-    """How the real env estimates a recipe's keypoint states: as its agent saw them in imagination."""
-    return Filtering() if recipe.observation_noise == "estimated" else Tracking()
-
-
 def real_env_factory(recipe: AgentRecipe, model: Any = None, threads: int | None = None,
                      tracking: Estimator | None = None) -> Callable[[], gym.Env]:
     """A function making the real task with the recipe's observations (keypoints estimated by `model`, as `tracking` says;
-    None: `real_estimator`)."""
-    tracking = tracking or real_estimator(recipe)
+    None: the recipe's `real_estimator`)."""
+    tracking = tracking or recipe.real_estimator
 
     def make() -> gym.Env:
         if threads is not None:  # in a worker process: one core each

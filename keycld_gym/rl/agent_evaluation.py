@@ -20,6 +20,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from keycld_gym.envs.real import make_real_env
 from keycld_gym.errors import CheckpointError
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model, read_config
+from keycld_gym.model.tracking import estimator_to_dict
 from keycld_gym.rl.agent import Agent, imagined_vec_env, real_vec_env
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -93,6 +94,8 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
         "agent": agent.info.get("path", "?"), "episodes": episodes, "seed": seed, "max_steps": max_steps,
         "real_returns": [round(r, 2) for r in real],
     }
+    if recipe.obs_type == "keypoints":
+        result["real_estimator"] = estimator_to_dict(recipe.real_estimator)
     result["real_return_mean"], result["real_return_std"] = _stats(real)
     if imagined:
         t1 = time.time()

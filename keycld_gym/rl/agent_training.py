@@ -46,6 +46,7 @@ from keycld_gym.envs.true_keypoints import TrueKeypointEnv
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import differing_keys, write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.model.tracking import Filtering
 from keycld_gym.rl.agent import ALGORITHMS, Agent, imagined_vec_env, real_vec_env
 from keycld_gym.rl.agent_evaluation import episode_returns, model_data
 from keycld_gym.sim.keypoint_truth import KeypointMap
@@ -97,6 +98,8 @@ class AgentTrainConfig:
             changes["total_steps"] = self.total_steps
         if self.observation_noise is not None:
             changes["observation_noise"] = self.observation_noise
+            if self.observation_noise == "estimated" and not isinstance(recipe.real_estimator, Filtering):
+                changes["real_estimator"] = Filtering()  # trained through the filter, it meets the filter
         if self.world == "true":
             changes["observation_noise"] = "none"  # the true state: nothing estimated
         return recipe.replace(**changes)

@@ -1,10 +1,10 @@
 """The real side's keypoint-estimate error, measured, and the same error put into imagination.
 
-In the real task a keypoint policy sees states estimated from the last 17 frames
-(`RealKeypointEnv`): positions carry the encoder's jitter and velocities the shooting fit's
-error. In imagination it would see exact states and learn to rely on a precision it will
-not have. `measure_estimation_error` measures the causal estimate (the real env's
-`Tracking`: window, Gauss-Newton iterations, Huber threshold) on held-out real sequences
+In the real task a keypoint policy sees states estimated online from the frames
+(`RealKeypointEnv`, with its recipe's estimator: the sliding-window fit or the Kalman
+filter): positions carry the encoder's jitter and velocities the estimator's error. In
+imagination it would see exact states and learn to rely on a precision it will not have.
+`measure_estimation_error` measures the causal estimate on held-out real sequences
 against a smoothed reference (the state at the middle of a 33-frame window, whose
 velocity is determined from both sides); `KeypointNoise` adds zero-mean Gaussian noise with
 those per-coordinate standard deviations to imagined keypoint observations. The same
@@ -16,9 +16,8 @@ measurement gives the error of one frame's encoded keypoints against the referen
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +26,31 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv, VectorWrapper
 
+from keycld_gym.agents import bundled_recipe
 from keycld_gym.data.collect import MANIFEST
 from keycld_gym.data.dataset import iter_sequences
-from keycld_gym.errors import CheckpointError
 from keycld_gym.files import sha256_file, write_json
+from keycld_gym.model.checkpoint import NOISE_FILE
 from keycld_gym.model.keycld import KeyCLDModel
-from keycld_gym.model.tracking import Estimator, Filtering, Tracking
+from keycld_gym.model.tracking import Estimator, Filtering, Tracking, estimator_to_dict
 from keycld_gym.sim.systems import WINDOWS
-
-NOISE_FILE = "observation_noise.json"
 
 
 def measure_estimation_error(
-    model: KeyCLDModel, data: str | Path, *, tracking: Estimator = Tracking(), reference: int | None = None,
+    model: KeyCLDModel, data: str | Path, *, tracking: Estimator | None = None, reference: int | None = None,
     every: int | None = None, max_sequences: int | None = None,
 ) -> dict[str, Any]:
     """Error of the real env's causal state estimate (`tracking`) against a centred `reference`-frame fit on real sequences in `data`.
 
-    The estimator runs through each sequence frame by frame as in the real env, and is read
+    `tracking` None: the estimator of the system's bundled keypoint recipe, the one its
+    agents meet in the real env. The estimator runs through each sequence frame by frame as in the real env, and is read
     every `every` frames (default: the system's action repeat, as an agent reads it).
     Returns per-coordinate `std` and `mean` of (estimate - reference) over the observation's
     4K numbers (positions, then velocities), with what it was measured on.
     """
+    if tracking is None:
+        recipe = bundled_recipe(model.spec.name, "keypoints")
+        tracking = Tracking() if recipe is None else recipe.real_estimator
     if reference is None:
         reference = model.spec.frames(WINDOWS.start_fit)
     if reference % 2 == 0 or reference < 3:
@@ -64,30 +66,39 @@ def measure_estimation_error(
             sequences.append((model.encode_frames(seq["frames"]), torch.from_numpy(seq["actions"].astype(np.float32))))
     if not sequences:
         raise ValueError(f"{data} has no sequence of at least {reference} frames to measure on")
-    causal, windows, window_actions = [], [], []
-    for length in sorted({len(kp) for kp, _ in sequences}):  # sequences of one length run as one batch
-        kp = torch.stack([k for k, _ in sequences if len(k) == length])  # (B, T, K, 2)
-        acts = torch.stack([a for k, a in sequences if len(k) == length])  # (B, T - 1, A)
-        estimator = tracking.start(model)
-        for t in range(length - half):
-            estimator.add(kp[:, t], None if t == 0 else acts[:, t - 1])
-            if t >= half and t % every == 0:
-                q, v = estimator.estimate()
-                causal.append(torch.cat([q.flatten(1), v.flatten(1)], 1))
-                windows.append(kp[:, t - half: t + half + 1])
-                window_actions.append(acts[:, t - half: t + half])
+    groups = [(torch.stack([k for k, _ in sequences if len(k) == length]),  # (B, T, K, 2)
+               torch.stack([a for k, a in sequences if len(k) == length]))  # (B, T - 1, A)
+              for length in sorted({len(kp) for kp, _ in sequences})]  # sequences of one length run as one batch
+
+    def reads(length: int) -> list[int]:
+        """The frames an agent reads the estimate at that have a whole reference window around them."""
+        return [t for t in range(half, length - half) if t % every == 0]
+
+    windows = [kp[:, t - half: t + half + 1] for kp, _ in groups for t in reads(kp.shape[1])]
+    window_actions = [acts[:, t - half: t + half] for kp, acts in groups for t in reads(kp.shape[1])]
     ref_q, ref_v = Tracking().fit(model, torch.cat(windows), torch.cat(window_actions))
     truth = torch.cat([ref_q[:, half].flatten(1), ref_v[:, half].flatten(1)], 1)
-    err = (torch.cat(causal) - truth).numpy()
     # one frame's encoder output against the reference position: what a policy reading
-    # single frames (a keycld-encoder pixel agent) sees
+    # single frames (a keycld-encoder pixel agent) sees, and what a filter is told to expect
     frame_err = (torch.cat(windows)[:, half] - ref_q[:, half]).flatten(1).numpy()
+    estimating = tracking
+    if isinstance(tracking, Filtering) and tracking.measurement_std is None:  # the frame error just measured
+        estimating = dataclasses.replace(tracking, measurement_std=tuple(frame_err.std(0).tolist()))
+    causal = []
+    for kp, acts in groups:
+        estimator, read = estimating.start(model), set(reads(kp.shape[1]))
+        for t in range(kp.shape[1] - half):
+            estimator.add(kp[:, t], None if t == 0 else acts[:, t - 1])
+            if t in read:
+                q, v = estimator.estimate()
+                causal.append(torch.cat([q.flatten(1), v.flatten(1)], 1))
+    err = (torch.cat(causal) - truth).numpy()
     return {
         "std": err.std(0).round(6).tolist(),
         "mean": err.mean(0).round(6).tolist(),
         "frame_std": frame_err.std(0).round(6).tolist(),
         "frame_mean": frame_err.mean(0).round(6).tolist(),
-        "estimator": {"kind": type(tracking).__name__, **asdict(tracking)},
+        "estimator": estimator_to_dict(tracking),
         "reference": reference, "every": every,
         "samples": len(err), "sequences": len(sequences),
         "data": str(data), "data_manifest_sha256": sha256_file(Path(data) / MANIFEST),
@@ -100,29 +111,6 @@ def write_noise(folder: str | Path, measurement: dict[str, Any]) -> Path:
     path = Path(folder) / NOISE_FILE
     write_json(path, measurement)
     return path
-
-
-def read_noise(folder: str | Path, key: str = "std") -> np.ndarray:
-    """Per-coordinate standard deviations stored beside a model's weights.
-
-    `key` "std": the state estimate's `(4K,)`; "frame_std": one frame's encoded keypoints' `(2K,)`.
-    """
-    path = Path(folder) / NOISE_FILE
-    if not path.exists():
-        raise CheckpointError(
-            f"{path} is missing: measure the model's estimation error with "
-            f"`keycld-gym observation-noise --checkpoint {folder} --data HELD_OUT_DATA`, or train with noise 'none'"
-        )
-    try:
-        measured = json.loads(path.read_text())
-    except ValueError as err:
-        raise CheckpointError(f"{path} is corrupt ({err}); measure it again with `keycld-gym observation-noise`") from err
-    if key not in measured:
-        raise CheckpointError(f"{path} has no {key!r} (an older measurement): measure it again with `keycld-gym observation-noise`")
-    try:
-        return np.asarray(measured[key], np.float32)
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path} is corrupt ({err}); measure it again with `keycld-gym observation-noise`") from err
 
 
 class KeypointNoise(VectorWrapper):
@@ -197,7 +185,7 @@ class EstimatedKeypoints(VectorWrapper):
         obs, info = self.env.reset(**kwargs)
         self.filter = self.estimator.start(self.sim.model)
         self.filter.begin(self._noisy_start(obs), self.start_std)
-        return self.filter.mean.numpy().astype(np.float32), info
+        return self.filter.mean[:, : obs.shape[1]].numpy().astype(np.float32), info  # [q, v] lead the filter's state
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         obs, reward, terminated, truncated, info = self.env.step(actions)
@@ -215,5 +203,5 @@ class EstimatedKeypoints(VectorWrapper):
             info = {**info, "final_obs": final}
             index = torch.from_numpy(done)
             self.filter.set_rows(index, self._noisy_start(obs[done]), self.start_std)
-            estimate[done] = self.filter.mean[index].numpy()
+            estimate[done] = self.filter.mean[index, : obs.shape[1]].numpy()
         return estimate, reward, terminated, truncated, info
