@@ -12,10 +12,11 @@ from .recipe import AgentRecipe
 # sim-to-real); with the MLP model it had lowered the real return (284 against 372).
 # Action gain randomisation (`action_gain=(0.8, 1.6)`) is available but off: measured with
 # the MLP model, it lowered the real return (455 +- 15 with it, 585 +- 46 without).
-# The real side estimates with the Kalman filter and its acceleration-bias state: balancing,
-# the bundled agent's pole-tip velocity error fell from 0.15 (window) to 0.09 units/s, and
-# its real return rose from 755 (window) and 772 (filter without the bias state); settings
-# chosen on 4 real episodes of seeds 100000-100003 (BENCHMARKS.md, issue 19).
+# The real side estimates with the Kalman filter, its acceleration-bias state and the
+# model's measured frame error: the bundled agent's real return rose from 755 (window) and
+# 772 (filter without the bias state) to 808.5 +- 5.1 over 10 unseen seeds; settings chosen
+# on 4 real episodes of seeds 100000-100003 (BENCHMARKS.md, "The filter's acceleration-bias
+# state").
 SAC_KEYPOINTS = AgentRecipe(
     system="cartpole", obs_type="keypoints", algo="sac", policy="MlpPolicy",
     total_steps=40_000, num_envs=8,

@@ -89,10 +89,8 @@ def model_card(config: dict, result: dict | None) -> str:
 def _recipe_summary(r: dict) -> str:
     if r["obs_type"] == "pixels":
         return f"{r['policy']}, the last {r['frame_stack']} frames, features {r.get('features', 'cnn')}"
-    estimator = r.get("real_estimator", {"kind": "Tracking"})
-    settings = ", ".join(f"{k} {v}" for k, v in estimator.items() if k != "kind")
-    return (f"{r['policy']}, observation noise {r['observation_noise']}; real states estimated by "
-            f"{estimator['kind']}{f' ({settings})' if settings else ''}")
+    kind = r.get("real_estimator", {"kind": "Tracking"})["kind"]
+    return f"{r['policy']}, observation noise {r['observation_noise']}; real states estimated by {kind} (settings in agent.json)"
 
 
 def agent_card(config: dict, evaluation: dict) -> str:
@@ -112,7 +110,7 @@ def agent_card(config: dict, evaluation: dict) -> str:
         f"- real task, {e['episodes']} episodes (reset seeds {e['seed']}+, the `keycld-gym evaluate-agent` protocol"
         f"{cut_short(e)}): return "
         f"{e['real_return_mean']:.1f} ± {e['real_return_std']:.1f}; in imagination {e['imagined_return_mean']:.1f} ± "
-        f"{e['imagined_return_std']:.1f}; gap {100 * e['gap']:+.1f}%",
+        f"{e['imagined_return_std']:.1f}; gap {100 * e['gap']:+.1f}%" + (f"; `{e['command']}`" if e.get("command") else ""),
         *([f"- per episode, real: {', '.join(f'{x:.0f}' for x in e['real_returns'])}; imagined: "
            f"{', '.join(f'{x:.0f}' for x in e['imagined_returns'])}"] if e.get("real_returns") and e.get("imagined_returns") else []),
         "- files: `agent.safetensors` (policy weights), `agent.json` (recipe, spaces, provenance, this evaluation); "

@@ -253,6 +253,7 @@ def _evaluate_agent(args: argparse.Namespace) -> int:
         agent.recipe = agent.recipe.replace(real_estimator=parse_estimator(args.real_estimator))
     result = evaluate_agent(agent, episodes=args.episodes, seed=args.seed, checkpoint=args.checkpoint,
                             imagined=not args.no_imagined, workers=args.workers, max_steps=args.max_steps)
+    result["command"] = default_command()
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), result)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import model_with_gravity
 
+from keycld_gym.errors import CheckpointError
 from keycld_gym.model.checkpoint import load_model, read_noise
 from keycld_gym.model.tracking import (
     Filtering,
@@ -162,3 +163,8 @@ def test_the_noise_measurement_runs_the_recipes_estimator_before_any_was_measure
     result = measure_estimation_error(load_model(tiny_model_dir), tiny_data, reference=17, every=16)
     assert result["estimator"] == estimator_to_dict(bundled_recipe("cartpole").real_estimator)
     assert result["samples"] > 0 and np.isfinite(result["std"]).all() and len(result["std"]) == 8
+
+
+def test_a_filter_that_reads_the_measured_frame_error_says_when_there_is_none(tiny_model_dir):
+    with pytest.raises(CheckpointError, match="measurement noise is the model's measured frame error.*observation-noise"):
+        Filtering(measurement_std=None).start(load_model(tiny_model_dir))

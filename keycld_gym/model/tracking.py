@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from keycld_gym.errors import CheckpointError
 from keycld_gym.model.checkpoint import read_noise
 from keycld_gym.model.estimation import fit_trajectory, refine_trajectory
 from keycld_gym.model.keycld import KeyCLDModel
@@ -199,7 +200,11 @@ class KeypointFilter:
             if folder is None:
                 raise ValueError("measurement_std=None reads the model's measured frame error: load the model from "
                                  "its folder (load_model), or give measurement_std")
-            std = tuple(float(x) for x in read_noise(folder, "frame_std"))
+            try:
+                std = tuple(float(x) for x in read_noise(folder, "frame_std"))
+            except CheckpointError as err:
+                raise CheckpointError(f"the Kalman filter's measurement noise is the model's measured frame error "
+                                      f"(measurement_std=None), and {err}; or set measurement_std") from err
         std = np.asarray(std, np.float64)
         if std.ndim == 0:
             std = np.full(h, float(std))
