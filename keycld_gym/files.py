@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable
@@ -50,8 +51,8 @@ def json_roundtrip(value: Any) -> Any:
 
 
 def default_command() -> str:
-    """The command line that started this process (recorded beside data, models and agents)."""
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The command line that started this process, quoted for a shell (recorded beside data, models and agents)."""
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def differing_keys(saved: dict | None, current: dict, keys: Iterable[str] | None = None) -> list[str]:
