@@ -43,8 +43,9 @@ def measure_estimation_error(
     """Error of the real env's causal state estimate (`tracking`) against a centred `reference`-frame fit on real sequences in `data`.
 
     `tracking` None: the estimator of the system's bundled keypoint recipe, the one its
-    agents meet in the real env. The estimator runs through each sequence frame by frame as in the real env, and is read
-    every `every` frames (default: the system's action repeat, as an agent reads it).
+    agents meet in the real env. The estimator runs through each sequence frame by frame as
+    in the real env, and is read every `every` frames (default: the system's action repeat,
+    as an agent reads it).
     Returns per-coordinate `std` and `mean` of (estimate - reference) over the observation's
     4K numbers (positions, then velocities), with what it was measured on.
     """
