@@ -49,7 +49,8 @@ class RealKeypointEnv(gym.Env):
         self.env = RealEnv(system, "pixels", action_repeat=1, render_mode=render_mode)
         self.system = self.env.system
         self.action_repeat = self.system.checked_action_repeat(action_repeat)
-        self.tracking, self.render_mode = tracking, render_mode
+        # the model's files are read once here, not at every reset's `start`
+        self.tracking, self.render_mode = tracking.resolved(self.model), render_mode
         k = self.system.num_keypoints
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4 * k,), dtype=np.float32)
         self.action_space = self.env.action_space

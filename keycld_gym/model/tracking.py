@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,10 @@ class Tracking:
             qs, vs = fit_trajectory(model, keypoints, actions)
             init = (qs[:, 0], vs[:, 0])
         return refine_trajectory(model, keypoints, actions, init, iterations=self.iterations, robust=self.robust)
+
+    def resolved(self, model: KeyCLDModel) -> "Tracking":
+        """The same settings: nothing of the model's to read (as `Filtering.resolved`)."""
+        return self
 
     def start(self, model: KeyCLDModel) -> "WindowTracker":
         """A fresh estimator for one episode (or a batch of them)."""
@@ -160,6 +164,24 @@ class Filtering:
         if self.robust is not None and not self.robust > 0:
             raise ValueError(f"robust must be a positive number of standard deviations or None, got {self.robust}")
 
+    def resolved(self, model: KeyCLDModel) -> "Filtering":
+        """These settings with `measurement_std=None` replaced by `model`'s measured frame error (read from its folder).
+
+        Resolve once where an estimator serves many episodes; `start` resolves what is left.
+        """
+        if self.measurement_std is not None:
+            return self
+        folder = getattr(model, "folder", None)
+        if folder is None:
+            raise ValueError("measurement_std=None reads the model's measured frame error: load the model from "
+                             "its folder (load_model), or give measurement_std")
+        try:
+            measured = read_noise(folder, "frame_std")
+        except CheckpointError as err:
+            raise CheckpointError(f"the Kalman filter's measurement noise is the model's measured frame error "
+                                  f"(measurement_std=None), and {err}; or set measurement_std") from err
+        return replace(self, measurement_std=tuple(float(x) for x in measured))
+
     def start(self, model: KeyCLDModel) -> "KeypointFilter":
         """A fresh estimator for one episode (or a batch of them)."""
         return KeypointFilter(model, self)
@@ -187,24 +209,14 @@ class KeypointFilter:
         # so the Jacobian carries it into the tangent space like the covariance itself; the
         # bias drifts as a random walk
         eye = torch.eye(h, dtype=torch.float64)
-        self._r = self._measurement_variance(model, settings.measurement_std)  # (2K,)
+        self._r = self._measurement_variance(settings.resolved(model).measurement_std)  # (2K,)
         self._noise = torch.block_diag(torch.cat([torch.cat([a2 * dt**3 / 3 * eye, a2 * dt**2 / 2 * eye], 1),
                                                   torch.cat([a2 * dt**2 / 2 * eye, a2 * dt * eye], 1)]),
                                        *([] if settings.bias_std is None else [settings.bias_std**2 * dt * eye]))
 
-    def _measurement_variance(self, model: KeyCLDModel, std: float | tuple[float, ...] | None) -> torch.Tensor:
+    def _measurement_variance(self, std: float | tuple[float, ...]) -> torch.Tensor:
         """Each keypoint coordinate's measurement variance `(2K,)`."""
         h = self._h
-        if std is None:
-            folder = getattr(model, "folder", None)
-            if folder is None:
-                raise ValueError("measurement_std=None reads the model's measured frame error: load the model from "
-                                 "its folder (load_model), or give measurement_std")
-            try:
-                std = tuple(float(x) for x in read_noise(folder, "frame_std"))
-            except CheckpointError as err:
-                raise CheckpointError(f"the Kalman filter's measurement noise is the model's measured frame error "
-                                      f"(measurement_std=None), and {err}; or set measurement_std") from err
         std = np.asarray(std, np.float64)
         if std.ndim == 0:
             std = np.full(h, float(std))
@@ -303,6 +315,12 @@ class KeypointFilter:
         if self.mean is None:
             raise ValueError("no frame added yet")
         return self._split(self.mean)
+
+    def observation(self) -> torch.Tensor:
+        """The state at the last frame added as a keypoint observation `(B, 4K)`: positions, then velocities."""
+        if self.mean is None:
+            raise ValueError("no frame added yet")
+        return self.mean[:, : 2 * self._h]
 
 
 Estimator = Tracking | Filtering

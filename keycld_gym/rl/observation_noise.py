@@ -171,7 +171,7 @@ class EstimatedKeypoints(VectorWrapper):
         if self.frame_std.shape != (d // 2,) or self.start_std.shape != (d,):
             raise ValueError(f"frame_std must be ({d // 2},) and start_std ({d},), got {tuple(self.frame_std.shape)} "
                              f"and {tuple(self.start_std.shape)}")
-        self.estimator = estimator
+        self.estimator = estimator.resolved(self.sim.model)  # read once, not at every reset
         self.sim.record_frames = True
         self.generator = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
 
@@ -186,7 +186,7 @@ class EstimatedKeypoints(VectorWrapper):
         obs, info = self.env.reset(**kwargs)
         self.filter = self.estimator.start(self.sim.model)
         self.filter.begin(self._noisy_start(obs), self.start_std)
-        return self.filter.mean[:, : obs.shape[1]].numpy().astype(np.float32), info  # [q, v] lead the filter's state
+        return self.filter.observation().numpy().astype(np.float32), info
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         obs, reward, terminated, truncated, info = self.env.step(actions)
@@ -194,8 +194,7 @@ class EstimatedKeypoints(VectorWrapper):
         acts = torch.as_tensor(np.asarray(actions, np.float32)).reshape(len(obs), -1)
         for r in range(frames.shape[1]):
             self.filter.add(frames[:, r] + self._noise(frames[:, r].shape, self.frame_std.reshape(-1, 2)), acts)
-        q, v = self.filter.estimate()
-        estimate = torch.cat([q.flatten(1), v.flatten(1)], 1).numpy().astype(np.float32)
+        estimate = self.filter.observation().numpy().astype(np.float32)
         done = np.flatnonzero(terminated | truncated)
         if len(done):
             final = info["final_obs"].copy()
@@ -204,5 +203,5 @@ class EstimatedKeypoints(VectorWrapper):
             info = {**info, "final_obs": final}
             index = torch.from_numpy(done)
             self.filter.set_rows(index, self._noisy_start(obs[done]), self.start_std)
-            estimate[done] = self.filter.mean[index, : obs.shape[1]].numpy()
+            estimate[done] = self.filter.observation()[index].numpy()
         return estimate, reward, terminated, truncated, info
