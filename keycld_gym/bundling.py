@@ -60,6 +60,10 @@ def model_card(config: dict, result: dict | None) -> str:
         f"- package version {config['package_version']}; weights sha256 `{config['weights_sha256']}`",
         f"- `{START_BANK}`: real start windows from the task's own reset (reset seeds 10000+), used by the env's reset",
     ]
+    if config["model"]["encoder"].get("mirror_average"):
+        lines.append("- the encoder reads each frame as it is and mirrored and averages the two keypoint sets "
+                     "(`EncoderConfig.mirror_average`)")
+    lines += [f"- then edited, weights untouched: `{e['command']}`" for e in config.get("edits", []) if e.get("command")]
     r = config.get("reward_head")
     if r:
         lines += [

@@ -23,7 +23,7 @@ from keycld_gym.energy_control import energy_agent
 from keycld_gym.errors import KeyCLDError
 from keycld_gym.evaluation import load_and_evaluate
 from keycld_gym.files import default_command, write_json
-from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.model.checkpoint import NOISE_FILE, checkpoint_folder, load_model, set_mirror_average
 from keycld_gym.model.dynamics import DAMPINGS, INPUT_MATRICES
 from keycld_gym.model.tracking import parse_estimator
 from keycld_gym.pipeline import Pipeline, refit_checkpoint
@@ -333,6 +333,15 @@ def _diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mirror_average(args: argparse.Namespace) -> int:
+    path = set_mirror_average(args.checkpoint, args.setting == "on", command=default_command())
+    print(f"{path}: the encoder's mirror average is {args.setting}")
+    if (path / NOISE_FILE).exists():
+        print(f"its {NOISE_FILE} was measured with the encoder as it was: measure it again with "
+              f"`keycld-gym observation-noise --checkpoint {path} --data HELD_OUT_DATA`")
+    return 0
+
+
 def _bundle_model(args: argparse.Namespace) -> int:
     print(f"bundled {args.model} -> {bundle_model(args.model, args.eval, args.dest)}")
     return 0
@@ -564,6 +573,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the full result here")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_diagnose)
+    p = sub.add_parser("mirror-average", help="average each frame's keypoints with its mirror image's (on) or not "
+                                              "(off), in a trained model's config")
+    p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
+    p.add_argument("setting", choices=("on", "off"))
+    p.set_defaults(func=_mirror_average)
     p = sub.add_parser("bundle-model", help="copy a finished model into the package as its system's bundled model")
     p.add_argument("--model", required=True, help="a finished model folder (OUT/model of train or pipeline)")
     p.add_argument("--eval", help="its evaluate-model JSON on held-out data (recorded in the model card)")

@@ -88,3 +88,43 @@ def test_nested_state_round_trip(tmp_path):
     (tmp_path / "s.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="delete"):
         load_state(tmp_path / "s")
+
+
+def test_the_mirror_average_is_switched_in_a_trained_models_config(tmp_path, capsys):
+    """`keycld-gym mirror-average`: the config changes, the weights do not; a missing folder is a clear error."""
+    from keycld_gym.cli import main
+    from keycld_gym.model.checkpoint import NOISE_FILE
+
+    save_checkpoint(tmp_path, KeyCLDModel("cartpole", TINY_MODEL))
+    weights = (tmp_path / WEIGHTS).read_bytes()
+    (tmp_path / NOISE_FILE).write_text("{}")
+    assert main(["mirror-average", "--checkpoint", str(tmp_path), "on"]) == 0
+    assert "measure it again" in capsys.readouterr().out
+    assert load_model(tmp_path).config.encoder.mirror_average
+    assert (tmp_path / WEIGHTS).read_bytes() == weights
+    assert main(["mirror-average", "--checkpoint", str(tmp_path), "off"]) == 0
+    assert not load_model(tmp_path).config.encoder.mirror_average
+    edits = json.loads((tmp_path / CONFIG).read_text())["edits"]
+    assert [e["encoder.mirror_average"] for e in edits] == [True, False] and all(e["command"] for e in edits)
+    assert main(["mirror-average", "--checkpoint", str(tmp_path / "nowhere"), "on"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_bundled_models_card_says_how_its_encoder_reads_and_how_it_was_edited(tmp_path):
+    """`bundle_model`: the card names the mirror average and the command that switched it on."""
+    from keycld_gym.bundling import bundle_model
+    from keycld_gym.model.checkpoint import set_mirror_average
+
+    data = {"path": "data/x", "sequences": 4, "frames_per_sequence": 50, "frames": 200, "seed": 0, "regime": "task",
+            "regime_description": "the task's own reset", "train_sequences": 3, "train_frames": 150,
+            "manifest_sha256": "0" * 64}
+    training = {"command": "keycld-gym train --data data/x", "seed": 0, "wall_time_s": 60.0, "torch_threads": 1,
+                "phase": "done"}
+    save_checkpoint(tmp_path / "model", KeyCLDModel("cartpole", TINY_MODEL), {"data": data, "training": training})
+    card = (bundle_model(tmp_path / "model", dest=tmp_path / "plain") / "README.md").read_text()
+    assert "mirror" not in card and "edited" not in card
+    set_mirror_average(tmp_path / "model", True, command="keycld-gym mirror-average --checkpoint model on")
+    card = (bundle_model(tmp_path / "model", dest=tmp_path / "bundled") / "README.md").read_text()
+    assert "`EncoderConfig.mirror_average`" in card
+    assert "then edited, weights untouched: `keycld-gym mirror-average --checkpoint model on`" in card
+    assert load_model(tmp_path / "bundled").config.encoder.mirror_average

@@ -146,6 +146,31 @@ def test_constrained_keypoints_keep_the_constraints_and_their_links_directions(s
             model.permute_keypoints([1, 0])
 
 
+@pytest.mark.parametrize("system", ["pendulum", "cartpole", "acrobot"])
+@pytest.mark.parametrize("constrained", [False, True])
+def test_the_mirror_average_reads_a_frame_and_its_mirror_image(system, constrained):
+    """`EncoderConfig.mirror_average`: the keypoints of a frame's mirror image are its own, mirrored; they average both reads."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    config = replace(TINY_MODEL, encoder=replace(TINY_MODEL.encoder, constrained=constrained),
+                     renderer=replace(TINY_MODEL.renderer, learn_pivots=False))  # pivots at the centre, as the recipes
+    model = KeyCLDModel(system, config).eval()
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.mul_(4.0)  # peaked heatmaps: an untrained encoder's are flat, its keypoints all near the centre
+    frames = torch.randint(0, 255, (4, *model.spec.image_shape), dtype=torch.uint8)
+    mirror, mirrored = torch.tensor([-1.0, 1.0]), frames.flip(2)
+    with torch.no_grad():
+        plain, plain_of_mirrored = model.encode(frames), model.encode(mirrored)
+        # an untrained encoder is far from mirror-symmetric: what the average has to undo
+        assert (plain_of_mirrored - plain * mirror).abs().max() > 1e-2
+        model.config = replace(config, encoder=replace(config.encoder, mirror_average=True))
+        averaged, averaged_of_mirrored = model.encode(frames), model.encode(mirrored)
+    torch.testing.assert_close(averaged, 0.5 * (plain + plain_of_mirrored * mirror), atol=1e-5, rtol=0)
+    torch.testing.assert_close(averaged_of_mirrored, averaged * mirror, atol=1e-5, rtol=0)
+
+
 def test_constrained_keypoints_read_their_direction_beyond_the_links_start():
     """`EncoderConfig.read_beyond`: heatmap mass near a link's start (the acrobot's shoulder) does not steer it."""
     from dataclasses import replace

@@ -132,6 +132,26 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     return model.to(device).eval()
 
 
+def set_mirror_average(name_or_path: str | Path, on: bool, command: str | None = None) -> Path:
+    """Turn `EncoderConfig.mirror_average` on or off in a checkpoint's config; the weights are untouched.
+
+    It changes what the encoder gives, not what it learned, so a trained model can take it.
+    The change is recorded in the config's `edits` (with `command`, for the model card). Its
+    measured real-estimate error (`observation_noise.json`) is then of the other encoder:
+    measure it again with `keycld-gym observation-noise`.
+    """
+    path = checkpoint_folder(name_or_path)
+    config = read_config(path)
+    encoder = config.get("model", {}).get("encoder")
+    if not isinstance(encoder, dict):
+        raise CheckpointError(f"{path / CONFIG} has no encoder config: retrain it with this version's `keycld-gym train`")
+    encoder["mirror_average"] = bool(on)
+    ModelConfig.from_dict(config["model"])  # still a valid config
+    config.setdefault("edits", []).append({"encoder.mirror_average": bool(on), "command": command})
+    write_json(path / CONFIG, config)
+    return path
+
+
 def read_noise(folder: str | Path, key: str = "std") -> np.ndarray:
     """Per-coordinate standard deviations stored beside a model's weights.
 

@@ -56,6 +56,13 @@ class EncoderConfig:
             arm by a tenth of a radian (0.39 rad RMS; BENCHMARKS.md).
         link_clearance: and not within this distance (image units) of the link placed
             before it: the acrobot's lower arm, folded back, lies beside the upper arm.
+        mirror_average: encode each frame twice, as it is and mirrored left to right, and
+            average the two keypoint sets (`KeyCLDModel.encode`; twice the cost, training
+            unchanged). The encoder's errors on a frame and on its mirror image are partly
+            independent, so the average is steadier. It needs a camera that looks straight
+            at the system's plane of motion, centred on its symmetry (every spec's camera),
+            and a keypoint whose identity survives the mirror: the placed keypoints do, free
+            keypoints may not (a free pole keypoint was found 22 px off on the mirror image).
     """
 
     channels: int = 32
@@ -67,6 +74,7 @@ class EncoderConfig:
     constrained: bool = False
     read_beyond: float = 0.5
     link_clearance: float = 0.08  # 2.6 px at 64 px height: the arm is 1.45 px wide
+    mirror_average: bool = False
 
 
 def image_grid(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:

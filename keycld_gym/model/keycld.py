@@ -145,9 +145,13 @@ class KeyCLDModel(nn.Module):
         """Whether states are projected onto the constraints (the constrained model only)."""
         return self.dynamics.constraints is not None
 
-    def heatmaps(self, frames: torch.Tensor) -> torch.Tensor:
-        """Heatmap logits `(B, K, h, w)` of frames uint8 `(B, H, W, 3)`, masked to the foreground (`KeypointEncoder.heatmaps`)."""
-        heat = self.encoder.heatmaps(frames)
+    def heatmaps(self, frames: torch.Tensor, mirrored: bool = False) -> torch.Tensor:
+        """Heatmap logits `(B, K, h, w)` of frames uint8 `(B, H, W, 3)`, masked to the foreground (`KeypointEncoder.heatmaps`).
+
+        `mirrored`: the heatmaps of each frame's mirror image (left to right), mirrored back
+        onto the frame, so the keypoints read from them are in the frame's own coordinates.
+        """
+        heat = self.encoder.heatmaps(frames.flip(-2)).flip(-1) if mirrored else self.encoder.heatmaps(frames)
         config = self.config.encoder
         if config.foreground_threshold <= 0:
             return heat
@@ -190,8 +194,11 @@ class KeyCLDModel(nn.Module):
         return self.keypoint_constraints.place(read, {k: pivots[i] for i, k in enumerate(pivoted)})
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """Keypoints `(B, K, 2)` of frames uint8 `(B, H, W, 3)`."""
-        return self.keypoints(self.heatmaps(frames))
+        """Keypoints `(B, K, 2)` of frames uint8 `(B, H, W, 3)` (averaged with the mirror image's if `EncoderConfig.mirror_average`)."""
+        keypoints = self.keypoints(self.heatmaps(frames))
+        if not self.config.encoder.mirror_average:
+            return keypoints
+        return 0.5 * (keypoints + self.keypoints(self.heatmaps(frames, mirrored=True)))
 
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
