@@ -23,7 +23,12 @@ from keycld_gym.energy_control import energy_agent
 from keycld_gym.errors import KeyCLDError
 from keycld_gym.evaluation import load_and_evaluate
 from keycld_gym.files import default_command, write_json
-from keycld_gym.model.checkpoint import NOISE_FILE, checkpoint_folder, load_model, set_mirror_average
+from keycld_gym.model.checkpoint import (
+    NOISE_FILE,
+    checkpoint_folder,
+    load_model,
+    set_mirror_average,
+)
 from keycld_gym.model.dynamics import DAMPINGS, INPUT_MATRICES
 from keycld_gym.model.tracking import parse_estimator
 from keycld_gym.pipeline import Pipeline, refit_checkpoint
