@@ -6,7 +6,9 @@
 A model goes to keycld_gym/weights/<system>/ (model.safetensors, config.json, start frames,
 measured observation noise) with a README.md recording how it was made (command, seed, data
 regime and size, training time) and what it measured on held-out data. An agent goes to
-keycld_gym/weights/<system>-<algo>-<obs>/ with its evaluation and card.
+keycld_gym/weights/<system>-<algo>-<obs>/ with its evaluation and card; a pixel agent that
+reads frames through a world model's encoder takes that model along (`model/`), so it keeps
+working when the system's bundled model is replaced.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from keycld_gym.model.checkpoint import (
 )
 from keycld_gym.rl.agent import (
     AGENT_CONFIG,
+    AGENT_MODEL,
     AGENT_WEIGHTS,
+    Agent,
     bundled_agent_path,
     load_agent,
 )
@@ -119,8 +123,20 @@ def agent_card(config: dict, evaluation: dict) -> str:
            f"{', '.join(f'{x:.0f}' for x in e['imagined_returns'])}"] if e.get("real_returns") and e.get("imagined_returns") else []),
         "- files: `agent.safetensors` (policy weights), `agent.json` (recipe, spaces, provenance, this evaluation); "
         "loading reads tensors only, nothing is unpickled",
+        *([f"- `{AGENT_MODEL}/`: the world model it was trained in, whose encoder reads its frames (the default "
+           "model of `keycld-gym evaluate-agent` for this agent)"] if r.get("features") == "keycld-encoder" else []),
         "",
     ])
+
+
+_MODEL_FILES = (WEIGHTS, CONFIG, START_BANK, EXPLORING_STARTS, NOISE_FILE)
+
+
+def _copy_model_files(source: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in _MODEL_FILES:
+        if (source / name).exists():
+            shutil.copy2(source / name, dest / name)
 
 
 def bundle_model(model_folder: str | Path, evaluation: str | Path | None = None, dest: str | Path | None = None) -> Path:
@@ -130,10 +146,7 @@ def bundle_model(model_folder: str | Path, evaluation: str | Path | None = None,
     if config["training"].get("phase") != "done":
         raise CheckpointError(f"{model_folder} is from an unfinished run (phase {config['training'].get('phase')!r})")
     dest = Path(dest) if dest is not None else bundled_path(config["system"])
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS, CONFIG, START_BANK, EXPLORING_STARTS, NOISE_FILE):
-        if (Path(model_folder) / name).exists():
-            shutil.copy2(Path(model_folder) / name, dest / name)
+    _copy_model_files(Path(model_folder), dest)
     result = json.loads(Path(evaluation).read_text()) if evaluation else None
     card = model_card(config, result)
     if (dest / EXPLORING_STARTS).exists():
@@ -142,6 +155,19 @@ def bundle_model(model_folder: str | Path, evaluation: str | Path | None = None,
                  "recipes with exploring starts begin part of their imagined training episodes.\n")
     (dest / "README.md").write_text(card)
     return dest
+
+
+def _encoder_model(agent: Agent, config: dict) -> Path:
+    """The model folder a keycld-encoder pixel agent was trained in, checked to be that very model."""
+    source = agent.model_folder or Path(config["model"]["path"])
+    trained = config["model"].get("weights_sha256")
+    found = load_model(source).checkpoint_config.get("weights_sha256") if (source / CONFIG).exists() else None
+    if found is None or found != trained:
+        raise CheckpointError(
+            f"agent {agent.info.get('path', '?')} reads frames through the encoder of the model it was trained in "
+            f"(weights sha256 {trained}), but {source} holds {'no model' if found is None else 'another'}: restore "
+            "that model there before bundling the agent")
+    return source
 
 
 def bundle_agent(agent_folder: str | Path, evaluation: str | Path, dest: str | Path | None = None) -> Path:
@@ -156,6 +182,10 @@ def bundle_agent(agent_folder: str | Path, evaluation: str | Path, dest: str | P
     if (dest / AGENT_WEIGHTS).resolve() != (Path(agent_folder) / AGENT_WEIGHTS).resolve():  # else re-recorded in place
         shutil.copy2(Path(agent_folder) / AGENT_WEIGHTS, dest / AGENT_WEIGHTS)
     config = json.loads((Path(agent_folder) / AGENT_CONFIG).read_text())
+    if r.features == "keycld-encoder":
+        source = _encoder_model(agent, config)
+        if source.resolve() != (dest / AGENT_MODEL).resolve():  # else re-recorded in place
+            _copy_model_files(source, dest / AGENT_MODEL)
     if "real_estimator" in result:  # the agent meets the real task as it was evaluated
         config["recipe"]["real_estimator"] = result["real_estimator"]
     config["evaluation"] = {k: v for k, v in result.items() if k != "model_data"}

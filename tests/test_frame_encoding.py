@@ -61,8 +61,10 @@ def test_a_pixel_agent_learns_in_imagination_and_acts_on_real_frames(tiny_model_
     algo = SAC(RECIPE.policy, venv, learning_starts=16, batch_size=16, gradient_steps=1, seed=0, device="cpu",
                policy_kwargs=RECIPE.policy_kwargs)
     algo.learn(64)
-    model_info = {"path": str(tiny_model_dir), "weights_sha256": read_config(tiny_model_dir)["weights_sha256"]}
-    folder = Agent.from_algorithm(algo, RECIPE).save(tmp_path / "agent", model=model_info)
+    model_info = {"path": str(tiny_model_dir), "weights_sha256": read_config(tiny_model_dir)["weights_sha256"],
+                  "model_real_frames": 0, "model_data_regime": "task"}
+    training = {"command": "SAC(...).learn(64)", "seed": 0, "steps": 64, "wall_s": 1.0, "torch_threads": 1}
+    folder = Agent.from_algorithm(algo, RECIPE).save(tmp_path / "agent", model=model_info, training=training)
     agent = load_agent(folder, "cartpole", "pixels")
     real = real_vec_env(RECIPE, load_model(tiny_model_dir))
     obs = real.reset()
@@ -76,6 +78,25 @@ def test_a_pixel_agent_learns_in_imagination_and_acts_on_real_frames(tiny_model_
         evaluate_agent(agent, episodes=1, checkpoint=None)  # the bundled model: another encoder
     with pytest.raises(ValueError, match="needs the world model"):
         real_vec_env(RECIPE, None)
+
+    # bundled, it carries its model, which evaluations then use unless told otherwise
+    import json
+
+    from keycld_gym.bundling import bundle_agent
+    from keycld_gym.files import write_json
+
+    write_json(tmp_path / "eval.json", result)
+    bundled = load_agent(bundle_agent(folder, tmp_path / "eval.json", tmp_path / "bundled"))
+    assert bundled.model_folder == tmp_path / "bundled" / "model" and agent.model_folder is None
+    assert "`model/`: the world model it was trained in" in (tmp_path / "bundled" / "README.md").read_text()
+    again = evaluate_agent(bundled, episodes=1, seed=3, workers=1, max_steps=20, imagined=False)
+    assert again["model"] == str(bundled.model_folder) and again["real_returns"] == result["real_returns"]
+    bundle_agent(tmp_path / "bundled", tmp_path / "eval.json", tmp_path / "bundled")  # re-recorded in place
+    config = json.loads((folder / "agent.json").read_text())
+    config["model"]["path"] = str(tmp_path / "gone")
+    write_json(folder / "agent.json", config)
+    with pytest.raises(CheckpointError, match="holds no model"):
+        bundle_agent(folder, tmp_path / "eval.json", tmp_path / "elsewhere")
 
 
 def test_measured_frame_noise_goes_on_the_imagined_keypoints_only(noisy_model_dir):

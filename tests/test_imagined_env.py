@@ -17,6 +17,7 @@ from keycld_gym.data.start_bank import read_start_bank
 from keycld_gym.envs.imagined_env import KeyCLDEnv, KeyCLDVectorEnv
 from keycld_gym.envs.registration import env_id
 from keycld_gym.envs.sb3 import SB3VecEnv
+from keycld_gym.training.recipes import get_recipe as get_model_recipe
 
 
 @pytest.fixture(scope="module")
@@ -255,8 +256,10 @@ def test_bundled_cartpole_model_and_default_env():
     model = keycld_gym.load_model("cartpole")
     cfg = model.checkpoint_config
     assert cfg["training"]["phase"] == "done" and cfg["data"]["regime"] == "task"
-    assert "keycld-gym train" in cfg["training"]["command"] and cfg["training"]["seed"] == 0
-    assert abs(cart_push(model) / true_cart_push() - 1) < 0.05  # measured: 5.79 against 5.88
+    assert "keycld-gym pipeline --system cartpole" in cfg["training"]["command"] and cfg["training"]["seed"] == 0
+    assert cfg["keypoints_from"]["data"]["frames"] + cfg["data"]["frames"] <= 45_000
+    assert model.config == get_model_recipe("cartpole").model  # the recipe as it stands made it
+    assert abs(cart_push(model) / true_cart_push() - 1) < 0.06  # measured: 5.58 against 5.88
     env = gym.make("KeyCLD-Cartpole-v0", render_mode="rgb_array")
     obs, info = env.reset(seed=0)
     assert obs.shape == (64, 128, 3) and obs.dtype == np.uint8
@@ -271,8 +274,6 @@ def test_bundled_cartpole_model_and_default_env():
 @pytest.mark.parametrize("system, max_frames, keypoints", [("pendulum", 50_000, 1), ("acrobot", 100_000, 2)])
 def test_bundled_model_made_by_its_pipeline_and_default_env(system, max_frames, keypoints):
     """`gym.make("KeyCLD-<System>-v0")` out of the box: the bundled model, made by its recipe's pipeline."""
-    from keycld_gym.training.recipes import get_recipe as get_model_recipe
-
     model = keycld_gym.load_model(system)
     cfg = model.checkpoint_config
     assert cfg["training"]["phase"] == "done" and cfg["data"]["regime"] == "task"

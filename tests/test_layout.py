@@ -119,7 +119,9 @@ def test_installed_packages_are_the_folders_and_nothing_top_level_but_keycld_gym
     setup = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {"keycld_gym"} | {f"keycld_gym.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
     folders.add("keycld_gym.agents")  # mapped from the repository's top-level agents/
-    folders |= {"keycld_gym.weights"} | {f"keycld_gym.weights.{p.name}" for p in (PACKAGE / "weights").iterdir() if p.is_dir()}
+    weights = PACKAGE / "weights"  # bundled folders, and the models that pixel agents' folders carry
+    folders |= {"keycld_gym.weights"} | {"keycld_gym.weights." + ".".join(p.relative_to(weights).parts)
+                                         for p in weights.rglob("*") if p.is_dir() and p.name != "__pycache__"}
     assert set(setup["packages"]) == folders
     assert setup["package-dir"] == {"keycld_gym.agents": "agents"}
     assert {name.split(".")[0] for name in setup["packages"]} == {"keycld_gym"}

@@ -48,6 +48,8 @@ AGENT_WEIGHTS = "agent.safetensors"
 AGENT_CONFIG = "agent.json"
 AGENT_FORMAT = "keycld-gym-agent"
 AGENT_FORMAT_VERSION = 1
+# a bundled keycld-encoder pixel agent carries the world model whose encoder reads its frames
+AGENT_MODEL = "model"
 BUNDLED_AGENTS = BUNDLED_DIR  # agents ship beside the models, one folder each
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"sac": SAC, "ppo": PPO}
@@ -161,6 +163,12 @@ class Agent:
     @property
     def obs_type(self) -> str:
         return self.recipe.obs_type
+
+    @property
+    def model_folder(self) -> Path | None:
+        """The world model carried in the agent's folder (`AGENT_MODEL`), where it carries one; else None."""
+        folder = Path(self.info.get("path", "")) / AGENT_MODEL
+        return folder if "path" in self.info and folder.is_dir() else None
 
     def act(self, observations: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Actions `(N, A)` for a batch of observations."""

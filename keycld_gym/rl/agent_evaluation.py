@@ -71,7 +71,10 @@ def _stats(returns: list[float]) -> tuple[float, float]:
 
 def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, checkpoint: str | Path | None = None,
                    imagined: bool = True, workers: int = 2, max_steps: int | None = None) -> dict[str, Any]:
-    """Real and imagined returns of `agent` with the model `checkpoint` (default: bundled) as a JSON-ready dict.
+    """Real and imagined returns of `agent` with the model `checkpoint` as a JSON-ready dict.
+
+    The default model is the one the agent carries (`Agent.model_folder`: a bundled
+    keycld-encoder pixel agent's), else the system's bundled model.
 
     The real episodes run in `workers` processes (rendering and estimation are serial work).
     `max_steps` cuts every episode after that many agent steps: a quick check, whose
@@ -80,7 +83,7 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be at least 1 (or None for whole episodes), got {max_steps}")
     recipe = agent.recipe
-    folder = checkpoint_folder(checkpoint, recipe.system)
+    folder = checkpoint_folder(agent.model_folder if checkpoint is None else checkpoint, recipe.system)
     model = load_model(folder)
     check_encoder_model(agent, model, folder)
     policy = agent.act
