@@ -98,11 +98,13 @@ def test_model_plant_reads_the_learned_energies(tiny_model_dir):
     assert plant.power(x).shape == (3, 1) and plant.step(x, np.zeros((3, 1))).shape == x.shape
 
 
-def test_energy_agent_runs_on_a_tiny_model_end_to_end(tiny_model_dir):
-    agent = EnergyAgent(load_model(tiny_model_dir), ENERGY_CARTPOLE)
-    result = evaluate_agent(agent, episodes=1, checkpoint=tiny_model_dir, workers=1, max_steps=16)
+def test_energy_agent_runs_on_a_tiny_model_end_to_end(noisy_model_dir):
+    """The recipe's real estimator (cartpole: the filter, on the model's measured frame error) included."""
+    agent = EnergyAgent(load_model(noisy_model_dir), ENERGY_CARTPOLE)
+    result = evaluate_agent(agent, episodes=1, checkpoint=noisy_model_dir, workers=1, max_steps=16)
     assert result["algo"] == "energy" and len(result["real_returns"]) == 1 and len(result["imagined_returns"]) == 1
     assert np.isfinite(result["real_return_mean"]) and result["policy_real_frames"] == 0
+    assert result["real_estimator"]["kind"] == ENERGY_CARTPOLE.real_estimator.__class__.__name__
 
 
 def test_energy_agent_refuses_what_it_cannot_control(tiny_model_dir, capsys):
