@@ -117,8 +117,8 @@ _ENCODER = EncoderConfig(full_resolution=True, constrained=True, mirror_average=
 _STRUCTURED = dict(linear_potential=True, potential_mlp=False)
 
 RECIPES: dict[str, ModelRecipe] = {
-    # 25,000 + 20,000 real frames, as for the bundled cartpole model
-    # (keycld_gym/weights/cartpole/README.md), which predates the full-resolution encoder.
+    # 25,000 + 20,000 real frames; the bundled cartpole model is this recipe's
+    # (keycld_gym/weights/cartpole/README.md).
     # The push is along the rail, so the constant input matrix on the cart is the spec's
     # force in its original form.
     "cartpole": ModelRecipe(
@@ -127,12 +127,13 @@ RECIPES: dict[str, ModelRecipe] = {
         dynamics_data=DataPlan("task-long", episodes=100, frames=200, seed=2),
         eval_data=DataPlan("task-eval", episodes=40, frames=400, seed=1),
         # Heatmaps at the frame's resolution: on the 40 held-out sequences, keypoint error
-        # 0.88 -> 0.65 px RMS against the bundled half-resolution encoder (BENCHMARKS.md).
+        # 0.88 -> 0.65 px RMS against the previous half-resolution encoder (BENCHMARKS.md).
         # Keypoints placed on the constraints, drawn by a local renderer, 3,000 keypoint steps:
         # the cart on the rail and the pole's keypoint at a fixed distance from it, so the
         # tip's error along the pole (its largest part) and the cart's height error are gone:
-        # 0.65 -> 0.32 px RMS against the points the keypoints track; VPT and the agents' real
-        # return did not rise with it (BENCHMARKS.md, "Keypoints placed on the constraints").
+        # 0.65 -> 0.32 px RMS against the points the keypoints track (BENCHMARKS.md, "Keypoints
+        # placed on the constraints"); 0.28 with the mirror average, and with it and the SAC
+        # recipe's filter an agent's real return 824.6 on unseen seeds ("The mirror average").
         model=ModelConfig(encoder=_ENCODER,
                           renderer=RendererConfig(local=True),
                           dynamics=DynamicsConfig(input_matrix="constant", input_keypoints=(0,), **_STRUCTURED)),
