@@ -83,7 +83,9 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be at least 1 (or None for whole episodes), got {max_steps}")
     recipe = agent.recipe
-    folder = checkpoint_folder(agent.model_folder if checkpoint is None else checkpoint, recipe.system)
+    # controllers of a model (planning) carry none: theirs is `checkpoint` or the bundled one
+    carried = getattr(agent, "model_folder", None)
+    folder = checkpoint_folder(carried if checkpoint is None else checkpoint, recipe.system)
     model = load_model(folder)
     check_encoder_model(agent, model, folder)
     policy = agent.act
