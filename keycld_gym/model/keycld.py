@@ -145,17 +145,17 @@ class KeyCLDModel(nn.Module):
         """Whether states are projected onto the constraints (the constrained model only)."""
         return self.dynamics.constraints is not None
 
-    def heatmaps(self, frames: torch.Tensor, mirrored: bool = False) -> torch.Tensor:
-        """Heatmap logits `(B, K, h, w)` of frames uint8 `(B, H, W, 3)`, masked to the foreground (`KeypointEncoder.heatmaps`).
+    def heatmaps(self, frames: torch.Tensor) -> torch.Tensor:
+        """Heatmap logits `(B, K, h, w)` of frames uint8 `(B, H, W, 3)`, masked to the foreground (`KeypointEncoder.heatmaps`)."""
+        return self._masked(self.encoder.heatmaps(frames), frames)
 
-        `mirrored`: the heatmaps of each frame's mirror image (left to right), mirrored back
-        onto the frame, so the keypoints read from them are in the frame's own coordinates.
-        """
-        heat = self.encoder.heatmaps(frames.flip(-2)).flip(-1) if mirrored else self.encoder.heatmaps(frames)
+    def _masked(self, heat: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Heatmaps `(nB, K, h, w)`, n reads of each of frames `(B, H, W, 3)` one batch after another, masked to the frames' foreground."""
         config = self.config.encoder
         if config.foreground_threshold <= 0:
             return heat
-        return mask_heatmaps(heat, foreground_mask(frames, self.background, config.foreground_threshold, config.mask_ramp))
+        mask = foreground_mask(frames, self.background, config.foreground_threshold, config.mask_ramp)
+        return mask_heatmaps(heat, mask.repeat(len(heat) // len(frames), 1, 1))
 
     @property
     def constrained_keypoints(self) -> bool:
@@ -195,10 +195,13 @@ class KeyCLDModel(nn.Module):
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Keypoints `(B, K, 2)` of frames uint8 `(B, H, W, 3)` (averaged with the mirror image's if `EncoderConfig.mirror_average`)."""
-        keypoints = self.keypoints(self.heatmaps(frames))
         if not self.config.encoder.mirror_average:
-            return keypoints
-        return 0.5 * (keypoints + self.keypoints(self.heatmaps(frames, mirrored=True)))
+            return self.keypoints(self.heatmaps(frames))
+        # one encoder pass over the frames and their mirror images; the mirror images' heatmaps
+        # are flipped back onto the frames, so both reads are placed in the frames' coordinates
+        own, mirrored = self.encoder.heatmaps(torch.cat([frames, frames.flip(-2)])).chunk(2)
+        keypoints = self.keypoints(self._masked(torch.cat([own, mirrored.flip(-1)]), frames))
+        return keypoints.reshape(2, len(frames), *keypoints.shape[1:]).mean(0)
 
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray, batch: int = 256) -> torch.Tensor:
