@@ -38,7 +38,7 @@ from keycld_gym.rl.agent_evaluation import cut_short, evaluate_agent
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
 from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
 from keycld_gym.sim.systems import SYSTEMS
-from keycld_gym.training.config import TrainConfig
+from keycld_gym.training.config import ROLLOUT_LOSSES, TrainConfig
 from keycld_gym.training.recipes import get_recipe
 from keycld_gym.training.renderer_fit import fit_renderer
 from keycld_gym.training.reward_fit import fit_reward_head
@@ -98,6 +98,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = _given(args, {"seed": "seed", "keypoint_steps": "keypoint_steps", "dynamics_steps": "dynamics_steps",
                               "max_horizon": "max_horizon", "horizon_ramp": "horizon_ramp_steps",
                               "physics_lr": "physics_lr", "keypoints_from": "keypoints_from",
+                              "rollout_loss": "rollout_loss",
                               "checkpoint_every": "checkpoint_every_s", "constraint_weight": "constraint_weight",
                               "pivot_separation": "pivot_separation_weight"})
     if args.keypoints_from:
@@ -429,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--physics-lr", type=float,
                    help="learning rate of the physical constants: mass matrix, damping, walls, constraints (default 1e-2)")
     p.add_argument("--horizon-ramp", type=int, help="dynamics steps over which the horizon grows to its maximum")
+    p.add_argument("--rollout-loss", choices=ROLLOUT_LOSSES,
+                   help="each rollout's error in the dynamics loss: plain MSE, or robust (outliers such as rail-stop "
+                        "contacts weigh less; default: the recipe's)")
     p.add_argument("--constraint-weight", type=float,
                    help="keypoint phase: weight of the constraints' consistency over a batch (default: the recipe's)")
     p.add_argument("--pivot-separation", type=float,

@@ -112,7 +112,8 @@ def main() -> None:
         "keypoint_order": order, "keypoint_steps": config.keypoint_steps, "train_s": round(train_s, 1),
         "encode_ms_per_frame": round(1000 * encode_s / len(keypoints), 3),
         "error": diagnostics.keypoint_error(trained, keypoints, points, kmap),
-        "tracked": diagnostics.tracked_point_error(trained, keypoints, points),
+        "tracked": diagnostics.tracked_point_error(trained, keypoints, points,
+                                                   diagnostics.tracked_keypoint_map(trained, keypoints, points)),
         "state": keypoint_state_metrics(keypoints, sampled, trained.spec),
         "subpixel": diagnostics.subpixel_response(trained, qpos, kmap),
     }

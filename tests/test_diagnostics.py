@@ -2,8 +2,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from keycld_gym.diagnostics import keypoint_error, state_bias, tracked_point_error
-from keycld_gym.sim.keypoint_truth import fit_keypoint_map
+from keycld_gym.diagnostics import keypoint_error, state_bias, tracked_keypoint_map, tracked_point_error
+from keycld_gym.sim.keypoint_truth import KeypointMap, fit_keypoint_map
 from keycld_gym.sim.systems import get_system
 
 
@@ -35,8 +35,16 @@ def test_tracked_point_error_finds_the_point_a_keypoint_follows_along_a_moving_l
     scale, noise_px = 0.6, 0.1
     followed = np.stack([cart_xz, cart_xz + 0.9 * (tip - cart_xz)], 1)
     keypoints = scale * followed + rng.normal(0, noise_px / px, (n, 2, 2))
-    tracked = tracked_point_error(model, keypoints, points)
+    kmap = tracked_keypoint_map(model, keypoints, points)
+    tracked = tracked_point_error(model, keypoints, points, kmap)
     assert tracked["link_fractions"] == {"0-1": 0.9}
     assert abs(tracked["rms_px"] - noise_px * np.sqrt(2)) < 0.02
     plain = keypoint_error(model, keypoints, points, fit_keypoint_map(keypoints, points))
     assert plain["rms_px"] > 3 * tracked["rms_px"]
+    # the map carries the fraction to velocities (linear along the link) and through JSON
+    velocities = rng.normal(0, 1, (5, 2, 2))
+    expected = np.stack([velocities[:, 0], velocities[:, 0] + 0.9 * (velocities[:, 1] - velocities[:, 0])], 1) @ kmap.a.T
+    np.testing.assert_allclose(kmap.vectors(velocities), expected)
+    again = KeypointMap.from_dict(kmap.to_dict())
+    np.testing.assert_allclose(again.points(points[:5]), kmap.points(points[:5]))
+    np.testing.assert_allclose(again.points(points[:5]), keypoints[:5], atol=5 * noise_px / px)

@@ -9,6 +9,8 @@ from conftest import TINY_MODEL, cart_push, tiny_train_config, true_cart_push
 
 from keycld_gym import CheckpointError
 from keycld_gym.model.checkpoint import load_model
+from keycld_gym.training.config import TrainConfig
+from keycld_gym.training.dynamics_phase import rollout_loss
 from keycld_gym.training.losses import foreground_weights, heatmap_sharpness_loss
 from keycld_gym.training.trainer import Trainer
 
@@ -36,18 +38,20 @@ def true_keypoints(qpos):
     return torch.from_numpy(np.stack([tip, cart], -2)).float()  # pole first: the trainer must reorder
 
 
-def test_dynamics_phase_learns_real_motion_and_orders_keypoints(tiny_data, tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("loss", ["mse", "robust"])
+def test_dynamics_phase_learns_real_motion_and_orders_keypoints(tiny_data, tiny_model_dir, tmp_path, monkeypatch, loss):
     """On the real system's keypoint trajectories the dynamics loss falls and constraints are measured."""
     torch.manual_seed(0)
     # line-fit start states only (no shooting refit), so the loss measures what the dynamics learn
     cfg = tiny_train_config(tiny_data, keypoints_from=str(tiny_model_dir), keypoint_steps=0, dynamics_steps=60,
-                            horizon_start=12, horizon_ramp_steps=0, log_every=5, dynamics_batch=20, start_fit_frames=0)
+                            horizon_start=12, horizon_ramp_steps=0, log_every=5, dynamics_batch=20, start_fit_frames=0,
+                            rollout_loss=loss)
     trainer = Trainer(cfg, tmp_path, progress=False)
     truth = true_keypoints(trainer.train.data["qpos"])
     monkeypatch.setattr(trainer.dynamics, "encode_sequences", lambda frames: truth)
     trainer.run()
-    loss = _column(tmp_path / "log_dynamics.csv", "dynamics_mse")
-    assert np.mean(loss[-3:]) < 0.5 * np.mean(loss[:2])
+    mse = _column(tmp_path / "log_dynamics.csv", "dynamics_mse")
+    assert np.mean(mse[-3:]) < 0.5 * np.mean(mse[:2])
     model = load_model(tmp_path / "model")
     # reordered so that keypoint 0 is the one on the rail (the tip hangs ~0.6 below it), and
     # the constants start at the truth and stay near it
@@ -55,6 +59,23 @@ def test_dynamics_phase_learns_real_motion_and_orders_keypoints(tiny_data, tiny_
     assert abs(model.constraints.length[1].item() - 0.6036) < 0.05
     assert model.checkpoint_config["training"]["phase"] == "done"
     assert model.checkpoint_config["data"]["regime"] == "task"
+
+
+def test_robust_rollout_loss_weighs_an_outlier_rollout_little():
+    """Against a typical rollout's, an outlier's error (100x the batch's median) weighs as much in plain MSE, 2% in the robust loss."""
+    errors = torch.tensor([1.0, 0.8, 1.2, 0.9, 1.1, 100.0]) * 1e-4
+    weights = {}
+    for kind in ("mse", "robust"):
+        e = errors.clone().requires_grad_(True)
+        rollout_loss(e, kind).backward()
+        weights[kind] = float(e.grad[-1] / e.grad[0])
+    assert weights["mse"] == pytest.approx(1.0)
+    assert weights["robust"] < 0.02
+    # a typical rollout's error counts as itself, within the log's curvature
+    e = torch.full((8,), 1e-4)
+    assert rollout_loss(e, "robust").item() == pytest.approx(1e-4 * np.log(2), rel=1e-5)
+    with pytest.raises(ValueError, match="rollout_loss must be one of"):
+        TrainConfig(system="cartpole", data="d", rollout_loss="huber")
 
 
 def test_rollouts_start_across_each_sequence_and_physical_constants_learn_faster(tiny_data, tiny_model_dir, tmp_path,

@@ -90,27 +90,42 @@ def exact_samples(physics: Any, spec: SystemSpec, n: int, seed: int, actions: tu
 
 
 class KeypointMap:
-    """The affine map `kp = A p + b` from true points (world x, z) to a model's keypoint space."""
+    """The affine map `kp = A p + b` from true points (world x, z) to a model's keypoint space.
 
-    def __init__(self, a: np.ndarray, b: np.ndarray):
-        self.a, self.b = a, b
+    `along`: links `(a, b, f)` whose end point b is first moved to `f` of the way from a, the
+    point a learned keypoint follows on its body (a pole keypoint at 93% of the pole; the
+    diagnostics' `tracked_keypoint_map` finds f). Moving along a link is linear, so velocities
+    and accelerations move alike.
+    """
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, along: tuple[tuple[int, int, float], ...] = ()):
+        self.a, self.b, self.along = a, b, tuple((int(i), int(j), float(f)) for i, j, f in along)
+
+    def moved(self, p: np.ndarray) -> np.ndarray:
+        """Points, velocities or accelerations `(..., K, 2)` with each `along` link's end moved to its fraction."""
+        if not self.along:
+            return p
+        out = np.array(p, dtype=float, copy=True)
+        for i, j, f in self.along:
+            out[..., j, :] = p[..., i, :] + f * (p[..., j, :] - p[..., i, :])
+        return out
 
     def points(self, p: np.ndarray) -> np.ndarray:
         """Keypoints `(..., K, 2)` of true points `(..., K, 2)`."""
-        return p @ self.a.T + self.b
+        return self.moved(p) @ self.a.T + self.b
 
     def vectors(self, v: np.ndarray) -> np.ndarray:
         """Keypoint velocities or accelerations `(..., K, 2)` of the true ones."""
-        return v @ self.a.T
+        return self.moved(v) @ self.a.T
 
     def to_dict(self) -> dict[str, list]:
         """The map as plain lists (JSON)."""
-        return {"a": self.a.tolist(), "b": self.b.tolist()}
+        return {"a": self.a.tolist(), "b": self.b.tolist(), "along": [list(x) for x in self.along]}
 
     @classmethod
     def from_dict(cls, d: dict[str, list]) -> "KeypointMap":
-        """The map `to_dict` wrote."""
-        return cls(np.asarray(d["a"], dtype=float), np.asarray(d["b"], dtype=float))
+        """The map `to_dict` wrote (`along` optional)."""
+        return cls(np.asarray(d["a"], dtype=float), np.asarray(d["b"], dtype=float), tuple(map(tuple, d.get("along", ()))))
 
     @property
     def scale(self) -> float:
@@ -118,9 +133,13 @@ class KeypointMap:
         return float(np.linalg.svd(self.a, compute_uv=False).mean())
 
 
-def fit_keypoint_map(keypoints: np.ndarray, points: np.ndarray) -> KeypointMap:
-    """The least-squares affine map (one for all keypoints) from true points to encoded keypoints `(N, K, 2)`."""
-    p = points.reshape(-1, 2)
+def fit_keypoint_map(keypoints: np.ndarray, points: np.ndarray,
+                     along: tuple[tuple[int, int, float], ...] = ()) -> KeypointMap:
+    """The least-squares affine map (one for all keypoints) from true points to encoded keypoints `(N, K, 2)`.
+
+    `along`: as `KeypointMap`'s, applied to the points before the fit.
+    """
+    p = KeypointMap(np.eye(2), np.zeros(2), along).moved(points).reshape(-1, 2)
     x = np.concatenate([p, np.ones((len(p), 1))], 1)
     w, *_ = np.linalg.lstsq(x, keypoints.reshape(-1, 2), rcond=None)
-    return KeypointMap(w[:2].T, w[2])
+    return KeypointMap(w[:2].T, w[2], along)

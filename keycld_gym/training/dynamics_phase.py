@@ -27,6 +27,14 @@ from keycld_gym.sim.systems import WINDOWS
 from keycld_gym.training.config import TrainConfig
 
 
+def rollout_loss(errors: torch.Tensor, kind: str) -> torch.Tensor:
+    """The dynamics loss of per-rollout mean squared errors `(B,)`: their mean, or robust (`TrainConfig.rollout_loss`)."""
+    if kind == "mse":
+        return errors.mean()
+    scale = errors.detach().median().clamp_min(1e-12)
+    return (scale * torch.log1p(errors / scale)).mean()
+
+
 class DynamicsPhase:
     """Steps of phase 2 on `train`'s sequences; the fitted start states are its own state."""
 
@@ -152,7 +160,8 @@ class DynamicsPhase:
         q0, v0 = self.model.project(self.start_q[idx, j], self.start_v[idx, j])
         u = acts[idx[:, None], frames[:, :-1]]
         qs, vs = self.model.rollout(q0, v0, u)
-        dyn = ((qs - kp[idx[:, None], frames]) ** 2).mean()
+        per_rollout = ((qs - kp[idx[:, None], frames]) ** 2).mean((1, 2, 3))
+        dyn = rollout_loss(per_rollout, c.rollout_loss)
         r_pred = self.model.reward(qs[:, 1:].detach(), vs[:, 1:].detach(), u)
         rew = ((r_pred - rews[idx[:, None], frames[:, :-1]]) ** 2).mean()
         has_damping = self.model.config.dynamics.kind != "neural_ode"
@@ -166,7 +175,7 @@ class DynamicsPhase:
             if grads:
                 torch.nn.utils.clip_grad_value_(grads, c.grad_clip)
         optimizer.step()
-        values = {"dynamics_mse": dyn.item(), "reward_mse": rew.item(), "horizon": float(h)}
+        values = {"dynamics_mse": per_rollout.mean().item(), "dynamics_median": per_rollout.median().item(), "reward_mse": rew.item(), "horizon": float(h)}
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"non-finite loss at dynamics step {step}: lower --dynamics-lr")
         if has_damping:
