@@ -2,7 +2,12 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from keycld_gym.diagnostics import keypoint_error, state_bias, tracked_keypoint_map, tracked_point_error
+from keycld_gym.diagnostics import (
+    keypoint_error,
+    state_bias,
+    tracked_keypoint_map,
+    tracked_point_error,
+)
 from keycld_gym.sim.keypoint_truth import KeypointMap, fit_keypoint_map
 from keycld_gym.sim.systems import get_system
 

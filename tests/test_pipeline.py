@@ -31,7 +31,7 @@ def test_train_defaults_to_the_recipe_and_flags_override_it():
     args = build_parser().parse_args(["train", "--system", "cartpole", "--data", bundled["data"], "--out", "x",
                                       "--keypoints-from", bundled["keypoints_from"]])
     config = json_roundtrip(train_config_from_args(args).to_dict())
-    for key in ("dynamics_steps", "max_horizon", "horizon_ramp_steps", "rollout_loss", "keypoint_steps", "seed"):
+    for key in ("dynamics_steps", "max_horizon", "horizon_ramp_steps", "keypoint_steps", "seed"):
         assert config[key] == bundled[key], key
     for key, value in bundled["model"]["dynamics"].items():
         assert config["model"]["dynamics"][key] == value, key

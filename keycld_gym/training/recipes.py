@@ -137,13 +137,14 @@ RECIPES: dict[str, ModelRecipe] = {
         model=ModelConfig(encoder=_ENCODER,
                           renderer=RendererConfig(local=True),
                           dynamics=DynamicsConfig(input_matrix="constant", input_keypoints=(0,), **_STRUCTURED)),
-        # The robust rollout loss over 0.96 s rollouts: the task's data drive the cart into the
-        # rail stops, and under plain MSE over 0.48 s those few contacts set the constants (the
-        # pole's mass against the cart's 33% low, a constant push on the cart); held-out VPT
-        # 9.5 -> 13.5 with the same encoder (BENCHMARKS.md, "The rail stops in the dynamics
-        # loss"). Rollouts of 1.5 s overshot (9.0).
-        train=dict(keypoint_steps=3000, dynamics_steps=800, max_horizon=96, horizon_ramp_steps=300,
-                   rollout_loss="robust"),
+        # Plain MSE over 0.48 s rollouts. The robust loss over 0.96 s (`rollout_loss="robust"`,
+        # `max_horizon=96`, `horizon_ramp_steps=300`) keeps the rail-stop contacts from setting
+        # the constants and lifts the held-out VPT from 9.5 to 14.0, but agents trained in that
+        # model did worse in the real task (655 and 659 against 777-825), and the bundled agent
+        # scores less in its imagination (780) than in the real task (831). Its cart-pole
+        # coupling is 24% off the truth's (the bundled model's 1%): a guess at why, not checked
+        # (BENCHMARKS.md, "The rail stops in the dynamics loss").
+        train=dict(keypoint_steps=3000, dynamics_steps=800, max_horizon=48, horizon_ramp_steps=200),
     ),
     # 20,000 + 20,000 real frames: the same seconds of motion per sequence as cartpole's
     # (1 s and 4 s) at the pendulum's 0.02 s step; the held-out set holds 4 s sequences.
