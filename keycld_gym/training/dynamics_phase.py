@@ -175,7 +175,8 @@ class DynamicsPhase:
             if grads:
                 torch.nn.utils.clip_grad_value_(grads, c.grad_clip)
         optimizer.step()
-        values = {"dynamics_mse": per_rollout.mean().item(), "dynamics_median": per_rollout.median().item(), "reward_mse": rew.item(), "horizon": float(h)}
+        values = {"dynamics_mse": per_rollout.mean().item(), "dynamics_median": per_rollout.median().item(),
+                  "reward_mse": rew.item(), "horizon": float(h)}
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"non-finite loss at dynamics step {step}: lower --dynamics-lr")
         if has_damping:
