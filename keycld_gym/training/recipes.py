@@ -141,8 +141,8 @@ RECIPES: dict[str, ModelRecipe] = {
         # `max_horizon=96`, `horizon_ramp_steps=300`) keeps the rail-stop contacts from setting
         # the constants and lifts the held-out VPT from 9.5 to 14.0, but agents trained in that
         # model did worse in the real task (655 and 659 against 777-825), and the bundled agent
-        # scores less in its imagination (780) than in the real task (831). Its cart-pole
-        # coupling is 24% off the truth's (the bundled model's 1%): a guess at why, not checked
+        # scores less in its imagination (780) than in the real task (831): near the top, a
+        # push tilts its pole 0.74 times as much as the real one (the bundled model's 0.93)
         # (BENCHMARKS.md, "The rail stops in the dynamics loss").
         train=dict(keypoint_steps=3000, dynamics_steps=800, max_horizon=48, horizon_ramp_steps=200),
     ),
