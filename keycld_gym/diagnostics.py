@@ -132,8 +132,7 @@ def tracked_keypoint_map(model: KeyCLDModel, keypoints: np.ndarray, points: np.n
         return fit_keypoint_map(keypoints, points, tuple((a, b, f) for (a, b), f in zip(links, fs)))
 
     def squared_error(fs: list[float]) -> float:  # the search's score: no bias split, as keypoint_error makes
-        kmap = fitted(fs)
-        return float((pixel_errors(model, keypoints, points, kmap) ** 2).sum())
+        return float((pixel_errors(model, keypoints, points, fitted(fs)) ** 2).sum())
 
     for _ in range(sweeps if links else 0):
         for i in range(len(links)):

@@ -89,6 +89,16 @@ def exact_samples(physics: Any, spec: SystemSpec, n: int, seed: int, actions: tu
     return {k: np.array(v) for k, v in out.items()}
 
 
+def move_along(p: np.ndarray, along: tuple[tuple[int, int, float], ...]) -> np.ndarray:
+    """Points, velocities or accelerations `(..., K, 2)` with the end b of each link `(a, b, f)` moved to `f` of the way from a."""
+    if not along:
+        return p
+    out = np.array(p, dtype=float, copy=True)
+    for i, j, f in along:
+        out[..., j, :] = p[..., i, :] + f * (p[..., j, :] - p[..., i, :])
+    return out
+
+
 class KeypointMap:
     """The affine map `kp = A p + b` from true points (world x, z) to a model's keypoint space.
 
@@ -103,12 +113,7 @@ class KeypointMap:
 
     def moved(self, p: np.ndarray) -> np.ndarray:
         """Points, velocities or accelerations `(..., K, 2)` with each `along` link's end moved to its fraction."""
-        if not self.along:
-            return p
-        out = np.array(p, dtype=float, copy=True)
-        for i, j, f in self.along:
-            out[..., j, :] = p[..., i, :] + f * (p[..., j, :] - p[..., i, :])
-        return out
+        return move_along(p, self.along)
 
     def points(self, p: np.ndarray) -> np.ndarray:
         """Keypoints `(..., K, 2)` of true points `(..., K, 2)`."""
@@ -139,7 +144,7 @@ def fit_keypoint_map(keypoints: np.ndarray, points: np.ndarray,
 
     `along`: as `KeypointMap`'s, applied to the points before the fit.
     """
-    p = KeypointMap(np.eye(2), np.zeros(2), along).moved(points).reshape(-1, 2)
+    p = move_along(points, along).reshape(-1, 2)
     x = np.concatenate([p, np.ones((len(p), 1))], 1)
     w, *_ = np.linalg.lstsq(x, keypoints.reshape(-1, 2), rcond=None)
     return KeypointMap(w[:2].T, w[2], along)
