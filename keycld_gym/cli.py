@@ -98,7 +98,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = _given(args, {"seed": "seed", "keypoint_steps": "keypoint_steps", "dynamics_steps": "dynamics_steps",
                               "max_horizon": "max_horizon", "horizon_ramp": "horizon_ramp_steps",
                               "physics_lr": "physics_lr", "keypoints_from": "keypoints_from",
-                              "rollout_loss": "rollout_loss",
+                              "rollout_loss": "rollout_loss", "robust_scale": "robust_scale",
                               "checkpoint_every": "checkpoint_every_s", "constraint_weight": "constraint_weight",
                               "pivot_separation": "pivot_separation_weight"})
     if args.keypoints_from:
@@ -315,7 +315,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), result)
-    k, r = result["keypoints"], result["response"]
+    k = result["keypoints"]
     print(f"{result['system']}: keypoint error against the true bodies {k['rms_px']:.3f} px RMS, {k['p99_px']:.3f} px "
           f"99th percentile ({k['frames']} held-out frames; per keypoint {k['per_keypoint_rms_px']}); "
           f"noise {k['noise_rms_px']:.3f} px RMS once the bias a smooth function of the state explains is taken out "
@@ -326,8 +326,10 @@ def _diagnose(args: argparse.Namespace) -> int:
     j = result["subpixel"]
     print(f"shifted by 0-1 px in {j['steps']} steps ({j['states']} states): slope {j['slope_mean']:.3f} "
           f"(per keypoint {j['slope_per_keypoint']}), jitter {j['jitter_rms_px']:.3f} px RMS, {j['jitter_p99_px']:.3f} px 99th percentile")
-    print(f"response against the true system ({r['samples']} states): passive relative error "
-          f"{r['passive_relative_error']:.3f}, actuator {r['actuator_relative_error']:.3f} (gain ratio {r['actuator_gain_ratio']:.3f})")
+    for r in (result["response"], result["response_near_goal"]):
+        print(f"response against the true system ({r['samples']} {r['states']} states): passive relative error "
+              f"{r['passive_relative_error']:.3f}, actuator {r['actuator_relative_error']:.3f} (gain ratio "
+              f"{r['actuator_gain_ratio']:.3f}, per keypoint {r['actuator_gain_per_keypoint']})")
     if "true_physics" in result:
         t = result["true_physics"]
         print(f"true constants behind this encoder: VPT agent median / mean {t['vpt_agent_median']:.1f} / "
@@ -433,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollout-loss", choices=ROLLOUT_LOSSES,
                    help="each rollout's error in the dynamics loss: plain MSE, or robust (outliers such as rail-stop "
                         "contacts weigh less; default: the recipe's)")
+    p.add_argument("--robust-scale", type=float,
+                   help="robust rollout loss: its scale in batch medians (larger: nearer plain MSE for typical "
+                        "rollouts; default: the recipe's)")
     p.add_argument("--constraint-weight", type=float,
                    help="keypoint phase: weight of the constraints' consistency over a batch (default: the recipe's)")
     p.add_argument("--pivot-separation", type=float,

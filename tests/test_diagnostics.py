@@ -3,13 +3,19 @@ from types import SimpleNamespace
 import numpy as np
 
 from keycld_gym.diagnostics import (
+    goal_states,
     keypoint_error,
     state_bias,
     tracked_keypoint_map,
     tracked_point_error,
+    true_physics_model,
+    true_response,
 )
+from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.keypoint_truth import KeypointMap, fit_keypoint_map
+from keycld_gym.sim.real_env import RealEnv
 from keycld_gym.sim.systems import get_system
+from keycld_gym.training.recipes import get_recipe
 
 
 def test_state_bias_takes_the_smooth_part_of_the_error_and_leaves_the_noise():
@@ -53,3 +59,19 @@ def test_tracked_point_error_finds_the_point_a_keypoint_follows_along_a_moving_l
     again = KeypointMap.from_dict(kmap.to_dict())
     np.testing.assert_allclose(again.points(points[:5]), kmap.points(points[:5]))
     np.testing.assert_allclose(again.points(points[:5]), keypoints[:5], atol=5 * noise_px / px)
+
+
+def test_true_constants_answer_a_push_near_the_goal_as_the_real_cartpole():
+    """The goal states balance the pole; there the true constants' push moves each keypoint as the real system's."""
+    model = KeyCLDModel("cartpole", get_recipe("cartpole").model)
+    # a map that puts the true points on the model's constraints (cart at height 0, its pole length)
+    scale = model.constraints.length[0].item() / 0.9  # the real pole is 1 m long, its cart 1 m up
+    kmap = KeypointMap(scale * np.eye(2), np.array([0.0, -scale]), along=((0, 1, 0.9),))
+    env = RealEnv("cartpole", "state", action_repeat=1)
+    qpos, _ = goal_states(env, 40, seed=1)
+    env.close()
+    assert np.median(np.cos(qpos[:, 1])) > 0.9 and np.cos(qpos[:, 1]).min() > 0.5  # the pole near upright
+    truth, fit = true_physics_model(model, kmap, n=100)
+    r = true_response(truth, kmap, n=40, near_goal=True)
+    assert r["states"] == "near the goal" and r["passive_relative_error"] < 0.02
+    np.testing.assert_allclose(r["actuator_gain_per_keypoint"], [1.0, 1.0], atol=0.02)

@@ -78,6 +78,21 @@ def test_robust_rollout_loss_weighs_an_outlier_rollout_little():
         TrainConfig(system="cartpole", data="d", rollout_loss="huber")
 
 
+def test_robust_scale_keeps_typical_rollouts_nearer_mse_and_still_cuts_outliers():
+    """At 4 batch medians a typical rollout keeps 80% of its MSE weight, a 100x outlier under 5%."""
+    errors = torch.tensor([1.0, 0.8, 1.2, 0.9, 1.1, 100.0]) * 1e-4
+    grads = {}
+    for scale in (1.0, 4.0):
+        e = errors.clone().requires_grad_(True)
+        rollout_loss(e, "robust", scale).backward()
+        grads[scale] = e.grad * len(e)  # the plain mean's gradient is 1 for each
+    assert grads[1.0][0] == pytest.approx(0.5, rel=1e-3)
+    assert grads[4.0][0] == pytest.approx(0.8, rel=1e-3)
+    assert grads[4.0][-1] < 0.05
+    with pytest.raises(ValueError, match="robust_scale must be a positive"):
+        TrainConfig(system="cartpole", data="d", robust_scale=0.0)
+
+
 def test_rollouts_start_across_each_sequence_and_physical_constants_learn_faster(tiny_data, tiny_model_dir, tmp_path,
                                                                                  monkeypatch):
     """Start states sit every `start_stride` frames and all of them train; the mass matrix has its own rate."""

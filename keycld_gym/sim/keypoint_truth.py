@@ -53,23 +53,29 @@ def true_motion(physics: Any, spec: SystemSpec) -> tuple[np.ndarray, np.ndarray]
     return true_points(physics, spec), jac @ qvel
 
 
+def random_state(rng: np.random.Generator, spec: SystemSpec, slider_range: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A state `(nq,)`, `(nv,)` from the spec's ``states`` box, sliders within `slider_range` of the centre."""
+    qpos = rng.uniform(spec.state_qpos_low, spec.state_qpos_high)
+    for i, name in enumerate(spec.qpos_names):
+        if "slider" in name:
+            qpos[i] = rng.uniform(-slider_range, slider_range)
+    return qpos, rng.uniform(spec.state_qvel_low, spec.state_qvel_high)
+
+
 def exact_samples(physics: Any, spec: SystemSpec, n: int, seed: int, actions: tuple[float, ...] | None = None,
-                  slider_range: float = 1.0) -> dict[str, np.ndarray]:
+                  slider_range: float = 1.0, states: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Keypoints, velocities `(n, K, 2)` and accelerations `(n, U, K, 2)` under actions `(n, U, A)` at random states.
 
-    States are drawn from the spec's ``states`` box (sliders within `slider_range` of the
-    centre, away from the rail stops, which no smooth Lagrangian holds). `actions`: the
-    constant actions each state is evaluated under (default one random action per state).
+    States are drawn by `random_state` (sliders within `slider_range` of the centre, away from
+    the rail stops, which no smooth Lagrangian holds), or given: `states` = qpos `(n, nq)`,
+    qvel `(n, nv)`. `actions`: the constant actions each state is evaluated under (default
+    one random action per state).
     """
     rng = np.random.default_rng(seed)
     nu = physics.model.nu
     out: dict[str, list] = {k: [] for k in ("q", "qd", "qdd", "u")}
-    for _ in range(n):
-        qpos = rng.uniform(spec.state_qpos_low, spec.state_qpos_high)
-        for i, name in enumerate(spec.qpos_names):
-            if "slider" in name:
-                qpos[i] = rng.uniform(-slider_range, slider_range)
-        qvel = rng.uniform(spec.state_qvel_low, spec.state_qvel_high)
+    for i in range(n):
+        qpos, qvel = random_state(rng, spec, slider_range) if states is None else (states[0][i], states[1][i])
         us = [rng.uniform(-1, 1, nu)] if actions is None else [np.full(nu, a) for a in actions]
         points = _points_at(physics, spec, qpos)
         curv = (_points_at(physics, spec, qpos + 1e-3 * qvel) - 2 * points

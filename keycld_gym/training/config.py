@@ -68,6 +68,9 @@ class TrainConfig:
     # cartpole's task data gave 69% of the loss to the 5% of rollouts where the cart meets a
     # rail stop, and the few physical constants bent to those contacts (BENCHMARKS.md).
     rollout_loss: str = "mse"
+    # "robust" only: s is this many batch medians. Larger keeps typical rollouts nearer their
+    # plain squared error (weight 1 / (1 + e / s)) and still cuts the rare far outliers.
+    robust_scale: float = 1.0
     reward_weight: float = 1.0
     damping_prior: float = 1e-2
     grad_clip: float = 5.0  # element-wise, as in the authors' code
@@ -83,6 +86,8 @@ class TrainConfig:
             raise ValueError("keypoint_steps=0 needs keypoints_from (a checkpoint whose encoder to reuse)")
         if self.rollout_loss not in ROLLOUT_LOSSES:
             raise ValueError(f"rollout_loss must be one of {ROLLOUT_LOSSES}, got {self.rollout_loss!r}")
+        if not self.robust_scale > 0:
+            raise ValueError(f"robust_scale must be a positive number of batch medians, got {self.robust_scale!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready settings."""

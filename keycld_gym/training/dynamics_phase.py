@@ -27,11 +27,14 @@ from keycld_gym.sim.systems import WINDOWS
 from keycld_gym.training.config import TrainConfig
 
 
-def rollout_loss(errors: torch.Tensor, kind: str) -> torch.Tensor:
-    """The dynamics loss of per-rollout mean squared errors `(B,)`: their mean, or robust (`TrainConfig.rollout_loss`)."""
+def rollout_loss(errors: torch.Tensor, kind: str, robust_scale: float = 1.0) -> torch.Tensor:
+    """The dynamics loss of per-rollout mean squared errors `(B,)`: their mean, or robust (`TrainConfig.rollout_loss`).
+
+    Robust: each error e counts as s log(1 + e / s), s `robust_scale` times the batch's median.
+    """
     if kind == "mse":
         return errors.mean()
-    scale = errors.detach().median().clamp_min(1e-12)
+    scale = robust_scale * errors.detach().median().clamp_min(1e-12)
     return (scale * torch.log1p(errors / scale)).mean()
 
 
@@ -161,7 +164,7 @@ class DynamicsPhase:
         u = acts[idx[:, None], frames[:, :-1]]
         qs, vs = self.model.rollout(q0, v0, u)
         per_rollout = ((qs - kp[idx[:, None], frames]) ** 2).mean((1, 2, 3))
-        dyn = rollout_loss(per_rollout, c.rollout_loss)
+        dyn = rollout_loss(per_rollout, c.rollout_loss, c.robust_scale)
         r_pred = self.model.reward(qs[:, 1:].detach(), vs[:, 1:].detach(), u)
         rew = ((r_pred - rews[idx[:, None], frames[:, :-1]]) ** 2).mean()
         has_damping = self.model.config.dynamics.kind != "neural_ode"
