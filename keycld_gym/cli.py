@@ -99,6 +99,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
                               "max_horizon": "max_horizon", "horizon_ramp": "horizon_ramp_steps",
                               "physics_lr": "physics_lr", "keypoints_from": "keypoints_from",
                               "rollout_loss": "rollout_loss", "robust_scale": "robust_scale",
+                              "mirror_sequences": "mirror_sequences",
                               "checkpoint_every": "checkpoint_every_s", "constraint_weight": "constraint_weight",
                               "pivot_separation": "pivot_separation_weight"})
     if args.keypoints_from:
@@ -435,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollout-loss", choices=ROLLOUT_LOSSES,
                    help="each rollout's error in the dynamics loss: plain MSE, or robust (outliers such as rail-stop "
                         "contacts weigh less; default: the recipe's)")
+    p.add_argument("--mirror-sequences", action=argparse.BooleanOptionalAction, default=None,
+                   help="dynamics phase: also learn from each sequence's mirror image (default: the recipe's)")
     p.add_argument("--robust-scale", type=float,
                    help="robust rollout loss: its scale in batch medians (larger: nearer plain MSE for typical "
                         "rollouts; default: the recipe's)")

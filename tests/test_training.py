@@ -138,6 +138,34 @@ def test_structured_dynamics_start_from_a_least_squares_fit_of_the_real_system(t
     assert abs(cart_push(model) / true_cart_push() - 1) < 0.25
 
 
+def test_mirrored_sequences_double_the_data_and_leave_no_sideways_pull(tiny_data, tiny_model_dir, tmp_path, monkeypatch):
+    """Each sequence also as its mirror image (x and the push negated): the fit's gravity has no sideways part."""
+    import json
+    from dataclasses import replace
+
+    from keycld_gym.model.dynamics import DynamicsConfig
+
+    dyn = DynamicsConfig(input_matrix="constant", input_keypoints=(0,), linear_potential=True, potential_mlp=False)
+    gravity = {}
+    for mirror in (False, True):
+        out = tmp_path / str(mirror)
+        cfg = tiny_train_config(tiny_data, model=replace(TINY_MODEL, dynamics=dyn), keypoints_from=str(tiny_model_dir),
+                                keypoint_steps=0, dynamics_steps=2, mirror_sequences=mirror)
+        trainer = Trainer(cfg, out, progress=False)
+        monkeypatch.setattr(trainer.dynamics, "encode_sequences", lambda frames: true_keypoints(trainer.train.data["qpos"]))
+        trainer.run()
+        gravity[mirror] = np.array(json.loads((out / "physics_fit.json").read_text())["gravity"]).reshape(-1, 2)
+    kp, acts, rews = trainer.dynamics.data()
+    s = len(trainer.train.data["frames"])
+    assert kp.shape[0] == acts.shape[0] == rews.shape[0] == 2 * s
+    torch.testing.assert_close(kp[s:], kp[:s] * torch.tensor([-1.0, 1.0]))
+    torch.testing.assert_close(acts[s:], -acts[:s])
+    torch.testing.assert_close(rews[s:], rews[:s])
+    # the real pull is straight down: sideways only by the data's lopsidedness, and none once mirrored
+    assert np.abs(gravity[True][:, 0]).max() < 1e-6 * np.abs(gravity[True][:, 1]).max()
+    assert np.abs(gravity[False][:, 0]).max() > 1e-4 * np.abs(gravity[False][:, 1]).max()
+
+
 @pytest.mark.parametrize("kind", ["unconstrained", "neural_ode"])
 def test_ablations_train(tiny_data, tiny_model_dir, tmp_path, kind):
     """The project page's ablations train with the same trainer (some optimizer groups get no gradient)."""

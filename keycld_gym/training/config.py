@@ -71,6 +71,10 @@ class TrainConfig:
     # "robust" only: s is this many batch medians. Larger keeps typical rollouts nearer their
     # plain squared error (weight 1 / (1 + e / s)) and still cuts the rare far outliers.
     robust_scale: float = 1.0
+    # Dynamics phase: also learn from every training sequence's mirror image (keypoints' x and
+    # actions negated). The real systems are mirror symmetric; their data need not be, and a
+    # model fitted to lopsided data learns a constant push no real system has.
+    mirror_sequences: bool = False
     reward_weight: float = 1.0
     damping_prior: float = 1e-2
     grad_clip: float = 5.0  # element-wise, as in the authors' code

@@ -27,6 +27,9 @@ from keycld_gym.sim.systems import WINDOWS
 from keycld_gym.training.config import TrainConfig
 
 
+_KEYPOINT_FLIP = (-1.0, 1.0)  # a keypoint's (x, y) in its mirror image, x = 0 the camera's centre line
+
+
 def rollout_loss(errors: torch.Tensor, kind: str, robust_scale: float = 1.0) -> torch.Tensor:
     """The dynamics loss of per-rollout mean squared errors `(B,)`: their mean, or robust (`TrainConfig.rollout_loss`).
 
@@ -60,12 +63,26 @@ class DynamicsPhase:
         """Keypoints `(S, T, K, 2)` of uint8 frames `(S, T, H, W, 3)`."""
         return self.model.encode_frames(frames)
 
+    def mirrored(self, x: torch.Tensor, flip: tuple[float, ...]) -> torch.Tensor:
+        """Sequences `(S, ...)` followed by their mirror images `x * flip` `(2S, ...)` if `TrainConfig.mirror_sequences`.
+
+        The mirror image (the camera looks at the plane of motion, centred on its symmetry):
+        keypoints' x negated (`flip` (-1, 1) on `(S, T, K, 2)`), actions negated (a push
+        along x or a torque about the camera's axis turns round: (-1,)), rewards kept ((1,)).
+        """
+        if not self.config.mirror_sequences:
+            return x
+        return torch.cat([x, x * x.new_tensor(flip)])
+
     def data(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encoded keypoints `(S, T, K, 2)`, actions `(S, T, A)` and rewards `(S, T)` of the training sequences."""
+        """Encoded keypoints `(S, T, K, 2)`, actions `(S, T, A)` and rewards `(S, T)` of the training sequences.
+
+        S counts each sequence twice with `TrainConfig.mirror_sequences` (see `mirrored`).
+        """
         if self._kp is None:
-            self._kp = self.encode_sequences(self.train.data["frames"])
-        acts = torch.from_numpy(self.train.data["actions"]).float()
-        rews = torch.from_numpy(self.train.data["rewards"]).float()
+            self._kp = self.mirrored(self.encode_sequences(self.train.data["frames"]), _KEYPOINT_FLIP)
+        acts = self.mirrored(torch.from_numpy(self.train.data["actions"]).float(), (-1.0,))
+        rews = self.mirrored(torch.from_numpy(self.train.data["rewards"]).float(), (1.0,))
         return self._kp, acts, rews
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -89,6 +106,7 @@ class DynamicsPhase:
         if order != list(range(len(order))):
             self.model.permute_keypoints(order)
             kp = kp[:, :, order]
+        kp = self.mirrored(kp, _KEYPOINT_FLIP)
         init_constraints_from(kp.flatten(0, 1), self.model)
         self._kp = kp
         if self.model.projects and self.model.config.dynamics.structured:
