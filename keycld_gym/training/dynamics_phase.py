@@ -26,7 +26,6 @@ from keycld_gym.model.physics_fit import apply_physics, fit_physics
 from keycld_gym.sim.systems import WINDOWS
 from keycld_gym.training.config import TrainConfig
 
-
 _KEYPOINT_FLIP = (-1.0, 1.0)  # a keypoint's (x, y) in its mirror image, x = 0 the camera's centre line
 
 
