@@ -210,7 +210,7 @@ def goal_states(env: RealEnv, n: int, seed: int = 0, draws: int = 25) -> tuple[n
     within about 8 degrees) is 1 at all of them.
     """
     rng = np.random.default_rng(seed)
-    physics, task = env.physics, env._dm_env.task
+    physics, task = env.physics, env.task
     states, rewards = [], []
     for _ in range(n * draws):
         qpos, qvel = random_state(rng, env.system)

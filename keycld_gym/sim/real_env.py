@@ -144,6 +144,11 @@ class RealEnv(gym.Env):
         return self._camera
 
     @property
+    def task(self) -> Any:
+        """The dm_control task (its `get_reward(physics)` scores any state set in `physics`)."""
+        return self._dm_env.task
+
+    @property
     def frame_shape(self) -> tuple[int, int, int]:
         """Shape (H, W, 3) of the camera frames."""
         return (self.camera_spec.height, self.camera_spec.width, 3)
