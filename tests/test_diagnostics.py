@@ -71,7 +71,7 @@ def test_true_constants_answer_a_push_near_the_goal_as_the_real_cartpole():
     qpos, _ = goal_states(env, 40, seed=1)
     env.close()
     assert np.median(np.cos(qpos[:, 1])) > 0.9 and np.cos(qpos[:, 1]).min() > 0.5  # the pole near upright
-    truth, fit = true_physics_model(model, kmap, n=100)
+    truth, _ = true_physics_model(model, kmap, n=100)
     r = true_response(truth, kmap, n=40, near_goal=True)
     assert r["states"] == "near the goal" and r["passive_relative_error"] < 0.02
     np.testing.assert_allclose(r["actuator_gain_per_keypoint"], [1.0, 1.0], atol=0.02)

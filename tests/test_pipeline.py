@@ -126,6 +126,8 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     assert np.isfinite(diag["subpixel"]["slope_mean"]) and diag["subpixel"]["jitter_rms_px"] >= 0
     assert diag["true_physics"]["fit"]["samples"] > 0 and np.isfinite(diag["true_physics"]["vpt_agent_median"])
     assert np.isfinite(diag["response"]["actuator_relative_error"])
+    assert diag["response_near_goal"]["states"] == "near the goal"
+    assert len(diag["response_near_goal"]["actuator_gain_per_keypoint"]) == 1  # the bob
     assert 0.0 <= diag["oracle_agent"]["real_return_mean"] <= 1000.0
     assert "real return" in capsys.readouterr().out
 
