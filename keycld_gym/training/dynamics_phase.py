@@ -52,6 +52,7 @@ class DynamicsPhase:
         self.start_v: torch.Tensor | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._kp: torch.Tensor | None = None
+        self._actions_rewards: tuple[torch.Tensor, torch.Tensor] | None = None  # built once: `data` runs every step
 
     @property
     def total_steps(self) -> int:
@@ -80,9 +81,10 @@ class DynamicsPhase:
         """
         if self._kp is None:
             self._kp = self.mirrored(self.encode_sequences(self.train.data["frames"]), _KEYPOINT_FLIP)
-        acts = self.mirrored(torch.from_numpy(self.train.data["actions"]).float(), (-1.0,))
-        rews = self.mirrored(torch.from_numpy(self.train.data["rewards"]).float(), (1.0,))
-        return self._kp, acts, rews
+        if self._actions_rewards is None:
+            self._actions_rewards = (self.mirrored(torch.from_numpy(self.train.data["actions"]).float(), (-1.0,)),
+                                     self.mirrored(torch.from_numpy(self.train.data["rewards"]).float(), (1.0,)))
+        return self._kp, *self._actions_rewards
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """Adam with three rates: the networks, the physical constants, the start states (prepared first)."""
