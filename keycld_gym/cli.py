@@ -177,7 +177,9 @@ def _refit(args: argparse.Namespace, part: str, fit: Any, **kwargs: Any) -> dict
 
 
 def _fit_renderer(args: argparse.Namespace) -> int:
-    result = _refit(args, "renderer", fit_renderer, weight=args.weight)
+    fresh = {"full_resolution": True} if args.full_resolution else None
+    result = _refit(args, "renderer", fit_renderer, weight=args.weight, fresh_renderer=fresh,
+                    foreground_weight=args.foreground_weight)
     b, a = result["before"], result["after"]
     print(f"renderer refit on {result['train_frames']} frames; {result['scored_on']} frames: re-encoded keypoint error RMS "
           f"{b['reencode_rms']} -> {a['reencode_rms']} (max {b['reencode_max']} -> {a['reencode_max']}), "
@@ -489,6 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the new checkpoint")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--weight", type=float, default=10.0, help="weight of the read-back term beside the reconstruction")
+    p.add_argument("--foreground-weight", type=float, default=TrainConfig.foreground_weight,
+                   help="weight of the moving parts' pixels in the reconstruction (1: plain MSE, as VPT scores frames)")
+    p.add_argument("--full-resolution", action="store_true",
+                   help="fit a fresh renderer that draws at the frame's resolution in place of the model's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -179,3 +179,21 @@ def test_a_local_compact_renderer_draws_nothing_beyond_its_parts_reach():
     q.grad = None
     frame[50, 50].sum().backward()  # on the blob
     assert q.grad.abs().max().item() > 0
+
+
+def test_a_full_resolution_renderer_draws_no_wider_than_its_parts():
+    """`full_resolution` with `local` and `compact`: a pixel 4.5 px off a line (reach 3.2 px) ignores the keypoints;
+    at half resolution the upsampling reaches it."""
+    from keycld_gym.model.renderer import RendererConfig
+
+    grads = {}
+    for full in (True, False):
+        torch.manual_seed(0)
+        ren = KeypointRenderer(2, 64, 128, RendererConfig(local=True, compact=True, full_resolution=full),
+                               links=[(0, 1)])
+        q = torch.tensor([[[-0.5, 0.0], [0.5, 0.0]]], requires_grad=True)  # a line along y = 0, blobs far off
+        frame = ren(q)
+        assert frame.shape == (1, 64, 128, 3)
+        frame[0, 36, 64].sum().backward()  # y = 36.5 / 32 - 1 = 0.14 from the line
+        grads[full] = q.grad.abs().max().item()
+    assert grads[True] == 0.0 < grads[False]

@@ -32,3 +32,21 @@ def test_fit_renderer_lowers_the_read_back_error_and_changes_only_the_renderer(t
             assert torch.equal(a, b), name
     assert any(not torch.equal(a, b) for (n, a), (_, b) in zip(before.state_dict().items(), after.state_dict().items())
                if n.startswith("renderer."))
+
+
+def test_fit_renderer_can_fit_a_fresh_full_resolution_renderer(tiny_model_dir, tiny_data, tmp_path):
+    from keycld_gym.cli import main
+
+    torch.manual_seed(0)
+    out = tmp_path / "full"
+    assert main(["fit-renderer", "--checkpoint", str(tiny_model_dir), "--data", str(tiny_data), "--out", str(out),
+                 "--steps", "60", "--weight", "0", "--foreground-weight", "1", "--full-resolution", "--threads", "1",
+                 "--quiet"]) == 0
+    result = json.loads((out / "config.json").read_text())["renderer"]
+    assert result["fresh_renderer"] == {"full_resolution": True} and result["foreground_weight"] == 1.0
+    assert result["after"]["recon_mse"] < 0.9 * result["fresh"]["recon_mse"]  # it learned from its untrained start
+    model = load_model(out)  # the checkpoint rebuilds the new renderer
+    assert model.config.renderer.full_resolution
+    h, w = model.spec.image_shape[:2]
+    assert model.renderer.background.shape[-2:] == (h, w)
+    assert model.render(torch.zeros(1, model.spec.num_keypoints, 2)).shape == (1, h, w, 3)

@@ -93,9 +93,7 @@ class KeyCLDModel(nn.Module):
         self.encoder = KeypointEncoder(k, config.encoder)
         # the scene without its moving parts (the data set's median image), set by training
         self.register_buffer("background", torch.zeros(h, w, 3))
-        links = [(c.a, c.b) for c in self.spec.constraints if c.kind == "fixed_distance"]
-        pivoted = [c.a for c in self.spec.constraints if c.kind == "fixed_pivot_distance"]
-        self.renderer = KeypointRenderer(k, h, w, config.renderer, links=links, pivoted=pivoted)
+        self.renderer = self._make_renderer(config.renderer)
         self.constraints = ConstraintSet(self.spec.constraints, k)
         if config.encoder.constrained:
             # the encoder's own constants: the dynamics phase fits the dynamics' from its keypoints
@@ -213,6 +211,22 @@ class KeyCLDModel(nn.Module):
     def render(self, q: torch.Tensor) -> torch.Tensor:
         """Frames `(B, H, W, 3)` in [0, 1] of keypoints `(B, K, 2)`."""
         return self.renderer(q)
+
+    def replace_renderer(self, config: RendererConfig) -> None:
+        """Put a fresh (untrained) renderer of settings `config` in place of this one; learned pivots carry over."""
+        pivots = self.renderer.pivot_links()[0]
+        self.renderer = self._make_renderer(config)
+        if pivots is not None and self.renderer.pivot_links()[0] is not None:
+            with torch.no_grad():
+                self.renderer.pivots.copy_(pivots)
+        self.config = dataclasses.replace(self.config, renderer=config)
+
+    def _make_renderer(self, config: RendererConfig) -> KeypointRenderer:
+        """A renderer of settings `config` drawing the spec's rigid links."""
+        links = [(c.a, c.b) for c in self.spec.constraints if c.kind == "fixed_distance"]
+        pivoted = [c.a for c in self.spec.constraints if c.kind == "fixed_pivot_distance"]
+        h, w = self.spec.image_shape[:2]
+        return KeypointRenderer(self.spec.num_keypoints, h, w, config, links=links, pivoted=pivoted)
 
     def project(self, q: torch.Tensor, v: torch.Tensor, iterations: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions and velocities `(B, K, 2)` projected onto the constraint manifold (if any).

@@ -42,6 +42,9 @@ class RendererConfig:
             their width and exactly zero beyond, instead of Gaussians: a decoder can
             threshold a Gaussian's tail at any radius and so paint a broad smear; with
             compact parts and `local`, nothing is drawn farther than 2 sigma from them.
+        full_resolution: draw the blobs, lines and background at the frame's resolution and
+            decode there, instead of at half resolution and upsampling: a half-resolution
+            pole comes out about twice as thick as the real one, with dark halos.
     """
 
     sigma: float = 0.1
@@ -51,6 +54,7 @@ class RendererConfig:
     learn_pivots: bool = True
     local: bool = False
     compact: bool = False
+    full_resolution: bool = False
 
 
 def part_kernel(d2: torch.Tensor, sigma: float, compact: bool = False) -> torch.Tensor:
@@ -115,7 +119,8 @@ class KeypointRenderer(nn.Module):
             self.pivots = nn.Parameter(torch.zeros(len(pivoted), 2), requires_grad=config.learn_pivots)
         self.num_keypoints = num_keypoints
         c, bg = config.channels, config.background_channels
-        self.background = nn.Parameter(torch.zeros(1, bg, height // 2, width // 2))
+        self.scale = 1 if config.full_resolution else 2  # the frame's size over the maps'
+        self.background = nn.Parameter(torch.zeros(1, bg, height // self.scale, width // self.scale))
         n_in = num_keypoints + len(links) + len(pivoted) + bg
         if config.local:
             self.down = nn.Sequential(nn.Conv2d(n_in, c, 1), nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU())
@@ -126,7 +131,10 @@ class KeypointRenderer(nn.Module):
             self.mid = nn.Sequential(nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(),
                                      nn.Conv2d(c, c, 3, padding=1), nn.ReLU(),
                                      nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.ReLU())
-        self.up = nn.ConvTranspose2d(2 * c, 3, 4, stride=2, padding=1)  # skip connection in
+        if config.full_resolution:  # skip connection in
+            self.up = nn.Conv2d(2 * c, 3, 1) if config.local else nn.Conv2d(2 * c, 3, 3, padding=1)
+        else:
+            self.up = nn.ConvTranspose2d(2 * c, 3, 4, stride=2, padding=1)
 
     def pivot_links(self) -> tuple[torch.Tensor | None, list[int]]:
         """The learned pivots `(P, 2)` and the keypoint each is linked to (None and [] without any)."""
@@ -137,7 +145,7 @@ class KeypointRenderer(nn.Module):
     def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
         """Frames `(B, H, W, 3)` in [0, 1] rendered from keypoints `(B, K, 2)`."""
         b = keypoints.shape[0]
-        h, w = self.height // 2, self.width // 2
+        h, w = self.height // self.scale, self.width // self.scale
         maps = [gaussian_maps(keypoints, h, w, self.config.sigma, self.config.compact)]
         pivots, pivoted = self.pivot_links()
         if len(self.links) or pivoted:

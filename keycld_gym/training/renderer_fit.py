@@ -17,6 +17,8 @@ keypoint env, the real state estimate, keypoint agents) is unchanged.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -66,8 +68,13 @@ def render_scores(model: KeyCLDModel, frames: np.ndarray, batch: int = 256) -> d
 
 def fit_renderer(model: KeyCLDModel, data: list[str | Path], *, steps: int = 1000, batch: int = 32, lr: float = 3e-4,
                  weight: float = 10.0, foreground_weight: float = TrainConfig.foreground_weight,
-                 val_fraction: float | None = None, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                 val_fraction: float | None = None, fresh_renderer: dict[str, Any] | None = None, seed: int = 0,
+                 progress: bool = True) -> dict[str, Any]:
     """Fit `model.renderer` (in place) on the training sequences of `data`; returns its scores before and after.
+
+    `fresh_renderer`: fit a fresh renderer in its place, of the model's renderer settings with
+    these changes (`{}`: the same settings; `KeyCLDModel.replace_renderer`); `fresh` then
+    scores it untrained.
 
     The split is the model's own (`val_fraction`, default: the one it was trained with), so
     its validation sequences stay held out. Scores are on (up to 2,048) frames of the
@@ -84,17 +91,28 @@ def fit_renderer(model: KeyCLDModel, data: list[str | Path], *, steps: int = 100
     val = val if len(val) else train
     val = val[np.random.default_rng(seed).choice(len(val), min(2048, len(val)), replace=False)]
     before = render_scores(model, val)
+    fresh = None
+    if fresh_renderer is not None:
+        model.replace_renderer(dataclasses.replace(model.config.renderer, **fresh_renderer))
+        fresh = render_scores(model, val)
     threshold = model.config.encoder.foreground_threshold
     opt = torch.optim.Adam(model.renderer.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    # the encoder is frozen: each frame's keypoints are read once, when first drawn (the
+    # encoder, not the renderer, is most of a step's cost)
+    keypoints = torch.full((len(train), model.spec.num_keypoints, 2), math.nan)
     # the read-back's gradient passes through the encoder, not into it
     with frozen(model):
         model.renderer.requires_grad_(True)
         for _ in tqdm(range(steps), desc="fit-renderer", disable=not progress):
-            f = torch.from_numpy(train[torch.randint(0, len(train), (batch,), generator=gen).numpy()])
+            idx = torch.randint(0, len(train), (batch,), generator=gen)
+            f = torch.from_numpy(train[idx.numpy()])
+            unread = idx[keypoints[idx, 0, 0].isnan()].unique()
+            if len(unread):
+                with torch.no_grad():
+                    keypoints[unread] = model.encode(torch.from_numpy(train[unread.numpy()]))
             target = f.float() / 255.0
-            with torch.no_grad():
-                q = model.encode(f)
+            q = keypoints[idx]
             recon = model.render(q)
             w = foreground_weights(target, model.background, foreground_weight, threshold)
             loss = (w * (recon - target) ** 2).mean() + weight * ((model.encode(recon) - q) ** 2).mean()
@@ -106,6 +124,7 @@ def fit_renderer(model: KeyCLDModel, data: list[str | Path], *, steps: int = 100
         "before": before, "after": render_scores(model, val), "scored_on": scored_on, "scored_frames": len(val),
         "train_frames": len(train),
         "data": [{"path": str(d), "manifest_sha256": sha256_file(Path(d) / MANIFEST)} for d in data],
+        "fresh_renderer": fresh_renderer, "fresh": fresh,
         "steps": steps, "batch": batch, "lr": lr, "weight": weight, "foreground_weight": foreground_weight,
         "seed": seed, "wall_time_s": round(time.time() - t0, 1),
     }
