@@ -43,6 +43,7 @@ from keycld_gym.model.checkpoint import (
     load_model,
     save_checkpoint,
 )
+from keycld_gym.model.tracking import parse_estimator
 from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
 from keycld_gym.training.recipes import ModelRecipe, get_recipe
 from keycld_gym.training.renderer_fit import fit_renderer
@@ -144,7 +145,9 @@ class Pipeline:
         Trainer(config, self.out / name, command=self.command, progress=self.progress).run(resume=True)
 
     def _noise(self) -> dict:
-        result = measure_estimation_error(load_model(self.model_folder), self.data(self.recipe.eval_data.name))
+        estimator = self.recipe.noise_estimator
+        result = measure_estimation_error(load_model(self.model_folder), self.data(self.recipe.eval_data.name),
+                                          tracking=None if estimator is None else parse_estimator(estimator))
         write_noise(self.model_folder, result)
         return result
 

@@ -213,6 +213,7 @@ def test_tiny_acrobot_pipeline_end_to_end(tmp_path):
         train=dict(full.train, keypoint_steps=4, keypoint_batch=8, dynamics_steps=3, dynamics_batch=4,
                    horizon_ramp_steps=2, max_horizon=8, val_fraction=0.4, checkpoint_every_s=1e9),
         reward_steps=5, renderer_steps=2, renderer_fit=full.renderer_fit,
+        noise_estimator="filter",  # not the acrobot agent's (the window): the recipe's choice is measured
     )
     out = tmp_path / "run"
     record = Pipeline(recipe, out, workers=1, progress=False, command="pytest").run()
@@ -223,6 +224,7 @@ def test_tiny_acrobot_pipeline_end_to_end(tmp_path):
     model = load_model(out / "model")
     assert model.config.encoder.constrained and model.config.encoder.full_resolution
     assert model.checkpoint_config["renderer"]["weight"] == full.renderer_fit["weight"]  # the recipe's refit
+    assert json.loads((out / "model" / "observation_noise.json").read_text())["estimator"]["kind"] == "Filtering"
     frames = np.load(sorted((out / "data" / "eval").glob("shard_*.npz"))[0])["frames"][0, :5]
     kp = model.encode_frames(frames)  # placed on the encoder's own constants: the arm lengths hold exactly
     assert model.keypoint_constraints.phi(kp).abs().max() < 1e-3
