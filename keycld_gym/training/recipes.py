@@ -124,10 +124,8 @@ _ENCODER = EncoderConfig(full_resolution=True, constrained=True, mirror_average=
 _STRUCTURED = dict(linear_potential=True, potential_mlp=False)
 
 RECIPES: dict[str, ModelRecipe] = {
-    # 25,000 + 20,000 real frames; the bundled cartpole model is this recipe's keypoint phase,
-    # with the previous dynamics loss (plain MSE over 0.48 s) and renderer refit (foreground
-    # 20, read-back 10) (keycld_gym/weights/cartpole/README.md; BENCHMARKS.md, "The renderer
-    # on plain MSE", for the model this recipe makes now).
+    # 25,000 + 20,000 real frames; the bundled cartpole model is this recipe's
+    # (keycld_gym/weights/cartpole/README.md).
     # The push is along the rail, so the constant input matrix on the cart is the spec's
     # force in its original form.
     "cartpole": ModelRecipe(
