@@ -115,7 +115,9 @@ def fit_renderer(model: KeyCLDModel, data: list[str | Path], *, steps: int = 100
             q = keypoints[idx]
             recon = model.render(q)
             w = foreground_weights(target, model.background, foreground_weight, threshold)
-            loss = (w * (recon - target) ** 2).mean() + weight * ((model.encode(recon) - q) ** 2).mean()
+            loss = (w * (recon - target) ** 2).mean()
+            if weight:  # the read-back runs the encoder on every step: skipped when it counts for nothing
+                loss = loss + weight * ((model.encode(recon) - q) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
