@@ -325,7 +325,8 @@ def _diagnose(args: argparse.Namespace) -> int:
           f"(per keypoint {k['per_keypoint_noise_rms_px']})")
     t = k["tracked"]
     print(f"against the point each keypoint tracks (link fractions {t['link_fractions']}): {t['rms_px']:.3f} px RMS, "
-          f"{t['p99_px']:.3f} px 99th percentile (per keypoint {t['per_keypoint_rms_px']})")
+          f"{t['p99_px']:.3f} px 99th percentile (per keypoint {t['per_keypoint_rms_px']}); a perfect encoder of these "
+          f"points would score {t['placement_floor_rms_px']:.3f} px against the true bodies")
     j = result["subpixel"]
     print(f"shifted by 0-1 px in {j['steps']} steps ({j['states']} states): slope {j['slope_mean']:.3f} "
           f"(per keypoint {j['slope_per_keypoint']}), jitter {j['jitter_rms_px']:.3f} px RMS, {j['jitter_p99_px']:.3f} px 99th percentile")

@@ -52,6 +52,10 @@ def test_tracked_point_error_finds_the_point_a_keypoint_follows_along_a_moving_l
     assert abs(tracked["rms_px"] - noise_px * np.sqrt(2)) < 0.02
     plain = keypoint_error(model, keypoints, points, fit_keypoint_map(keypoints, points))
     assert plain["rms_px"] > 3 * tracked["rms_px"]
+    # the error against the tip is the choice of point (the floor) plus the noise
+    assert abs(np.hypot(tracked["placement_floor_rms_px"], tracked["rms_px"]) - plain["rms_px"]) < 0.02
+    on_tip = scale * points + rng.normal(0, noise_px / px, (n, 2, 2))
+    assert tracked_point_error(model, on_tip, points, tracked_keypoint_map(model, on_tip, points))["placement_floor_rms_px"] < 1e-6
     # the map carries the fraction to velocities (linear along the link) and through JSON
     velocities = rng.normal(0, 1, (5, 2, 2))
     expected = np.stack([velocities[:, 0], velocities[:, 0] + 0.9 * (velocities[:, 1] - velocities[:, 0])], 1) @ kmap.a.T
