@@ -180,8 +180,22 @@ def test_ablations_train(tiny_data, tiny_model_dir, tmp_path, kind):
     assert (tmp_path / "model").exists()
 
 
+def test_keypoint_learning_rate_decays_from_the_first_to_the_last_step():
+    from keycld_gym.training.keypoint_phase import KeypointPhase
+
+    def rates(**kwargs):
+        phase = KeypointPhase(None, TrainConfig(system="cartpole", data="", keypoint_steps=101, **kwargs), None, None, None)
+        return np.array([phase.learning_rate(s) for s in range(101)])
+
+    np.testing.assert_allclose(rates(keypoint_lr=2e-3), 2e-3)  # the default: constant
+    decayed = rates(keypoint_lr=2e-3, keypoint_lr_final=0.05)
+    np.testing.assert_allclose(decayed[[0, 50, 100]], [2e-3, 2e-3 * 0.525, 1e-4])
+    assert (np.diff(decayed) < 0).all()
+
+
 def test_interrupted_run_resumes_exactly(tiny_data, tmp_path):
-    cfg = tiny_train_config(tiny_data, keypoint_steps=5, dynamics_steps=5)
+    # with a decaying keypoint learning rate: the resumed run must take it up where it was
+    cfg = tiny_train_config(tiny_data, keypoint_steps=5, dynamics_steps=5, keypoint_lr_final=0.1)
     torch.manual_seed(0)
     straight = Trainer(cfg, tmp_path / "a", progress=False).run()
     torch.manual_seed(0)

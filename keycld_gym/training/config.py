@@ -23,6 +23,9 @@ class TrainConfig:
     keypoint_steps: int = 1500
     keypoint_batch: int = 32
     keypoint_lr: float = 1e-3
+    # The keypoint phase's learning rate at its last step, as a fraction of `keypoint_lr`
+    # (cosine decay from the first step; 1: constant).
+    keypoint_lr_final: float = 1.0
     foreground_weight: float = 20.0  # the threshold is the encoder's foreground_threshold
     heatmap_weight: float = 0.0
     spread_weight: float = 1.0

@@ -8,6 +8,8 @@ foreground only (`keycld_gym.model.encoder`): that is what finds the thin cartpo
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -55,8 +57,16 @@ class KeypointPhase:
         """Adam over the encoder and renderer."""
         return torch.optim.Adam(self.model.keypoint_parameters(), lr=self.config.keypoint_lr)
 
+    def learning_rate(self, step: int) -> float:
+        """Adam's learning rate at `step`: cosine from `keypoint_lr` to `keypoint_lr * keypoint_lr_final` at the last step."""
+        c = self.config
+        progress = step / max(c.keypoint_steps - 1, 1)
+        return c.keypoint_lr * (c.keypoint_lr_final + (1 - c.keypoint_lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
     def step(self, optimizer: torch.optim.Optimizer, step: int) -> dict[str, float]:
         """One optimizer step on a random batch of frames; returns the logged values."""
+        for group in optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
         frames = random_frames(self.train.data, self.config.keypoint_batch, self.rng)
         loss, values = reconstruction_loss(self.model, frames, self.config)
         optimizer.zero_grad(set_to_none=True)
