@@ -29,7 +29,7 @@ SAC_PIXELS = cartpole.SAC_PIXELS.replace(system="acrobot", total_steps=200_000)
 
 # No RL: the model's energy pumped through the elbow toward the upright energy (the power an
 # action puts in is the elbow's rate times the learned input, faded by tanh), and an LQR
-# balance from the model's linearisation near the top (keycld_gym/energy_control.py).
+# balance from the model's linearisation near the top (keycld_gym/rl/energy_control.py).
 ENERGY = AgentRecipe(
     system="acrobot", obs_type="keypoints", algo="energy", policy="EnergyShaping", total_steps=1, num_envs=1,
     hyperparams=dict(gain=50.0, switch=0.05, state_cost=(1.0, 0.1), action_cost=1.0, power_scale=0.1),
@@ -37,7 +37,7 @@ ENERGY = AgentRecipe(
 
 # No RL of its own: at every agent step, 256 action sequences of 16 agent steps (0.64 s)
 # imagined in the model, twice refitted, each scored by its imagined reward plus the bundled
-# PPO agent's value at its end (keycld_gym/planning.py). In the bundled model the PPO
+# PPO agent's value at its end (keycld_gym/rl/planning.py). In the bundled model the PPO
 # agent's 30 imagined / 46 real becomes 321 imagined / 235 real (10 unseen seeds; 224 / 133
 # in the previous model). Horizon 24 with 192 samples scored higher on the true state of other
 # seeds (166 against 109) but lower in the real task on the evaluation's (103), at 1.2 times

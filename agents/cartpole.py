@@ -63,7 +63,7 @@ SAC_PIXELS = AgentRecipe(
 
 # No RL: the model's energy-shaping swing-up of the pole (its energy about the cart) with the
 # cart pulled toward the middle of the learned rail, and an LQR balance from the model's
-# linearisation (keycld_gym/energy_control.py); nothing is trained, total_steps is nominal.
+# linearisation (keycld_gym/rl/energy_control.py); nothing is trained, total_steps is nominal.
 # Chosen in imagination (8 episodes from the model's start frames, seed 0): gain 50 without
 # centring drove the cart into the walls (209); with centring (1, 0.3) 652; balancing from
 # 10% of the energy range below the top, gain 10-20: 754-762, every episode up.

@@ -33,7 +33,7 @@ PPO_PIXELS = cartpole.PPO_PIXELS.replace(
 SAC_PIXELS = cartpole.SAC_PIXELS.replace(system="pendulum", total_steps=200_000)
 
 # No RL: the model's energy-shaping swing-up and an LQR balance from its linearisation
-# (keycld_gym/energy_control.py); nothing is trained, so total_steps is nominal.
+# (keycld_gym/rl/energy_control.py); nothing is trained, so total_steps is nominal.
 ENERGY = AgentRecipe(
     system="pendulum", obs_type="keypoints", algo="energy", policy="EnergyShaping", total_steps=1, num_envs=1,
     hyperparams=dict(gain=50.0, switch=0.05, state_cost=(1.0, 0.1), action_cost=1.0),

@@ -17,9 +17,9 @@ from keycld_gym.model.tracking import (
 
 SB3_ALGOS = ("sac", "ppo")
 # energy: nothing learned by RL; the world model's own energy-shaping controller
-# (keycld_gym/energy_control.py), its settings in `hyperparams`; mppi: nothing learned
+# (keycld_gym/rl/energy_control.py), its settings in `hyperparams`; mppi: nothing learned
 # either, model-predictive control in the world model guided by a trained agent's value
-# (keycld_gym/planning.py), its settings in `hyperparams`
+# (keycld_gym/rl/planning.py), its settings in `hyperparams`
 ALGOS = (*SB3_ALGOS, "energy", "mppi")
 OBS_TYPES = ("keypoints", "pixels")
 NOISES = ("measured", "estimated", "none")

@@ -2,9 +2,9 @@
 
 The public API: `make_real_env` (the real dm_control task), `load_model` (a trained KeyCLD
 model), `get_system` (a system's spec), and the env ids `KeyCLD-<System>-v0`, registered on
-import. The subpackages follow the data flow, each importing only those before it:
+import. The subpackages are floors that follow the data flow, each importing only those below it:
 
-    sim -> data -> model -> training | evaluation | envs -> rl -> benchmark, cli
+    sim -> data -> model -> envs -> agents (the recipes) -> rl -> analysis -> training -> benchmark, cli
 """
 
 import os

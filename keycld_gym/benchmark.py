@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 
 from keycld_gym.agents import AgentRecipe, bundled_recipe
-from keycld_gym.energy_control import ENERGY_RECORD
+from keycld_gym.analysis.video import annotate, side_by_side_frames, write_video
 from keycld_gym.envs.imagined_env import KeyCLDEnv
 from keycld_gym.envs.real_keypoints import RealKeypointEnv
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
-from keycld_gym.planning import PLANNING_RECORD
 from keycld_gym.rl.agent import AGENT_CONFIG, bundled_agent_path, load_agent
 from keycld_gym.rl.agent_evaluation import cut_short, evaluate_agent, random_returns
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
+from keycld_gym.rl.energy_control import ENERGY_RECORD
+from keycld_gym.rl.planning import PLANNING_RECORD
 from keycld_gym.sim.systems import get_system
-from keycld_gym.video import annotate, side_by_side_frames, write_video
 
 EVAL_SEED = 100_000  # real episodes of the final evaluation: seeds never used in training
 

@@ -11,39 +11,41 @@ from typing import Any
 
 import torch
 
-from keycld_gym.ablations import AblationStudy
 from keycld_gym.agents import NOISES
 from keycld_gym.agents import get_recipe as get_agent_recipe
+from keycld_gym.analysis.diagnostics import diagnose, keypoint_map_for
+from keycld_gym.analysis.evaluation import load_and_evaluate
+from keycld_gym.analysis.video import prediction_video
 from keycld_gym.benchmark import benchmark_recipe, run_benchmark
-from keycld_gym.bundling import bundle_agent, bundle_model
 from keycld_gym.data.collect import CollectConfig, collect
 from keycld_gym.data.preview import dataset_preview
-from keycld_gym.diagnostics import diagnose, keypoint_map_for
-from keycld_gym.energy_control import energy_agent
 from keycld_gym.errors import KeyCLDError
-from keycld_gym.evaluation import load_and_evaluate
 from keycld_gym.files import default_command, write_json
 from keycld_gym.model.checkpoint import (
     NOISE_FILE,
     checkpoint_folder,
     load_model,
     set_mirror_average,
+    write_noise,
 )
 from keycld_gym.model.dynamics import DAMPINGS, INPUT_MATRICES
 from keycld_gym.model.tracking import parse_estimator
-from keycld_gym.pipeline import Pipeline, refit_checkpoint
-from keycld_gym.planning import planning_agent
 from keycld_gym.rl.agent import load_agent
 from keycld_gym.rl.agent_evaluation import cut_short, evaluate_agent
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
-from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
+from keycld_gym.rl.energy_control import energy_agent
+from keycld_gym.rl.observation_noise import measure_estimation_error
+from keycld_gym.rl.planning import planning_agent
 from keycld_gym.sim.systems import SYSTEMS
+from keycld_gym.training.ablations import AblationStudy
+from keycld_gym.training.bundling import bundle_agent, bundle_model
 from keycld_gym.training.config import ROLLOUT_LOSSES, TrainConfig
+from keycld_gym.training.ensemble import train_ensemble
+from keycld_gym.training.pipeline import Pipeline, refit_checkpoint
 from keycld_gym.training.recipes import get_recipe
 from keycld_gym.training.renderer_fit import fit_renderer
 from keycld_gym.training.reward_fit import fit_reward_head
 from keycld_gym.training.trainer import Trainer
-from keycld_gym.video import prediction_video
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -108,6 +110,15 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         overrides["max_horizon"] = None
     config = recipe.train_config(args.data, **overrides)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, dynamics=dynamics))
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    record = train_ensemble(args.checkpoint, args.out, args.members, data=args.data, progress=not args.quiet,
+                            command=default_command())
+    print(f"{args.members} dynamics members ({args.members - 1} trained, {record['wall_s'] / 60:.1f} min) "
+          f"-> {checkpoint_folder(args.checkpoint)}")
+    return 0
 
 
 def _evaluate_model(args: argparse.Namespace) -> int:
@@ -381,41 +392,79 @@ def _controller_arguments(p: argparse.ArgumentParser) -> None:
                                                                          "recipe's settings (repeatable; e.g. horizon=24)")
 
 
+def _number(kind: type, low: float, inclusive: bool, what: str):
+    """An argparse type: a `kind` number at least (or above) `low`; anything else is a one-line usage error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = what  # argparse names the type in its message
+    return parse
+
+
+positive_int = _number(int, 1, True, "a positive integer")
+non_negative_int = _number(int, 0, True, "a non-negative integer")
+positive_float = _number(float, 0.0, False, "a positive number")
+non_negative_float = _number(float, 0.0, True, "a non-negative number")
+
+
+def _shared(*names: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A parent parser holding one option that several commands share, so that it is declared once."""
+    parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parent.add_argument(*names, **kwargs)
+    return parent
+
+
+class _Subcommand(argparse.ArgumentParser):
+    """A command's parser: abbreviated options are refused (a typo must not pick another option)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `keycld-gym`."""
-    parser = argparse.ArgumentParser(prog="keycld-gym", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("collect", help="collect real frames, actions, rewards and states from dm_control")
+    parser = argparse.ArgumentParser(prog="keycld-gym", description=__doc__, allow_abbrev=False)
+    # options many commands share, declared once (argparse parents)
+    THREADS = _shared("--threads", type=positive_int, default=2, help="torch CPU threads")
+    RECIPE_THREADS = _shared("--threads", type=positive_int, help="torch CPU threads (default: the agent recipe's, agents/)")
+    QUIET = _shared("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(parser_class=_Subcommand, dest="command", required=True)
+    p = sub.add_parser("collect", parents=[QUIET], help="collect real frames, actions, rewards and states from dm_control")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--out", required=True, help="data set folder (rerun the same command to resume)")
-    p.add_argument("--episodes", type=int, required=True, help="sequences to collect, one per episode")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frames", type=int, default=100, help="frames per sequence, at the physics rate")
+    p.add_argument("--episodes", type=positive_int, required=True, help="sequences to collect, one per episode")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--frames", type=positive_int, default=100, help="frames per sequence, at the physics rate")
     p.add_argument("--regime", choices=("task", "states"), default="task",
                    help="task: the task's own reset + exploration; states: start states set across the state space")
-    p.add_argument("--workers", type=int, default=1, help="parallel collection processes")
-    p.add_argument("--shard-size", type=int, default=10, help="sequences per shard file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel collection processes")
+    p.add_argument("--shard-size", type=positive_int, default=10, help="sequences per shard file")
     p.set_defaults(func=_collect)
     p = sub.add_parser("preview", help="write a PNG of a data set's frames")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--sequences", type=int, default=4)
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--stride", type=int, default=8, help="physics steps between shown frames")
+    p.add_argument("--sequences", type=positive_int, default=4)
+    p.add_argument("--frames", type=positive_int, default=8)
+    p.add_argument("--stride", type=positive_int, default=8, help="physics steps between shown frames")
     p.set_defaults(func=_preview)
-    p = sub.add_parser("train", help="train a KeyCLD model on a collected data set (resumable)")
+    p = sub.add_parser("train", parents=[THREADS, QUIET], help="train a KeyCLD model on a collected data set (resumable)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--data", required=True, help="data set folder from `keycld-gym collect`")
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs; the model lands in OUT/model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--seed", type=int, help="default: the recipe's (0)")
+    p.add_argument("--seed", type=non_negative_int, help="default: the recipe's (0)")
     p.add_argument("--dynamics", choices=("constrained", "unconstrained", "neural_ode"),
                    help="KeyCLD (the recipe's), or one of the project page's ablations")
     p.add_argument("--no-rail-walls", action="store_true", help="no learned wall potential at the rail stops")
-    p.add_argument("--keypoint-steps", type=int, help="phase 1 (encoder + renderer) steps")
-    p.add_argument("--dynamics-steps", type=int, help="phase 2 (dynamics + reward) steps")
-    p.add_argument("--max-horizon", type=int, help="longest rollout in the dynamics loss, physics steps (0: whole sequences)")
+    p.add_argument("--keypoint-steps", type=positive_int, help="phase 1 (encoder + renderer) steps")
+    p.add_argument("--dynamics-steps", type=positive_int, help="phase 2 (dynamics + reward) steps")
+    p.add_argument("--max-horizon", type=non_negative_int, help="longest rollout in the dynamics loss, physics steps (0: whole sequences)")
     p.add_argument("--input-matrix", choices=INPUT_MATRICES,
                    help="B(q) as an MLP; one constant B (exact when the actuator pushes along a fixed direction: "
                         "cartpole); or 'spec', the form the system's actuators name (a force on a keypoint, a torque "
@@ -429,173 +478,161 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-potential-mlp", action="store_true",
                    help="with --linear-potential: no potential MLP (gravity and rail walls only; with --input-matrix "
                         "constant the exact form of the cartpole, started by a least-squares fit)")
-    p.add_argument("--input-keypoints", type=int, nargs="+",
+    p.add_argument("--input-keypoints", type=non_negative_int, nargs="+",
                    help="the keypoints the actuators push (default all; cartpole: 0, the cart)")
-    p.add_argument("--wall-damping", type=float,
+    p.add_argument("--wall-damping", type=non_negative_float,
                    help="initial damping of the rail walls past a stop (learned; default 0: undamped walls)")
-    p.add_argument("--physics-lr", type=float,
+    p.add_argument("--physics-lr", type=positive_float,
                    help="learning rate of the physical constants: mass matrix, damping, walls, constraints (default 1e-2)")
-    p.add_argument("--horizon-ramp", type=int, help="dynamics steps over which the horizon grows to its maximum")
+    p.add_argument("--horizon-ramp", type=positive_int, help="dynamics steps over which the horizon grows to its maximum")
     p.add_argument("--rollout-loss", choices=ROLLOUT_LOSSES,
                    help="each rollout's error in the dynamics loss: plain MSE, or robust (outliers such as rail-stop "
                         "contacts weigh less; default: the recipe's)")
     p.add_argument("--mirror-sequences", action=argparse.BooleanOptionalAction, default=None,
                    help="dynamics phase: also learn from each sequence's mirror image (default: the recipe's)")
-    p.add_argument("--robust-scale", type=float,
+    p.add_argument("--robust-scale", type=positive_float,
                    help="robust rollout loss: its scale in batch medians (larger: nearer plain MSE for typical "
                         "rollouts; default: the recipe's)")
-    p.add_argument("--constraint-weight", type=float,
+    p.add_argument("--constraint-weight", type=non_negative_float,
                    help="keypoint phase: weight of the constraints' consistency over a batch (default: the recipe's)")
-    p.add_argument("--pivot-separation", type=float,
+    p.add_argument("--pivot-separation", type=non_negative_float,
                    help="keypoint phase: weight against keypoints on a learned pivot (default: the recipe's)")
     p.add_argument("--keypoints-from", help="reuse the encoder and renderer of this checkpoint (skips phase 1)")
-    p.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (default 120)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-every", type=positive_float, help="seconds between checkpoints (default 120)")
     p.set_defaults(func=_train)
-    p = sub.add_parser("evaluate-model", help="VPT, keypoint and reward metrics of a model on held-out sequences")
+    p = sub.add_parser("ensemble", parents=[THREADS, QUIET],
+                       help="add dynamics members to a trained model (another seed and bootstrap each; resumable)")
+    p.add_argument("--checkpoint", required=True, help="a trained model folder; the members are added to it")
+    p.add_argument("--members", type=positive_int, default=5, help="members in all, the model's own included")
+    p.add_argument("--out", required=True, help="run folder: one training run per further member")
+    p.add_argument("--data", help="the model's dynamics data set, where it lies elsewhere than its config records")
+    p.set_defaults(func=_ensemble)
+    p = sub.add_parser("evaluate-model", parents=[THREADS], help="VPT, keypoint and reward metrics of a model on held-out sequences")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, help="held-out data set (its sequences need start + horizon frames)")
     p.add_argument("--json", help="write the full result here")
-    p.add_argument("--agent-steps", type=int, default=45)
-    p.add_argument("--start-frames", type=int, help="frames (physics interval) the start state is estimated from "
+    p.add_argument("--agent-steps", type=positive_int, default=45)
+    p.add_argument("--start-frames", type=positive_int, help="frames (physics interval) the start state is estimated from "
                    "(default: 0.32 s of frames, WINDOWS.evaluation_start)")
-    p.add_argument("--physics-frames", type=int, default=50, help="horizon of the physics-interval VPT")
-    p.add_argument("--max-sequences", type=int)
+    p.add_argument("--physics-frames", type=positive_int, default=50, help="horizon of the physics-interval VPT")
+    p.add_argument("--max-sequences", type=positive_int)
     p.add_argument("--no-references", action="store_true", help="skip the true-simulator reference")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=_evaluate_model)
-    p = sub.add_parser("video", help="held-out real sequences beside each model's open-loop prediction (GIF or MP4)")
+    p = sub.add_parser("video", parents=[THREADS], help="held-out real sequences beside each model's open-loop prediction (GIF or MP4)")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--compare", action="append", help="another model of the system to show beside it (repeatable)")
     p.add_argument("--label", action="append", help="a panel label per model, in order (default: KeyCLD or the ablation)")
     p.add_argument("--data", required=True, help="held-out data set (the checkpoint's validation split if it trained on it)")
     p.add_argument("--out", required=True, help="the video file: .gif or .mp4")
     p.add_argument("--sequences", type=_sequences, default=3, help="how many held-out sequences, or their indices (0,4,7)")
-    p.add_argument("--agent-steps", type=int, help="prediction length (default: as long as the sequences allow)")
-    p.add_argument("--scale", type=int, default=3, help="pixels per frame pixel")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--agent-steps", type=positive_int, help="prediction length (default: as long as the sequences allow)")
+    p.add_argument("--scale", type=positive_int, default=3, help="pixels per frame pixel")
     p.set_defaults(func=_video)
-    p = sub.add_parser("fit-reward", help="refit a model's reward head on states estimated from its training data")
+    p = sub.add_parser("fit-reward", parents=[THREADS, QUIET], help="refit a model's reward head on states estimated from its training data")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, action="append", help="data set(s) the model was trained on (repeatable)")
     p.add_argument("--out", required=True, help="folder for the new checkpoint")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--steps", type=positive_int, default=4000)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=_fit_reward)
-    p = sub.add_parser("fit-renderer", help="refit a model's renderer so its frames read back (encoder) as the keypoints drawn")
+    p = sub.add_parser("fit-renderer", parents=[THREADS, QUIET], help="refit a model's renderer so its frames read back (encoder) as the keypoints drawn")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, action="append", help="data set(s) the model was trained on (repeatable)")
     p.add_argument("--out", required=True, help="folder for the new checkpoint")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--weight", type=float, default=10.0, help="weight of the read-back term beside the reconstruction")
-    p.add_argument("--foreground-weight", type=float, default=TrainConfig.foreground_weight,
+    p.add_argument("--steps", type=positive_int, default=1000)
+    p.add_argument("--weight", type=non_negative_float, default=10.0, help="weight of the read-back term beside the reconstruction")
+    p.add_argument("--foreground-weight", type=non_negative_float, default=TrainConfig.foreground_weight,
                    help="weight of the moving parts' pixels in the reconstruction (1: plain MSE, as VPT scores frames)")
     p.add_argument("--full-resolution", action="store_true",
                    help="fit a fresh renderer that draws at the frame's resolution in place of the model's")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=_fit_renderer)
-    p = sub.add_parser("train-agent", help="train an SB3 agent in a model's imagination only (resumable)")
+    p = sub.add_parser("train-agent", parents=[RECIPE_THREADS, QUIET], help="train an SB3 agent in a model's imagination only (resumable)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--obs", choices=("keypoints", "pixels"), default="keypoints")
     p.add_argument("--algo", choices=("sac", "ppo"), default="sac")
     p.add_argument("--out", required=True, help="run folder: checkpoints, logs, learning curve; the agent lands in OUT/agent")
     p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
-    p.add_argument("--steps", type=int, help="imagined agent steps (default: the recipe's budget in agents/)")
-    p.add_argument("--budget", type=float, help="stop after this many minutes of training")
+    p.add_argument("--steps", type=positive_int, help="imagined agent steps (default: the recipe's budget in agents/)")
+    p.add_argument("--budget", type=positive_float, help="stop after this many minutes of training")
     p.add_argument("--noise", choices=NOISES, help="observation noise: the real side's measured error as independent draws, "
                    "or (keypoints) noisy frames through the real env's filter, or none (default: the recipe's)")
-    p.add_argument("--eval-every", type=int, default=5000, help="agent steps between learning-curve points")
-    p.add_argument("--eval-episodes", type=int, default=16, help="imagined episodes per learning-curve point")
-    p.add_argument("--real-eval-every", type=int, default=0,
+    p.add_argument("--eval-every", type=positive_int, default=5000, help="agent steps between learning-curve points")
+    p.add_argument("--eval-episodes", type=positive_int, default=16, help="imagined episodes per learning-curve point")
+    p.add_argument("--real-eval-every", type=non_negative_int, default=0,
                    help="every n-th learning-curve point also measured in the real task (0: never); it never learns from it")
-    p.add_argument("--real-eval-episodes", type=int, default=2)
+    p.add_argument("--real-eval-episodes", type=positive_int, default=2)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds between checkpoints")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the agent recipe's, agents/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--checkpoint-every", type=positive_float, default=120.0, help="seconds between checkpoints")
     p.add_argument("--world", choices=("imagined", "true"), default="imagined",
                    help="true: a reference, the same recipe trained on the true simulator's state (keypoints mapped "
                         "into the model's); the default trains in imagination only")
     p.add_argument("--data", help="--world true: held-out real sequences to fit that map on")
     p.set_defaults(func=_train_agent)
-    p = sub.add_parser("evaluate-agent", help="an agent's return in the real task and in imagination")
+    p = sub.add_parser("evaluate-agent", parents=[THREADS], help="an agent's return in the real task and in imagination")
     p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), 'bundled', 'energy' "
                                                   "(the model's energy-shaping controller, no RL) or 'plan' (model-"
                                                   "predictive control in the model, guided by --guide's value)")
     _controller_arguments(p)
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--obs", choices=("keypoints", "pixels"), help="check the agent acts on these observations")
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=100_000, help="episode i of the real task is reset with seed + i")
+    p.add_argument("--episodes", type=positive_int, default=10)
+    p.add_argument("--seed", type=non_negative_int, default=100_000, help="episode i of the real task is reset with seed + i")
     p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
     p.add_argument("--json", help="write the result here")
     p.add_argument("--no-imagined", action="store_true", help="skip the imagined episodes")
-    p.add_argument("--max-steps", type=int, help="a quick check: cut each episode after this many agent steps "
+    p.add_argument("--max-steps", type=positive_int, help="a quick check: cut each episode after this many agent steps "
                                                  "(its returns are then not on the task's 0-1000 scale)")
-    p.add_argument("--workers", type=int, default=2, help="processes running real episodes side by side")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=positive_int, default=2, help="processes running real episodes side by side")
     p.add_argument("--real-estimator", help="keypoints: estimate the real states with this instead of the agent recipe's "
                                             "estimator: 'window', 'filter' or JSON such as "
                                             "'{\"kind\": \"Filtering\", \"acceleration_std\": 0.05, \"bias_std\": 0.03}'; "
                                             "recorded in the result, and bundle-agent keeps it")
     p.set_defaults(func=_evaluate_agent)
-    p = sub.add_parser("benchmark", help="the main job: train in imagination, evaluate in the real task, report")
+    p = sub.add_parser("benchmark", parents=[RECIPE_THREADS, QUIET], help="the main job: train in imagination, evaluate in the real task, report")
     p.add_argument("--system", default="cartpole", choices=sorted(SYSTEMS))
     p.add_argument("--out", default="benchmark", help="report folder (rerun to resume an interrupted run)")
-    p.add_argument("--budget", type=float, help="minutes of training in imagination (default: the recipe's; cartpole 12)")
-    p.add_argument("--steps", type=int, help="imagined agent steps at most (default: the recipe's)")
-    p.add_argument("--episodes", type=int, default=10, help="real evaluation episodes")
+    p.add_argument("--budget", type=positive_float, help="minutes of training in imagination (default: the recipe's; cartpole 12)")
+    p.add_argument("--steps", type=positive_int, help="imagined agent steps at most (default: the recipe's)")
+    p.add_argument("--episodes", type=positive_int, default=10, help="real evaluation episodes")
     p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-video", action="store_true")
-    p.add_argument("--workers", type=int, default=2, help="processes running real evaluation episodes side by side")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the agent recipe's, agents/)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=positive_int, default=2, help="processes running real evaluation episodes side by side")
     p.set_defaults(func=_benchmark)
-    p = sub.add_parser("pipeline", help="from nothing to a bundle-ready model by the system's recipe (resumable)")
+    p = sub.add_parser("pipeline", parents=[THREADS, QUIET], help="from nothing to a bundle-ready model by the system's recipe (resumable)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--out", required=True, help="run folder: data sets, each step's output; the model lands in OUT/model")
     p.add_argument("--until", help="stop after this step (collect-<data>, keypoints, dynamics, reward, renderer, exploring-starts, "
                                    "observation-noise, evaluate)")
-    p.add_argument("--training-frames", type=int, help="real training frames (default: the recipe's); both training "
+    p.add_argument("--training-frames", type=positive_int, help="real training frames (default: the recipe's); both training "
                                                          "data sets scaled alike, for the data-efficiency curve")
-    p.add_argument("--workers", type=int, default=2, help="collection processes")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=positive_int, default=2, help="collection processes")
     p.set_defaults(func=_pipeline)
-    p = sub.add_parser("ablations", help="KeyCLD against the Lagrangian without constraints and the neural ODE, on a "
+    p = sub.add_parser("ablations", parents=[THREADS, QUIET], help="KeyCLD against the Lagrangian without constraints and the neural ODE, on a "
                                          "finished pipeline run (resumable)")
     p.add_argument("--run", required=True, help="the folder of a finished `keycld-gym pipeline` run")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_ablations)
-    p = sub.add_parser("observation-noise", help="measure the real state estimate's error and store it beside the weights")
+    p = sub.add_parser("observation-noise", parents=[THREADS], help="measure the real state estimate's error and store it beside the weights")
     p.add_argument("--checkpoint", required=True, help="model folder (or a bundled name); the result is written into it")
     p.add_argument("--data", required=True, help="held-out real sequences (a collected data set the model never trained on)")
-    p.add_argument("--max-sequences", type=int)
+    p.add_argument("--max-sequences", type=positive_int)
     p.add_argument("--out", help="folder to write observation_noise.json to (default: the checkpoint)")
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--real-estimator", help="the estimator to measure: 'window', 'filter' or its JSON (default: the "
                                             "one the system's bundled keypoint recipe meets the real task with)")
     p.set_defaults(func=_observation_noise)
-    p = sub.add_parser("diagnose", help="a model's keypoints, response and VPT against the true system; an agent on true keypoints")
+    p = sub.add_parser("diagnose", parents=[THREADS], help="a model's keypoints, response and VPT against the true system; an agent on true keypoints")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, help="held-out real sequences (with their true states)")
     p.add_argument("--agent", help="also run this keypoint agent (folder, 'bundled', 'energy' or 'plan', as "
                                    "evaluate-agent takes them) on true keypoints in the real task")
     _controller_arguments(p)
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=100_000, help="episode i of the real task is reset with seed + i")
+    p.add_argument("--episodes", type=positive_int, default=10)
+    p.add_argument("--seed", type=non_negative_int, default=100_000, help="episode i of the real task is reset with seed + i")
     p.add_argument("--no-true-physics", action="store_true", help="skip the VPT with the true constants")
     p.add_argument("--json", help="write the full result here")
-    p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_diagnose)
     p = sub.add_parser("mirror-average", help="average each frame's keypoints with its mirror image's (on) or not "
                                               "(off), in a trained model's config")
@@ -620,8 +657,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KeyCLDError, FileNotFoundError, ValueError) as err:
+    except (KeyCLDError, ValueError) as err:
         print(f"keycld-gym {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a missing input, an output that is a file, a read-only disk: name the path
+        where = f": {err.filename}" if err.filename else ""
+        print(f"keycld-gym {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
 
 

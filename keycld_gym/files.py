@@ -50,6 +50,31 @@ def json_roundtrip(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+# the folder that holds the package: bundled files are recorded relative to it ("keycld_gym/weights/...")
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+
+
+def portable_path(path: str | Path) -> str:
+    """`path` as a record may keep it: relative to the repository for the package's own files, to the
+    working directory for a user's, absolute only outside both (never for a file that ships)."""
+    resolved = Path(path).resolve()
+    for root in (_PACKAGE_PARENT, Path.cwd().resolve()):
+        if resolved.is_relative_to(root):
+            return resolved.relative_to(root).as_posix() or "."
+    return str(path)
+
+
+def portable_paths(record: Any) -> Any:
+    """A JSON record with every absolute path in it made portable (`portable_path`); other values unchanged."""
+    if isinstance(record, dict):
+        return {k: portable_paths(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [portable_paths(v) for v in record]
+    if isinstance(record, str) and record.startswith("/") and "\n" not in record and " " not in record:
+        return portable_path(record)
+    return record
+
+
 def default_command() -> str:
     """The command line that started this process, quoted for a shell (recorded beside data, models and agents)."""
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -63,9 +63,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from keycld_gym.analysis.evaluation import evaluate_model  # noqa: E402
 from keycld_gym.data.dataset import iter_sequences, iter_shards  # noqa: E402
 from keycld_gym.envs.real_keypoints import RealKeypointEnv  # noqa: E402
-from keycld_gym.evaluation import evaluate_model  # noqa: E402
 from keycld_gym.files import write_json  # noqa: E402
 from keycld_gym.model.checkpoint import load_model  # noqa: E402
 from keycld_gym.model.physics_fit import PhysicsFit, apply_physics  # noqa: E402

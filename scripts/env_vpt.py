@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from keycld_gym.analysis.evaluation import frame_mse, mse_epsilon, valid_prediction_time
 from keycld_gym.data.dataset import WindowDataset
 from keycld_gym.envs.imagined_env import KeyCLDEnv
-from keycld_gym.evaluation import frame_mse, mse_epsilon, valid_prediction_time
 from keycld_gym.model.checkpoint import load_model
 from keycld_gym.sim.systems import WINDOWS
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from keycld_gym import diagnostics
+from keycld_gym.analysis.evaluation import keypoint_state_metrics
 from keycld_gym.data.dataset import iter_sequences
-from keycld_gym.evaluation import keypoint_state_metrics
 from keycld_gym.model.checkpoint import load_model
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.training.recipes import RECIPES, get_recipe

@@ -89,9 +89,9 @@ def noisy_model_dir(tiny_model_dir, tiny_data, tmp_path_factory):
     """The tiny model with its measured observation noise, as a recipe asking for it needs."""
     import shutil
 
-    from keycld_gym.model.checkpoint import load_model
+    from keycld_gym.model.checkpoint import load_model, write_noise
     from keycld_gym.model.tracking import Tracking
-    from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
+    from keycld_gym.rl.observation_noise import measure_estimation_error
 
     folder = tmp_path_factory.mktemp("noisy") / "model"
     shutil.copytree(tiny_model_dir, folder)

@@ -247,8 +247,10 @@ def test_cli_train_and_evaluate_agent_and_bad_inputs(model_dir, tmp_path, capsys
     assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--real-estimator", "kalman"]) == 2
     assert "a state estimator is 'window', 'filter' or JSON" in capsys.readouterr().err
 
-    assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--max-steps", "0"]) == 2
-    assert "max_steps must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused at parse time, before any work
+        main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--max-steps", "0"])
+    assert exit_.value.code == 2
+    assert "argument --max-steps: expected a positive integer, got '0'" in capsys.readouterr().err
     assert main(["evaluate-agent", "--agent", str(tmp_path / "missing"), "--system", "cartpole"]) == 2
     assert "is missing" in capsys.readouterr().err
     assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "acrobot"]) == 2

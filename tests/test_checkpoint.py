@@ -112,8 +112,8 @@ def test_the_mirror_average_is_switched_in_a_trained_models_config(tmp_path, cap
 
 def test_a_bundled_models_card_says_how_its_encoder_reads_and_how_it_was_edited(tmp_path):
     """`bundle_model`: the card names the mirror average and the command that switched it on."""
-    from keycld_gym.bundling import bundle_model
     from keycld_gym.model.checkpoint import set_mirror_average
+    from keycld_gym.training.bundling import bundle_model
 
     data = {"path": "data/x", "sequences": 4, "frames_per_sequence": 50, "frames": 200, "seed": 0, "regime": "task",
             "regime_description": "the task's own reset", "train_sequences": 3, "train_frames": 150,

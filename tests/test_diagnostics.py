@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from keycld_gym.diagnostics import (
+from keycld_gym.analysis.diagnostics import (
     goal_states,
     keypoint_error,
     state_bias,

@@ -6,7 +6,9 @@ import pytest
 
 from keycld_gym.agents import get_recipe
 from keycld_gym.cli import main
-from keycld_gym.energy_control import (
+from keycld_gym.model.checkpoint import load_model
+from keycld_gym.rl.agent_evaluation import evaluate_agent
+from keycld_gym.rl.energy_control import (
     EnergyAgent,
     EnergyPlant,
     EnergyShaping,
@@ -14,8 +16,6 @@ from keycld_gym.energy_control import (
     lqr_gain,
     model_plant,
 )
-from keycld_gym.model.checkpoint import load_model
-from keycld_gym.rl.agent_evaluation import evaluate_agent
 from keycld_gym.sim.angles import wrap_angle
 from keycld_gym.sim.real_env import RealEnv
 
@@ -123,8 +123,8 @@ def test_the_benchmark_table_lists_the_models_recorded_energy_controller():
     import json
 
     from keycld_gym.benchmark import format_table
-    from keycld_gym.energy_control import ENERGY_RECORD
     from keycld_gym.model.checkpoint import checkpoint_folder
+    from keycld_gym.rl.energy_control import ENERGY_RECORD
 
     record = json.loads((checkpoint_folder(None, "pendulum") / ENERGY_RECORD).read_text())
     assert record["algo"] == "energy" and len(record["real_returns"]) == 10

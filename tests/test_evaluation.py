@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from keycld_gym.evaluation import (
+from keycld_gym.analysis.evaluation import (
     angle_rms,
     evaluate_model,
     keypoint_state_metrics,

@@ -82,8 +82,8 @@ def test_a_pixel_agent_learns_in_imagination_and_acts_on_real_frames(tiny_model_
     # bundled, it carries its model, which evaluations then use unless told otherwise
     import json
 
-    from keycld_gym.bundling import bundle_agent
     from keycld_gym.files import write_json
+    from keycld_gym.training.bundling import bundle_agent
 
     write_json(tmp_path / "eval.json", result)
     bundled = load_agent(bundle_agent(folder, tmp_path / "eval.json", tmp_path / "bundled"))

@@ -13,10 +13,10 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import keycld_gym
 from keycld_gym import CheckpointError
-from keycld_gym.data.start_bank import read_start_bank
 from keycld_gym.envs.imagined_env import KeyCLDEnv, KeyCLDVectorEnv
 from keycld_gym.envs.registration import env_id
 from keycld_gym.envs.sb3 import SB3VecEnv
+from keycld_gym.model.start_bank import read_start_bank
 from keycld_gym.training.recipes import get_recipe as get_model_recipe
 
 

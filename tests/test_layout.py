@@ -12,28 +12,25 @@ import keycld_gym
 
 PACKAGE = Path(keycld_gym.__file__).parent
 BASE = {"errors", "files", "version"}
-# what each layer may import (besides itself), as each subpackage's docstring says
-ALLOWED = {
-    "base": {"base"},
-    "sim": {"base"},
-    "data": {"base", "sim"},
-    "model": {"base", "sim"},
-    "training": {"base", "sim", "data", "model"},
-    "evaluation": {"base", "sim", "data", "model"},
-    "envs": {"base", "sim", "data", "model"},
-    "rl": {"base", "sim", "data", "model", "envs", "agents"},
-    "video": {"base", "sim", "data", "model", "evaluation", "envs"},
-    "energy_control": {"base", "sim", "model", "agents"},
-    "planning": {"base", "sim", "model", "envs", "rl", "agents"},
-    "benchmark": {"base", "sim", "data", "model", "envs", "rl", "agents", "video", "energy_control", "planning"},
-    "pipeline": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl"},
-    "ablations": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "pipeline"},
-    "bundling": {"base", "sim", "data", "model", "rl"},
-    "diagnostics": {"base", "sim", "data", "model", "evaluation", "envs", "rl"},
-    "cli": {"base", "sim", "data", "model", "training", "evaluation", "envs", "rl", "benchmark", "pipeline", "ablations",
-            "bundling", "diagnostics", "video", "energy_control", "planning", "agents"},
-    "package": {"base", "sim", "model", "envs"},
-}
+# The floors, bottom first: a module may import its own floor and the floors below it, never
+# one above (each subpackage's docstring says the same). The package root holds the base
+# modules and the two entry points (`benchmark`, `cli`) only.
+FLOORS = ["base", "sim", "data", "model", "envs", "agents", "rl", "analysis", "training", "benchmark", "cli"]
+ROOT_MODULES = BASE | {"benchmark", "cli"}
+# the package's __init__ re-exports the public API, which lives on these floors
+PACKAGE_IMPORTS = {"base", "sim", "model", "envs"}
+
+
+def upward_imports(imports: dict[str, list[str]]) -> list[str]:
+    """Every import of a module on a floor above the importer's: `imports` maps module -> modules it imports."""
+    bad = []
+    for module, imported in imports.items():
+        layer = _layer(module)
+        for target in map(_layer, imported):
+            allowed = PACKAGE_IMPORTS if layer == "package" else set(FLOORS[:FLOORS.index(layer) + 1])
+            if target not in allowed:
+                bad.append(f"{module} ({layer}) imports {target}, a floor above it")
+    return bad
 
 
 def _modules() -> dict[str, Path]:
@@ -70,15 +67,23 @@ def _imports(path: Path) -> list[tuple[str, bool]]:
     return found
 
 
-def test_every_layer_imports_only_the_layers_before_it():
-    bad = []
-    for module, path in _modules().items():
-        layer = _layer(module)
-        for imported, _ in _imports(path):
-            target = _layer(imported)
-            if target != layer and target not in ALLOWED[layer]:
-                bad.append(f"{module} ({layer}) imports {imported} ({target})")
-    assert not bad, "\n".join(bad)
+def test_every_floor_imports_only_the_floors_below_it():
+    assert not upward_imports({m: [i for i, _ in _imports(p)] for m, p in _modules().items()})
+
+
+def test_the_layout_test_fails_on_an_upward_import():
+    assert upward_imports({"keycld_gym.model.keycld": ["keycld_gym.envs.imagination"]})
+    assert upward_imports({"keycld_gym.analysis.video": ["keycld_gym.training.pipeline"]})
+    assert upward_imports({"keycld_gym.rl.agent": ["keycld_gym.cli"]})
+    assert not upward_imports({"keycld_gym.training.pipeline": ["keycld_gym.analysis.evaluation"]})
+
+
+def test_the_package_root_is_one_floor_of_at_most_six_modules():
+    root = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert root == ROOT_MODULES, f"modules at the package root: {sorted(root)}; only {sorted(ROOT_MODULES)} belong there"
+    assert len(root) <= 6
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert subpackages == set(FLOORS) - {"base", "agents", "benchmark", "cli"}, sorted(subpackages)
 
 
 def test_no_function_local_imports_of_the_package():
@@ -105,7 +110,7 @@ def test_no_import_cycles():
 
 
 def test_every_subpackage_says_what_it_may_import():
-    for sub in ("sim", "data", "model", "training", "envs", "rl"):
+    for sub in ("sim", "data", "model", "envs", "rl", "analysis", "training"):
         doc = importlib.import_module(f"keycld_gym.{sub}").__doc__
         assert doc and "May import" in doc, sub
 
@@ -146,3 +151,24 @@ def test_constraints_pin_every_dependency_inside_its_range():
         name = req.name.lower().replace("_", "-")
         assert name in pins, f"constraints.txt pins no {name}"
         assert req.specifier.contains(pins[name]), f"{name}=={pins[name]} is outside {spec}"
+
+
+def test_no_absolute_path_in_any_shipped_file():
+    """Bundled records say where things were relative to the repository, never the machine they were made on."""
+    import re
+
+    found = []
+    for path in (PACKAGE / "weights").rglob("*"):
+        if path.suffix in (".json", ".md"):
+            found += [f"{path.relative_to(PACKAGE)}: {m}" for m in re.findall(r'"(/(?:home|work|tmp|root|Users|mnt)/[^"]*)"', path.read_text())]
+    assert not found, "\n".join(found)
+
+
+def test_portable_paths_make_records_machine_free(tmp_path, monkeypatch):
+    from keycld_gym.files import portable_paths
+
+    monkeypatch.chdir(tmp_path)
+    record = {"model": str(PACKAGE / "weights" / "acrobot"), "runs": [str(tmp_path / "runs" / "a")], "n": 3,
+              "command": "keycld-gym train --out /x/y", "elsewhere": "/nonexistent-root/z"}
+    assert portable_paths(record) == {"model": "keycld_gym/weights/acrobot", "runs": ["runs/a"], "n": 3,
+                                      "command": "keycld-gym train --out /x/y", "elsewhere": "/nonexistent-root/z"}

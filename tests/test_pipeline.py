@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import TINY_MODEL
 
-from keycld_gym.ablations import ABLATION_DYNAMICS, LABELS, AblationStudy
 from keycld_gym.cli import build_parser, main, train_config_from_args
 from keycld_gym.files import json_roundtrip
-from keycld_gym.pipeline import RECORD, Pipeline
+from keycld_gym.training.ablations import ABLATION_DYNAMICS, LABELS, AblationStudy
+from keycld_gym.training.pipeline import RECORD, Pipeline
 from keycld_gym.training.recipes import RECIPES, DataPlan, ModelRecipe, get_recipe
 
 

@@ -9,14 +9,14 @@ import torch
 from keycld_gym.agents import get_recipe
 from keycld_gym.cli import main
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
-from keycld_gym.planning import (
+from keycld_gym.rl.agent import imagined_vec_env, load_agent
+from keycld_gym.rl.agent_evaluation import episode_returns
+from keycld_gym.rl.planning import (
     Guide,
     ModelPredictiveControl,
     PlanningAgent,
     planning_agent,
 )
-from keycld_gym.rl.agent import imagined_vec_env, load_agent
-from keycld_gym.rl.agent_evaluation import episode_returns
 
 PLAN = get_recipe("acrobot", "keypoints", "mppi")
 
@@ -105,7 +105,7 @@ def test_evaluate_agent_plans_in_the_real_task(tmp_path, capsys):
 
 def test_the_benchmark_table_lists_the_models_recorded_planner():
     from keycld_gym.benchmark import format_table
-    from keycld_gym.planning import PLANNING_RECORD
+    from keycld_gym.rl.planning import PLANNING_RECORD
 
     record = json.loads((checkpoint_folder(None, "acrobot") / PLANNING_RECORD).read_text())
     assert record["algo"] == "mppi" and len(record["real_returns"]) == 10 and record["seed"] == 100_000

@@ -36,8 +36,8 @@ def test_observations_are_the_true_bodies_mapped_and_their_velocities():
 
 def test_the_reference_trains_on_the_true_state(noisy_model_dir, tiny_data, tmp_path, capsys):
     from keycld_gym.agents import get_recipe
+    from keycld_gym.analysis.diagnostics import keypoint_map_for, oracle_agent_returns
     from keycld_gym.cli import main
-    from keycld_gym.diagnostics import keypoint_map_for, oracle_agent_returns
     from keycld_gym.model.checkpoint import load_model
     from keycld_gym.rl.agent import load_agent
     from keycld_gym.rl.agent_training import AgentTrainConfig, _Trainer

@@ -4,9 +4,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from keycld_gym.cli import main
-from keycld_gym.sim.systems import WINDOWS, get_system
-from keycld_gym.video import (
+from keycld_gym.analysis.video import (
     BAR,
     INVALID,
     annotate,
@@ -14,6 +12,8 @@ from keycld_gym.video import (
     side_by_side_frames,
     write_video,
 )
+from keycld_gym.cli import main
+from keycld_gym.sim.systems import WINDOWS, get_system
 
 
 def test_annotate_adds_label_bars_and_the_failure_border():

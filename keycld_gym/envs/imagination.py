@@ -5,6 +5,12 @@ vector env (`KeyCLDVectorEnv`) a batch of N. State: keypoints q and velocities v
 `(N, K, 2)` in image units. One agent step holds the action for `action_repeat` physics
 steps of the model (RK4 sub-steps + projection onto the constraints) and sums the reward
 head's prediction over them.
+
+With an ensemble (`model.ensemble`, `keycld_gym.model.ensemble`), every member steps from
+each env's state, and the env moves on as `ensemble_mode` says: `"member"`, the member drawn
+for the env's episode (as MBPO's model rollouts do), or `"mean"`, the members' mean state,
+projected onto the constraints. The members' spread after the agent step is the env's
+`uncertainty` `(N,)`, in pixels.
 """
 
 from __future__ import annotations
@@ -34,11 +40,22 @@ def _bank_key(model: KeyCLDModel, bank: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-class Imagination:
-    """N imagined copies of one system under a trained model."""
+ENSEMBLE_MODES = ("member", "mean")
 
-    def __init__(self, model: KeyCLDModel, num_envs: int, action_repeat: int, device: str | torch.device = "cpu"):
+
+class Imagination:
+    """N imagined copies of one system under a trained model (and its ensemble, if it has one)."""
+
+    def __init__(self, model: KeyCLDModel, num_envs: int, action_repeat: int, device: str | torch.device = "cpu",
+                 ensemble_mode: str = "member"):
+        if ensemble_mode not in ENSEMBLE_MODES:
+            raise ValueError(f"ensemble_mode must be one of {ENSEMBLE_MODES}, got {ensemble_mode!r}")
         self.model = model.to(device).eval()
+        self.ensemble, self.ensemble_mode = model.ensemble, ensemble_mode
+        # per env: the ensemble member its episode follows ("member" mode), and the members'
+        # spread after its last step (pixels; 0 until it steps)
+        self.member = torch.zeros(num_envs, dtype=torch.long, device=device)
+        self.uncertainty = torch.zeros(num_envs, device=device)
         self.spec = model.spec
         self.num_envs, self.action_repeat, self.device = num_envs, action_repeat, torch.device(device)
         k = self.spec.num_keypoints
@@ -79,6 +96,13 @@ class Imagination:
         with torch.no_grad():
             q, v = self.model.project(q.to(self.device, torch.float32), v.to(self.device, torch.float32), iterations=20)
         self.q[index], self.v[index] = q, v
+        self.uncertainty[index] = 0.0
+
+    def draw_members(self, index: np.ndarray, rng: np.random.Generator) -> None:
+        """Draw the ensemble member each of envs `index` follows for its new episode ("member" mode)."""
+        if self.ensemble is not None:
+            drawn = rng.integers(0, self.ensemble.size, len(index))
+            self.member[torch.as_tensor(np.asarray(index))] = torch.from_numpy(drawn).to(self.device)
 
     def state_from_frames(self, frames: np.ndarray, frame_dt: float, actions: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The state at the last of n >= 2 real frames uint8 `(n, H, W, 3)` taken `frame_dt` s apart.
@@ -117,13 +141,28 @@ class Imagination:
         q, v = self.q, self.v
         pushed = actions * self.action_gain
         frames = []
+        if self.ensemble is not None:
+            members = self.ensemble.size
+            qa, va = q.expand(members, *q.shape), v.expand(members, *v.shape)
+            envs = torch.arange(self.num_envs, device=self.device)
         for _ in range(self.action_repeat):
-            q, v = self.model.step(q, v, pushed)
+            if self.ensemble is None:
+                q, v = self.model.step(q, v, pushed)
+            else:
+                qa, va = self.ensemble.step(qa, va, pushed)
+                if self.ensemble_mode == "member":
+                    q, v = qa[self.member, envs], va[self.member, envs]
+                else:
+                    q, v = self.model.project(qa.mean(0), va.mean(0))
             if self.record_frames:
                 frames.append(q)
             reward += self.model.reward(q, v, actions).clamp(0.0, 1.0)  # the suite's rewards lie in [0, 1]
         diverged = ~(torch.isfinite(q).all((1, 2)) & torch.isfinite(v).all((1, 2)) & (q.abs() < self.bound).all((1, 2)))
         diverged |= ~torch.isfinite(reward)
+        if self.ensemble is not None:
+            spread = self.ensemble.disagreement(qa)
+            diverged |= ~torch.isfinite(spread)
+            self.uncertainty = torch.where(diverged, torch.zeros_like(spread), spread)
         # a diverged env keeps its last finite state, so no observation is ever non-finite
         keep = diverged[:, None, None]
         self.q, self.v = torch.where(keep, self.q, q), torch.where(keep, self.v, v)
@@ -150,6 +189,8 @@ class Imagination:
             "velocities": v.cpu().numpy().copy(),
             "constraint_violation": self.model.constraints.phi(q).abs().amax(-1).cpu().numpy(),
         }
+        if self.ensemble is not None:
+            out["uncertainty"] = self.uncertainty[index].cpu().numpy().copy()
         if self.model.config.dynamics.kind != "neural_ode":
             for name, val in self.model.dynamics.energy(q, v).items():
                 out[f"energy_{name}"] = val.cpu().numpy()

@@ -12,6 +12,14 @@ reset options:
     {"state": (4K,) or two (K, 2)}: start from a keypoint state;
     none: a window of the start frames shipped with the weights (the task's own resets),
         chosen by the env's seeded generator.
+
+A model with an ensemble of dynamics (`keycld_gym.model.ensemble`) puts the members'
+disagreement on the state after each step in `info["uncertainty"]` (pixels of the frame: the
+members' spread of predicted keypoints). Options at make time: `ensemble_mode` ("member": each
+episode follows a member drawn at its reset, as MBPO; "mean": the members' mean state),
+`uncertainty_penalty=λ` (the reward minus λ times the disagreement, as MOPO) and
+`uncertainty_limit=u` (the episode is truncated where the disagreement passes u pixels, as
+MOReL); both off by default, and both need an ensemble.
 """
 
 from __future__ import annotations
@@ -25,11 +33,11 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from keycld_gym.data.start_bank import EXPLORING_STARTS, START_BANK, read_start_bank
 from keycld_gym.envs.imagination import Imagination
 from keycld_gym.errors import CheckpointError
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.model.start_bank import EXPLORING_STARTS, START_BANK, read_start_bank
 from keycld_gym.sim.actions import checked_action
 from keycld_gym.sim.systems import get_system
 
@@ -47,17 +55,35 @@ def _load(system: str, checkpoint: str | Path | KeyCLDModel | None, device: str)
     return model, path
 
 
+def _uncertainty_options(model: KeyCLDModel, penalty: float, limit: float | None) -> tuple[float, float | None]:
+    """`uncertainty_penalty` and `uncertainty_limit`, checked: finite, non-negative (positive limit), with an ensemble."""
+    penalty = float(penalty)
+    if not (np.isfinite(penalty) and penalty >= 0):
+        raise ValueError(f"uncertainty_penalty must be a finite number >= 0, got {penalty!r}")
+    if limit is not None:
+        limit = float(limit)
+        if not (np.isfinite(limit) and limit > 0):
+            raise ValueError(f"uncertainty_limit must be a positive number of pixels, got {limit!r}")
+    if (penalty > 0 or limit is not None) and model.ensemble is None:
+        raise ValueError("uncertainty_penalty and uncertainty_limit need a model with an ensemble of dynamics: add "
+                         "members with `keycld-gym ensemble --checkpoint MODEL --out RUN`")
+    return penalty, limit
+
+
 class _Spaces:
     """Set-up, spaces and observation assembly shared by the single and vector env."""
 
     def _setup(self, system: str, checkpoint: str | Path | KeyCLDModel | None, obs_type: str,
-               action_repeat: int | None, device: str, num_envs: int) -> None:
+               action_repeat: int | None, device: str, num_envs: int, ensemble_mode: str = "member",
+               uncertainty_penalty: float = 0.0, uncertainty_limit: float | None = None) -> None:
         self.model, path = _load(system, checkpoint, device)
         self.checkpoint_path = path  # the model folder (None for a model passed in)
         self.system = self.model.spec
         self.obs_type = obs_type
         self.action_repeat = self.system.checked_action_repeat(action_repeat)
-        self.sim = Imagination(self.model, num_envs, self.action_repeat, device)
+        self.uncertainty_penalty, self.uncertainty_limit = _uncertainty_options(
+            self.model, uncertainty_penalty, uncertainty_limit)
+        self.sim = Imagination(self.model, num_envs, self.action_repeat, device, ensemble_mode=ensemble_mode)
         self.bank = read_start_bank(path) if path is not None and (path / START_BANK).exists() else None
         self._init_spaces(obs_type)
         self._steps = np.zeros(num_envs, np.int64)
@@ -89,6 +115,15 @@ class _Spaces:
         checked = checked_action(actions, (a,), np.float32)[None] if n == 1 else checked_action(actions, (n, a), np.float32)
         return torch.from_numpy(checked).to(self.sim.device)
 
+    def _judge(self, reward: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Rewards `(N,)` minus the uncertainty penalty, and which envs passed the uncertainty limit `(N,)` bool."""
+        reward = reward.cpu().numpy().astype(np.float64)
+        if self.sim.ensemble is None:
+            return reward, np.zeros(len(reward), bool)
+        spread = self.sim.uncertainty.cpu().numpy().astype(np.float64)
+        unsure = spread > self.uncertainty_limit if self.uncertainty_limit is not None else np.zeros(len(reward), bool)
+        return reward - self.uncertainty_penalty * spread, unsure
+
     def _reset_index(self, index: np.ndarray, rng: np.random.Generator, options: dict | None) -> None:
         options = options or {}
         unknown = set(options) - {"frames", "frame_dt", "actions", "state"}
@@ -118,6 +153,7 @@ class _Spaces:
                 q = torch.where(explore[:, None, None], eq[other], q)
                 v = torch.where(explore[:, None, None], ev[other], v)
             self.sim.set_state(index, q, v)
+        self.sim.draw_members(index, rng)
         self._steps[index] = 0
         if self.action_gain_range is not None:  # a new gain for each episode
             low, high = self.action_gain_range
@@ -132,10 +168,12 @@ class KeyCLDEnv(_Spaces, gym.Env):
 
     def __init__(self, system: str = "cartpole", checkpoint: str | Path | KeyCLDModel | None = None,
                  obs_type: str = "pixels", action_repeat: int | None = None, device: str = "cpu",
-                 render_mode: str | None = None, draw_keypoints: bool = True):
+                 render_mode: str | None = None, draw_keypoints: bool = True, ensemble_mode: str = "member",
+                 uncertainty_penalty: float = 0.0, uncertainty_limit: float | None = None):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs=1)
+        self._setup(system, checkpoint, obs_type, action_repeat, device, 1, ensemble_mode, uncertainty_penalty,
+                    uncertainty_limit)
         self.render_mode, self.draw_keypoints = render_mode, draw_keypoints
         self.observation_space, self.action_space = self._obs_space, self._act_space
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / (self.action_repeat * self.system.physics_dt)))}
@@ -147,8 +185,9 @@ class KeyCLDEnv(_Spaces, gym.Env):
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
         reward, diverged = self.sim.step(self._check_actions(action, 1))
+        reward, unsure = self._judge(reward)
         self._steps += self.action_repeat
-        truncated = bool(diverged[0]) or bool(self._steps[0] >= self.system.episode_steps)
+        truncated = bool(diverged[0]) or bool(unsure[0]) or bool(self._steps[0] >= self.system.episode_steps)
         info = self._info()
         info["diverged"] = bool(diverged[0])
         return _first(self._observe(slice(0, 1))), float(reward[0]), False, truncated, info
@@ -178,11 +217,13 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
     def __init__(self, num_envs: int, system: str = "cartpole", checkpoint: str | Path | KeyCLDModel | None = None,
                  obs_type: str = "pixels", action_repeat: int | None = None, device: str = "cpu",
                  render_mode: str | None = None, action_gain: tuple[float, float] | None = None,
-                 exploring_starts: float = 0.0, max_episode_steps: int | None = None):
+                 exploring_starts: float = 0.0, max_episode_steps: int | None = None, ensemble_mode: str = "member",
+                 uncertainty_penalty: float = 0.0, uncertainty_limit: float | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
         self.num_envs, self.render_mode = num_envs, None
-        self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs)
+        self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs, ensemble_mode, uncertainty_penalty,
+                    uncertainty_limit)
         # the registry's limit in agent steps (gymnasium passes it to vector entry points, as
         # TimeLimit takes it for single envs); never longer than the task's episode
         if max_episode_steps is not None and max_episode_steps < 1:
@@ -216,9 +257,10 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
         reward, diverged = self.sim.step(self._check_actions(actions, self.num_envs))
+        reward, unsure = self._judge(reward)
         self._steps += self.action_repeat
         div = diverged.cpu().numpy()
-        truncated = div | (self._steps >= self.episode_physics_steps)
+        truncated = div | unsure | (self._steps >= self.episode_physics_steps)
         terminated = np.zeros(self.num_envs, bool)
         obs, infos = self._observe(), self._infos()
         infos["diverged"] = div
@@ -236,7 +278,7 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
             for k, v in self.sim.info(done).items():
                 infos[k][done] = v
             infos["physics_steps"][done] = 0
-        return obs, reward.cpu().numpy().astype(np.float64), terminated, truncated, infos
+        return obs, reward, terminated, truncated, infos
 
     def _infos(self) -> dict:
         return self.sim.info() | {"physics_steps": self._steps.copy()}

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save
 
 from keycld_gym.errors import CheckpointError, UnknownSystemError
 from keycld_gym.files import atomic_write_bytes, read_record, sha256_file, write_json
+from keycld_gym.model.ensemble import ENSEMBLE_WEIGHTS, DynamicsEnsemble
 from keycld_gym.model.keycld import KeyCLDModel, ModelConfig
 from keycld_gym.sim.systems import SYSTEMS, get_system
 from keycld_gym.version import __version__
@@ -57,8 +58,58 @@ def save_checkpoint(path: str | Path, model: KeyCLDModel, meta: dict[str, Any] |
         "weights_sha256": sha256_file(path / WEIGHTS),
         **(meta or {}),
     }
+    if model.ensemble is not None:  # a model that carries members keeps them through a save (refits)
+        config["ensemble"] = _write_members(path, model.ensemble, (meta or {}).get("ensemble") or
+                                            getattr(model, "checkpoint_config", {}).get("ensemble", {}))
     write_json(path / CONFIG, config)
     return path
+
+
+def _write_members(path: Path, ensemble: DynamicsEnsemble, record: dict[str, Any]) -> dict[str, Any]:
+    """Write members 1..K-1 to `path`'s ENSEMBLE_WEIGHTS; returns the config's record of them."""
+    tensors = {f"{i}/{n}": t.detach().cpu().clone().contiguous()
+               for i, member in enumerate(ensemble.members(), 1) for n, t in member.items()}
+    atomic_write_bytes(path / ENSEMBLE_WEIGHTS, lambda f: f.write(save(tensors)))
+    return {**record, "members": ensemble.size, "weights_sha256": sha256_file(path / ENSEMBLE_WEIGHTS)}
+
+
+def save_ensemble(path: str | Path, ensemble: DynamicsEnsemble, record: dict[str, Any]) -> Path:
+    """Add (or replace) the ensemble of the checkpoint folder `path` whose model `ensemble` belongs to."""
+    path = Path(path)
+    config = read_config(path)
+    config["ensemble"] = _write_members(path, ensemble, record)
+    write_json(path / CONFIG, config)
+    return path
+
+
+def _load_members(path: Path, config: dict[str, Any], model: KeyCLDModel) -> DynamicsEnsemble | None:
+    """The ensemble recorded in `config` (None where it records none), checked against its checksum and the model."""
+    record = config.get("ensemble")
+    if not record:
+        return None
+    weights = path / ENSEMBLE_WEIGHTS
+    remedy = f"rebuild the members with `keycld-gym ensemble --checkpoint {path} ...`"
+    if not weights.exists():
+        raise CheckpointError(f"{weights} is missing, but {path / CONFIG} records {record.get('members')} members: {remedy}")
+    if sha256_file(weights) != record.get("weights_sha256"):
+        raise CheckpointError(f"{weights} fails its sha256 checksum (corrupt, truncated or replaced): {remedy}")
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({err}): {remedy}") from err
+    members: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        index, _, name = key.partition("/")
+        members.setdefault(int(index), {})[name] = tensor
+    if sorted(members) != list(range(1, int(record["members"]))):
+        raise CheckpointError(f"{weights} holds members {sorted(members)}, the config records {record['members']}: {remedy}")
+    try:
+        ensemble = DynamicsEnsemble(model, [members[i] for i in sorted(members)])
+    except ValueError as err:
+        raise CheckpointError(f"{weights}: {err}: {remedy}") from err
+    if not all(torch.isfinite(p).all() for p in ensemble.params.values()):
+        raise CheckpointError(f"{weights} holds non-finite parameters: {remedy}")
+    return ensemble
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -90,7 +141,9 @@ def checkpoint_folder(name_or_path: str | Path | None, system: str | None = None
             raise ValueError("no checkpoint given and no system to take the bundled weights of")
         name_or_path = get_system(system).name
     path = Path(name_or_path)
-    if isinstance(name_or_path, str) and not path.exists() and "/" not in name_or_path:
+    # A bare name is a system's bundled model, even where the working directory holds a folder of
+    # that name (a data set, a run): a local folder is passed as a path ("./cartpole").
+    if isinstance(name_or_path, str) and "/" not in name_or_path and (name_or_path in SYSTEMS or not path.exists()):
         try:
             path = bundled_path(name_or_path)
         except UnknownSystemError as err:
@@ -129,7 +182,9 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{weights} does not fit the model its config describes: {err}") from err
     model.checkpoint_config = config
     model.folder = path  # where its other files (measured noise, start frames) lie
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    model.ensemble = _load_members(path, config, model)
+    return model
 
 
 def set_mirror_average(name_or_path: str | Path, on: bool, command: str | None = None) -> Path:
@@ -149,6 +204,13 @@ def set_mirror_average(name_or_path: str | Path, on: bool, command: str | None =
     ModelConfig.from_dict(config["model"])  # still a valid config
     config.setdefault("edits", []).append({"encoder.mirror_average": bool(on), "command": command})
     write_json(path / CONFIG, config)
+    return path
+
+
+def write_noise(folder: str | Path, measurement: dict[str, Any]) -> Path:
+    """Store a measurement beside a model's weights."""
+    path = Path(folder) / NOISE_FILE
+    write_json(path, measurement)
     return path
 
 

@@ -102,6 +102,9 @@ class KeyCLDModel(nn.Module):
         self.dynamics = Dynamics(k, action_dim, self.constraints, config.dynamics,
                                  actuators=self.spec.actuators, joints=self.spec.joints)
         self.reward_net = mlp(4 * k + action_dim, 1, config.reward_hidden, 2, 0.1)
+        # more dynamics members behind the same encoder (`keycld_gym.model.ensemble`), set by
+        # `load_model` where the checkpoint has them; a plain attribute, not in the state dict
+        self.ensemble = None  # a DynamicsEnsemble
 
     # -- parameter groups: each learns at its own rate (training) --------------------------
     def keypoint_parameters(self) -> list[nn.Parameter]:

@@ -19,6 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from keycld_gym.envs.real import make_real_env
 from keycld_gym.errors import CheckpointError
+from keycld_gym.files import portable_path, portable_paths
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model, read_config
 from keycld_gym.model.tracking import estimator_to_dict
 from keycld_gym.rl.agent import Agent, imagined_vec_env, real_vec_env
@@ -96,7 +97,7 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     real_s = time.time() - t0
     result: dict[str, Any] = {
         "system": recipe.system, "obs_type": recipe.obs_type, "algo": recipe.algo,
-        "agent": agent.info.get("path", "?"), "episodes": episodes, "seed": seed, "max_steps": max_steps,
+        "agent": portable_paths(agent.info.get("path", "?")), "episodes": episodes, "seed": seed, "max_steps": max_steps,
         "real_returns": [round(r, 2) for r in real],
     }
     if recipe.obs_type == "keypoints":
@@ -111,7 +112,7 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
         result["imagined_seconds"] = round(time.time() - t1, 1)
     result["real_seconds"] = round(real_s, 1)
     result.update(model_data(folder, recipe.system))
-    result["model"] = str(folder)
+    result["model"] = portable_path(folder)
     result["policy_real_frames"] = 0  # the policy learned in imagination only
     return result
 

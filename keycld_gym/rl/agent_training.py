@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from keycld_gym.agents import AgentRecipe, get_recipe
 from keycld_gym.envs.true_keypoints import TrueKeypointEnv
 from keycld_gym.errors import CheckpointError
-from keycld_gym.files import differing_keys, write_json
+from keycld_gym.files import differing_keys, portable_path, write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.tracking import Filtering
 from keycld_gym.rl.agent import ALGORITHMS, Agent, imagined_vec_env, real_vec_env
@@ -269,7 +269,7 @@ class _Trainer:
         key = self.config.return_key
         agent.save(
             self.out / "agent",
-            model={"path": str(self.model_path), "weights_sha256": self.model.checkpoint_config.get("weights_sha256"),
+            model={"path": portable_path(self.model_path), "weights_sha256": self.model.checkpoint_config.get("weights_sha256"),
                    **model_data(self.model_path, self.recipe.system)},
             training={"command": self.command, "seed": self.config.seed, "steps": int(self.algorithm.num_timesteps),
                       "wall_s": round(self.wall(), 1), "torch_threads": torch.get_num_threads(),

@@ -29,8 +29,7 @@ from gymnasium.vector import VectorEnv, VectorWrapper
 from keycld_gym.agents import bundled_recipe
 from keycld_gym.data.collect import MANIFEST
 from keycld_gym.data.dataset import iter_sequences
-from keycld_gym.files import sha256_file, write_json
-from keycld_gym.model.checkpoint import NOISE_FILE
+from keycld_gym.files import sha256_file
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.model.tracking import Estimator, Filtering, Tracking, estimator_to_dict
 from keycld_gym.sim.systems import WINDOWS
@@ -105,13 +104,6 @@ def measure_estimation_error(
         "data": str(data), "data_manifest_sha256": sha256_file(Path(data) / MANIFEST),
         "seconds": round(time.time() - t0, 1),
     }
-
-
-def write_noise(folder: str | Path, measurement: dict[str, Any]) -> Path:
-    """Store a measurement beside a model's weights."""
-    path = Path(folder) / NOISE_FILE
-    write_json(path, measurement)
-    return path
 
 
 class KeypointNoise(VectorWrapper):

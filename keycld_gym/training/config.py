@@ -80,6 +80,10 @@ class TrainConfig:
     # cartpole's task data it did not help (held-out VPT 10.0 against 9.5, the pole's push
     # near the top 0.79 of the truth against 0.93; BENCHMARKS.md), so no recipe uses it.
     mirror_sequences: bool = False
+    # Dynamics phase: learn from a bootstrap sample of the training sequences (as many, drawn
+    # with replacement by this seed; None: each sequence once). An ensemble's members differ
+    # in it and in `seed`, so that their disagreement reflects what the data leave open.
+    bootstrap_seed: int | None = None
     reward_weight: float = 1.0
     damping_prior: float = 1e-2
     grad_clip: float = 5.0  # element-wise, as in the authors' code

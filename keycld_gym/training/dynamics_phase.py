@@ -53,6 +53,20 @@ class DynamicsPhase:
         self._optimizer: torch.optim.Optimizer | None = None
         self._kp: torch.Tensor | None = None
         self._actions_rewards: tuple[torch.Tensor, torch.Tensor] | None = None  # built once: `data` runs every step
+        self.pool = self.sequence_pool()
+
+    def sequence_pool(self) -> torch.Tensor:
+        """Indices `(S,)` of the (mirrored) sequences rollouts are drawn from: each once, or a bootstrap sample.
+
+        A bootstrap draws the recorded sequences with replacement (`TrainConfig.bootstrap_seed`);
+        a drawn sequence brings its mirror image along.
+        """
+        n = self.train.num_sequences
+        if self.config.bootstrap_seed is None:
+            drawn = torch.arange(n)
+        else:
+            drawn = torch.from_numpy(np.random.default_rng(self.config.bootstrap_seed).integers(0, n, n))
+        return torch.cat([drawn, drawn + n]) if self.config.mirror_sequences else drawn
 
     @property
     def total_steps(self) -> int:
@@ -114,7 +128,7 @@ class DynamicsPhase:
             # the structured Lagrangian's constants from a least-squares fit of its equations of
             # motion: gradient steps from a small start took too long to reach them
             _, acts, _ = self.data()
-            fit = fit_physics(self.model.dynamics, kp, acts, self.model.dt)
+            fit = fit_physics(self.model.dynamics, kp[self.pool], acts[self.pool], self.model.dt)
             apply_physics(self.model.dynamics, fit)
             write_json(self.out / "physics_fit.json", fit.to_dict())
         # a line fit over the first frames after each start to begin with; training refines them
@@ -176,7 +190,7 @@ class DynamicsPhase:
         h = self.horizon(step)
         starts = self.start_frames()
         usable = int((starts <= kp.shape[1] - 1 - h).sum())  # starts with h frames after them
-        idx = torch.from_numpy(self.rng.integers(0, kp.shape[0], c.dynamics_batch))
+        idx = self.pool[torch.from_numpy(self.rng.integers(0, len(self.pool), c.dynamics_batch))]
         j = torch.from_numpy(self.rng.integers(0, usable, c.dynamics_batch))
         frames = starts[j, None] + torch.arange(h + 1)  # (B, h + 1)
         q0, v0 = self.model.project(self.start_q[idx, j], self.start_v[idx, j])

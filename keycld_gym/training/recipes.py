@@ -59,6 +59,8 @@ class ModelRecipe:
             with `dynamics_steps=0`, the dynamics phase from its encoder).
         reward_steps, renderer_steps: steps of the reward head and renderer refits.
         renderer_fit: further settings of the renderer refit (`fit_renderer`'s loss weights).
+        ensemble_members: dynamics members of the finished model (`keycld_gym.model.ensemble`):
+            1, the model alone; K > 1 trains K - 1 more after the renderer refit.
         noise_estimator: the real-side estimator whose error `observation_noise.json`
             records ('window', 'filter' or its JSON; None: the one the system's bundled
             keypoint agent meets the real task with).
@@ -74,10 +76,13 @@ class ModelRecipe:
     renderer_steps: int = 1000
     renderer_fit: dict[str, Any] = field(default_factory=dict)
     noise_estimator: str | None = None
+    ensemble_members: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
         get_system(self.system)
+        if self.ensemble_members < 1:
+            raise ValueError(f"{self.system} recipe: ensemble_members must be at least 1, got {self.ensemble_members}")
         if self.noise_estimator is not None:
             parse_estimator(self.noise_estimator)  # a clear error now, not after training
         unknown = set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)}

@@ -25,11 +25,12 @@ from tqdm import tqdm
 
 from keycld_gym.data.collect import MANIFEST
 from keycld_gym.data.dataset import WindowDataset
-from keycld_gym.data.start_bank import START_BANK, collect_start_bank, write_start_bank
+from keycld_gym.data.start_windows import collect_start_bank
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import sha256_file
 from keycld_gym.model.checkpoint import load_model, save_checkpoint
 from keycld_gym.model.keycld import KeyCLDModel
+from keycld_gym.model.start_bank import START_BANK, write_start_bank
 from keycld_gym.training.config import TrainConfig
 from keycld_gym.training.dynamics_phase import DynamicsPhase
 from keycld_gym.training.keypoint_phase import KeypointPhase, median_image

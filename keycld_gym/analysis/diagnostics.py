@@ -43,9 +43,9 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from keycld_gym.analysis.evaluation import evaluate_model
 from keycld_gym.data.dataset import iter_sequences
 from keycld_gym.envs.true_keypoints import TrueKeypointEnv
-from keycld_gym.evaluation import evaluate_model
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.model.physics_fit import apply_physics, solve_physics
 from keycld_gym.rl.agent import Agent

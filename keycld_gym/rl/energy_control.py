@@ -34,6 +34,7 @@ import scipy.linalg
 import torch
 
 from keycld_gym.agents import AgentRecipe, get_recipe
+from keycld_gym.files import portable_path
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.systems import get_system
@@ -285,4 +286,4 @@ def energy_agent(system: str, checkpoint: str | Path | None = None, settings: di
     """The energy-shaping agent of a system's model (default: the bundled one) with its recipe in `agents/` (`settings` override its hyperparams)."""
     recipe = get_recipe(get_system(system).name, "keypoints", "energy").with_settings(settings, EnergyShaping)
     folder = checkpoint_folder(checkpoint, recipe.system)
-    return EnergyAgent(load_model(folder), recipe, {"model": {"path": str(folder)}})
+    return EnergyAgent(load_model(folder), recipe, {"model": {"path": portable_path(folder)}})

@@ -9,6 +9,8 @@ Steps, in order (the recipe is `keycld_gym/training/recipes.py`):
 3. the dynamics phase (structured Lagrangian, reward head) on the dynamics data, from that
    encoder; the trainer adds the real start frames the imagined env resets from;
 4. the reward head refit on estimated states, then the renderer's read-back refit: OUT/model;
+   where the recipe asks for an ensemble (`ensemble_members` > 1), the dynamics phase again
+   per further member, with another seed on a bootstrap of the dynamics data (OUT/ensemble);
    and start windows from anywhere in the dynamics data, for agents' exploring starts;
 5. the real state estimate's error on the held-out data (`observation_noise.json`);
 6. the held-out evaluation (OUT/eval.json).
@@ -28,23 +30,21 @@ from typing import Any, Callable
 
 import torch
 
+from keycld_gym.analysis.evaluation import evaluate_model
 from keycld_gym.data.collect import collect
-from keycld_gym.data.start_bank import (
-    EXPLORING_STARTS,
-    START_BANK,
-    start_bank_from_data,
-    write_start_bank,
-)
-from keycld_gym.evaluation import evaluate_model
+from keycld_gym.data.start_windows import start_bank_from_data
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import (
     NOISE_FILE,
     checkpoint_folder,
     load_model,
     save_checkpoint,
+    write_noise,
 )
+from keycld_gym.model.start_bank import EXPLORING_STARTS, START_BANK, write_start_bank
 from keycld_gym.model.tracking import parse_estimator
-from keycld_gym.rl.observation_noise import measure_estimation_error, write_noise
+from keycld_gym.rl.observation_noise import measure_estimation_error
+from keycld_gym.training.ensemble import train_ensemble
 from keycld_gym.training.recipes import ModelRecipe, get_recipe
 from keycld_gym.training.renderer_fit import fit_renderer
 from keycld_gym.training.reward_fit import fit_reward_head
@@ -130,6 +130,9 @@ class Pipeline:
                 self.out / "reward", self.model_folder, "renderer", fit_renderer,
                 data=self._training_data(), steps=r.renderer_steps, seed=r.seed, progress=self.progress,
                 command=self.command, **r.renderer_fit)),
+            *([("ensemble", lambda: train_ensemble(self.model_folder, self.out / "ensemble", r.ensemble_members,
+                                                   progress=self.progress, command=self.command))]
+              if r.ensemble_members > 1 else []),
             ("exploring-starts", lambda: write_start_bank(
                 self.model_folder, start_bank_from_data(self.data(r.dynamics_data.name), r.system, seed=r.seed),
                 EXPLORING_STARTS)),

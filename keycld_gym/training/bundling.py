@@ -17,9 +17,8 @@ import json
 import shutil
 from pathlib import Path
 
-from keycld_gym.data.start_bank import EXPLORING_STARTS, START_BANK, read_start_bank
 from keycld_gym.errors import CheckpointError
-from keycld_gym.files import write_json
+from keycld_gym.files import portable_paths, write_json
 from keycld_gym.model.checkpoint import (
     CONFIG,
     NOISE_FILE,
@@ -27,6 +26,8 @@ from keycld_gym.model.checkpoint import (
     bundled_path,
     load_model,
 )
+from keycld_gym.model.ensemble import ENSEMBLE_WEIGHTS
+from keycld_gym.model.start_bank import EXPLORING_STARTS, START_BANK, read_start_bank
 from keycld_gym.rl.agent import (
     AGENT_CONFIG,
     AGENT_MODEL,
@@ -129,7 +130,7 @@ def agent_card(config: dict, evaluation: dict) -> str:
     ])
 
 
-_MODEL_FILES = (WEIGHTS, CONFIG, START_BANK, EXPLORING_STARTS, NOISE_FILE)
+_MODEL_FILES = (WEIGHTS, CONFIG, ENSEMBLE_WEIGHTS, START_BANK, EXPLORING_STARTS, NOISE_FILE)
 
 
 def _copy_model_files(source: Path, dest: Path) -> None:
@@ -137,6 +138,8 @@ def _copy_model_files(source: Path, dest: Path) -> None:
     for name in _MODEL_FILES:
         if (source / name).exists():
             shutil.copy2(source / name, dest / name)
+        elif (dest / name).exists():  # an older bundle's file the new model does not have
+            (dest / name).unlink()
 
 
 def bundle_model(model_folder: str | Path, evaluation: str | Path | None = None, dest: str | Path | None = None) -> Path:
@@ -189,6 +192,7 @@ def bundle_agent(agent_folder: str | Path, evaluation: str | Path, dest: str | P
     if "real_estimator" in result:  # the agent meets the real task as it was evaluated
         config["recipe"]["real_estimator"] = result["real_estimator"]
     config["evaluation"] = {k: v for k, v in result.items() if k != "model_data"}
+    config = portable_paths(config)  # a bundle ships: no path of the machine it was made on
     write_json(dest / AGENT_CONFIG, config)
     (dest / "README.md").write_text(agent_card(config, result))
     return dest

@@ -22,10 +22,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from keycld_gym.evaluation import evaluate_model
+from keycld_gym.analysis.evaluation import evaluate_model
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import load_model
-from keycld_gym.pipeline import RECORD, Pipeline
+from keycld_gym.training.pipeline import RECORD, Pipeline
 from keycld_gym.training.recipes import ModelRecipe
 from keycld_gym.training.trainer import Trainer
 

@@ -21,8 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from keycld_gym.envs.imagined_env import KEYPOINT_COLOURS, upscale_with_keypoints
-from keycld_gym.evaluation import (
+from keycld_gym.analysis.evaluation import (
     frame_mse,
     held_out_sequences,
     mse_epsilon,
@@ -30,6 +29,7 @@ from keycld_gym.evaluation import (
     render_states,
     valid_prediction_time,
 )
+from keycld_gym.envs.imagined_env import KEYPOINT_COLOURS, upscale_with_keypoints
 from keycld_gym.model.checkpoint import load_model
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.systems import WINDOWS

@@ -30,6 +30,7 @@ from stable_baselines3.sac.policies import SACPolicy
 
 from keycld_gym.agents import AgentRecipe, get_recipe
 from keycld_gym.envs.imagination import Imagination
+from keycld_gym.files import portable_path
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.rl.agent import Agent, load_agent
@@ -222,4 +223,4 @@ def planning_agent(system: str, checkpoint: str | Path | None = None, guide: str
     recipe = get_recipe(name, "keypoints", "mppi").with_settings(settings, ModelPredictiveControl)
     folder = checkpoint_folder(checkpoint, name)
     guide_agent = load_agent(guide, name, "keypoints") if guide is not None else None
-    return PlanningAgent(load_model(folder), recipe, guide_agent, {"model": {"path": str(folder)}})
+    return PlanningAgent(load_model(folder), recipe, guide_agent, {"model": {"path": portable_path(folder)}})
