@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -75,6 +76,12 @@ class AgentRecipe:
     # the sliding-window fit or the Kalman filter, with their settings; observation noise
     # "estimated" trains through the same filter in imagination
     real_estimator: Estimator = Tracking()
+    # training in a model with an ensemble of dynamics: the reward minus this many times the
+    # members' disagreement (pixels; MOPO's penalty), and imagined training episodes end where
+    # the disagreement passes this many pixels (MOReL's); 0 and None: off. Evaluations in
+    # imagination run without either, so that their returns compare with the real task's.
+    uncertainty_penalty: float = 0.0
+    uncertainty_limit: float | None = None
 
     def __post_init__(self) -> None:
         if self.action_gain is not None:
@@ -102,6 +109,10 @@ class AgentRecipe:
                              "set real_estimator=Filtering(...)")
         if self.observation_noise != "none" and self.obs_type != "keypoints" and self.features != "keycld-encoder":
             raise ValueError("observation noise applies to keypoint observations (or keycld-encoder pixels) only")
+        if not (math.isfinite(self.uncertainty_penalty) and self.uncertainty_penalty >= 0):
+            raise ValueError(f"uncertainty_penalty must be a finite number >= 0, got {self.uncertainty_penalty}")
+        if self.uncertainty_limit is not None and not (math.isfinite(self.uncertainty_limit) and self.uncertainty_limit > 0):
+            raise ValueError(f"uncertainty_limit must be a positive number of pixels or None, got {self.uncertainty_limit}")
         if not 0.0 <= self.exploring_starts <= 1.0:
             raise ValueError(f"exploring_starts must be a share in [0, 1], got {self.exploring_starts}")
         if self.training_episode_steps is not None and self.training_episode_steps < 1:
@@ -131,7 +142,9 @@ class AgentRecipe:
 
         What RL Zoo cannot express is left out: the measured observation noise, exploring
         starts and action gains (those need the model's own files; `keycld-gym train-agent`
-        applies them). Pixel recipes that read the world model's encoder have no RL Zoo form.
+        applies them). The uncertainty penalty and limit are env options: pass them with
+        `--env-kwargs uncertainty_penalty:1.0 uncertainty_limit:3.0` (and `checkpoint:'MODEL'`
+        for a model with an ensemble). Pixel recipes that read the world model's encoder have no RL Zoo form.
         """
         if self.features != "cnn":
             raise ValueError(f"features={self.features!r} has no RL Zoo form (a custom extractor on the model's encoder)")

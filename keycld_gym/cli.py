@@ -177,6 +177,13 @@ def format_model_report(r: dict) -> str:
                      f"rewards ({rs['rewarded_samples']}) {fmt(rs['rmse_rewarded'])}, mean predicted "
                      f"{fmt(rs['mean_predicted_rewarded'])} of {fmt(rs['mean_true_rewarded'])}; within {rs['near_s']} s of it "
                      f"({rs['near_samples']}) {fmt(rs['rmse_near_rewarded'])}")
+    if c := r.get("calibration"):
+        def rank(x: float | None) -> str:
+            return "-" if x is None else f"{x:.2f}"
+        lines.append(f"ensemble of {c['members']}: disagreement against the model's keypoint error, rank correlation "
+                     f"{rank(c['spearman_pooled'])} over all steps, {rank(c['spearman_within_step_median'])} across "
+                     f"sequences at one step (median); VPT against where it passes {c['level']:.2f} px: rank "
+                     f"{rank(c['spearman_vpt'])}, {c['median_abs_steps']:.1f} steps apart (median)")
     return "\n".join(lines)
 
 
@@ -231,6 +238,7 @@ def _train_agent(args: argparse.Namespace) -> int:
         observation_noise=args.noise, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
         real_eval_every=args.real_eval_every, real_eval_episodes=args.real_eval_episodes,
         checkpoint_every_s=args.checkpoint_every, world=args.world, keypoint_map=_true_keypoint_map(args),
+        uncertainty_penalty=args.uncertainty_penalty, uncertainty_limit=args.uncertainty_limit,
     )
     state = train_agent(config, args.out, resume=args.resume, progress=not args.quiet, command=default_command())
     last = state["curve"][-1]
@@ -324,8 +332,12 @@ def _diagnose(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint)
     agent = _agent(args, model.spec.name, "keypoints") if args.agent else None
+    if args.estimate_episodes and agent is None:
+        raise ValueError("--estimate-episodes runs the agent in the real task: give --agent")
+    estimator = None if args.real_estimator is None else parse_estimator(args.real_estimator)
     result = diagnose(model, args.data, agent=agent, episodes=args.episodes, seed=args.seed,
-                      true_physics=not args.no_true_physics)
+                      true_physics=not args.no_true_physics, estimator=estimator,
+                      estimate_episodes=args.estimate_episodes)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), result)
@@ -345,6 +357,11 @@ def _diagnose(args: argparse.Namespace) -> int:
         print(f"response against the true system ({r['samples']} {r['states']} states): passive relative error "
               f"{r['passive_relative_error']:.3f}, actuator {r['actuator_relative_error']:.3f} (gain ratio "
               f"{r['actuator_gain_ratio']:.3f}, per keypoint {r['actuator_gain_per_keypoint']})")
+    c = result["causal"]
+    print(f"online estimate ({c['estimator']['kind']}) against the true state over {c['samples']} agent steps of "
+          f"{c['sequences']} sequences: positions {c['position_rms']:.4f} units RMS ({c['position_rms_px']:.3f} px; per "
+          f"coordinate {c['position_rms_per_coordinate']}), velocities {c['velocity_rms']:.4f} units/s RMS (per coordinate "
+          f"{c['velocity_rms_per_coordinate']}); {c['ms_per_agent_step']:.1f} ms per agent step (one env, one thread)")
     if "true_physics" in result:
         t = result["true_physics"]
         print(f"true constants behind this encoder: VPT agent median / mean {t['vpt_agent_median']:.1f} / "
@@ -353,6 +370,16 @@ def _diagnose(args: argparse.Namespace) -> int:
         o = result["oracle_agent"]
         print(f"agent on true keypoints: real return {o['real_return_mean']:.1f} ± {o['real_return_std']:.1f} "
               f"over {o['episodes']} episodes (seeds {o['seed']}+)")
+    if "agent_estimate" in result:
+        a = result["agent_estimate"]
+        for part in ("all", "near_goal", "away_from_goal"):
+            e = a[part]
+            if e["samples"]:
+                print(f"agent's estimate, {part.replace('_', ' ')} ({e['samples']} agent steps): velocities "
+                      f"{e['velocity_rms']:.4f} units/s RMS (per coordinate {e['velocity_rms_per_coordinate']}, mean "
+                      f"{e['velocity_mean_per_coordinate']}), positions {e['position_rms_px']:.3f} px RMS")
+        print(f"agent on its estimate: real return {a['real_return_mean']:.1f} over {a['episodes']} episodes "
+              f"(seeds {a['seed']}+), {100 * a['near_goal_share']:.0f}% of its steps near the goal")
     return 0
 
 
@@ -570,6 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="true: a reference, the same recipe trained on the true simulator's state (keypoints mapped "
                         "into the model's); the default trains in imagination only")
     p.add_argument("--data", help="--world true: held-out real sequences to fit that map on")
+    p.add_argument("--uncertainty-penalty", type=non_negative_float,
+                   help="reward minus this times the ensemble's disagreement in pixels (MOPO; default: the recipe's)")
+    p.add_argument("--uncertainty-limit", type=positive_float,
+                   help="end imagined training episodes where the disagreement passes this many pixels (MOReL; "
+                        "default: the recipe's)")
     p.set_defaults(func=_train_agent)
     p = sub.add_parser("evaluate-agent", parents=[THREADS], help="an agent's return in the real task and in imagination")
     p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), 'bundled', 'energy' "
@@ -623,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real-estimator", help="the estimator to measure: 'window', 'filter' or its JSON (default: the "
                                             "one the system's bundled keypoint recipe meets the real task with)")
     p.set_defaults(func=_observation_noise)
-    p = sub.add_parser("diagnose", parents=[THREADS], help="a model's keypoints, response and VPT against the true system; an agent on true keypoints")
+    p = sub.add_parser("diagnose", parents=[THREADS], help="a model's keypoints, response, online estimate and VPT against the true system; an agent on true keypoints")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, help="held-out real sequences (with their true states)")
     p.add_argument("--agent", help="also run this keypoint agent (folder, 'bundled', 'energy' or 'plan', as "
@@ -632,6 +664,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=positive_int, default=10)
     p.add_argument("--seed", type=non_negative_int, default=100_000, help="episode i of the real task is reset with seed + i")
     p.add_argument("--no-true-physics", action="store_true", help="skip the VPT with the true constants")
+    p.add_argument("--real-estimator", help="the online estimate scored against the true state: 'window', 'filter' or "
+                                            "its JSON (default: the agent's recipe's, else the system's bundled "
+                                            "keypoint agent's)")
+    p.add_argument("--estimate-episodes", type=non_negative_int, default=0,
+                   help="also run --agent this many episodes in the real task on its estimate (rendered, one "
+                        "process) and score the estimate at every step it acts on")
     p.add_argument("--json", help="write the full result here")
     p.set_defaults(func=_diagnose)
     p = sub.add_parser("mirror-average", help="average each frame's keypoints with its mirror image's (on) or not "

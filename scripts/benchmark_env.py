@@ -31,7 +31,7 @@ def _rate(step, seconds: float, per_call: int) -> float:
     return n * per_call / (time.perf_counter() - t0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--system", default="cartpole")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled model)")
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default="runs/bench_env.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     rows = []
@@ -60,7 +60,7 @@ def main() -> None:
         env = KeyCLDEnv(args.system, args.checkpoint, obs_type=obs)
         env.reset(seed=0)
 
-        def single_step():
+        def single_step(env=env):  # bound now: each obs type times its own env
             _, _, term, trunc, _ = env.step(rng.uniform(-1, 1, env.action_space.shape))
             if term or trunc:
                 env.reset()
@@ -71,7 +71,7 @@ def main() -> None:
             venv.reset(seed=0)
             acts = rng.uniform(-1, 1, venv.action_space.shape).astype(np.float32)
             rows.append({"env": "imagined", "obs": obs, "num_envs": n,
-                         "steps_per_s": _rate(lambda: venv.step(acts), args.seconds, n)})
+                         "steps_per_s": _rate(lambda venv=venv, acts=acts: venv.step(acts), args.seconds, n)})
     for r in rows:
         r["ratio_to_real_pixels"] = r["steps_per_s"] / real_rate
     print(f"{'env':10s} {'obs':10s} {'envs':>5s} {'agent steps/s':>14s} {'x real pixels':>14s}")

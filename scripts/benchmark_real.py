@@ -55,7 +55,7 @@ def collection_frames_per_second(system: str, episodes: int, frames: int, worker
             "frames_per_s": manifest["frames"] / elapsed, "bytes_per_frame": size / manifest["frames"]}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", default="cartpole")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each env measurement")
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", default="runs/bench_real.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
 

@@ -1,6 +1,7 @@
 """VPT through the env API: does the Gymnasium plumbing keep the model's prediction quality?
 
     python scripts/env_vpt.py --checkpoint runs/cartpole-main/model --data data/cartpole-task-eval [--json runs/env_vpt.json]
+        [--sequences N] [--start-frames N] [--agent-steps N]
 
 For each held-out sequence: `reset(options={"frames": first 33 frames, "frame_dt": physics
 step, "actions": their actions})` on a `KeyCLDEnv` with action repeat 1 (the recorded
@@ -25,21 +26,22 @@ from keycld_gym.model.checkpoint import load_model
 from keycld_gym.sim.systems import WINDOWS
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--start-frames", type=int, help="default: 0.32 s of frames (WINDOWS.evaluation_start)")
     p.add_argument("--agent-steps", type=int, default=45)
+    p.add_argument("--sequences", type=int, help="only the first this many held-out sequences (default: all)")
     p.add_argument("--model-json", help="evaluate-model JSON of the same checkpoint and data, to compare with")
     p.add_argument("--json", default="runs/env_vpt.json")
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint)
     env = KeyCLDEnv(model.spec.name, args.checkpoint, obs_type="pixels", action_repeat=1)
     d = WindowDataset(args.data, 1, split="all").data
-    frames, actions = d["frames"], d["actions"].astype(np.float32)
+    frames, actions = d["frames"][: args.sequences], d["actions"][: args.sequences].astype(np.float32)
     start_frames = args.start_frames or model.spec.frames(WINDOWS.evaluation_start)
     repeat, last = model.spec.action_repeat, start_frames - 1
     epsilon = mse_epsilon(frames[:, ::10].reshape(-1, *frames.shape[2:]))

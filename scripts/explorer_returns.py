@@ -21,13 +21,13 @@ from keycld_gym.sim.exploration import CONTROLLERS, ExplorationConfig, Explorer
 from keycld_gym.sim.real_env import RealEnv
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", choices=sorted(CONTROLLERS), default="pendulum")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--mode", choices=("controller", "explorer", "noise"), default="controller")
     parser.add_argument("--json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     env = RealEnv(args.system, "state", action_repeat=1)
     hinge = next(i for i, n in enumerate(env.system.qpos_names) if "slider" not in n)
     rows = []

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from keycld_gym import diagnostics
+from keycld_gym.analysis import diagnostics
 from keycld_gym.analysis.evaluation import keypoint_state_metrics
 from keycld_gym.data.dataset import iter_sequences
 from keycld_gym.model.checkpoint import load_model
@@ -61,7 +61,7 @@ def training_keypoints(model: KeyCLDModel, data: str, frames: int = 2000) -> np.
     return np.concatenate(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--system", choices=sorted(RECIPES), default="cartpole")
     parser.add_argument("--data", required=True, help="training data set (keypoint phase)")
@@ -80,7 +80,7 @@ def main() -> None:
                         help="a TrainConfig field (a JSON value), e.g. constraint_weight=1; repeatable")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     recipe = get_recipe(args.system)
     encoder = dataclasses.replace(recipe.model.encoder, full_resolution=args.full_resolution, mask_ramp=args.mask_ramp,

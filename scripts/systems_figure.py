@@ -20,12 +20,12 @@ STATES = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import imageio.v3 as iio
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="docs/systems.png")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = []
     for name, states in STATES.items():
         frames = system_frames(name, states)

@@ -117,3 +117,43 @@ def test_gym_make_passes_the_options(ensemble_dir):
     env = gym.make("KeyCLD-Cartpole-v0", checkpoint=str(ensemble_dir), obs_type="keypoints", uncertainty_limit=50.0)
     env.reset(seed=0)
     assert "uncertainty" in env.step(np.zeros(1, np.float32))[4]
+
+
+def test_calibration_ranks_a_disagreement_that_tracks_the_error(tiny_model_dir):
+    from keycld_gym.analysis.calibration import calibration
+
+    model = load_model(tiny_model_dir)
+    model.ensemble = DynamicsEnsemble(model, [member_state(model)] * 2)
+    rng = np.random.default_rng(0)
+    observed = torch.from_numpy(rng.normal(size=(8, 5, 2, 2)).astype(np.float32))
+    scale = torch.from_numpy(rng.uniform(0.01, 0.2, size=(8, 5, 1, 1)).astype(np.float32))  # per sequence and step
+    offsets = torch.tensor([1.0, -1.0, 0.5]).reshape(3, 1, 1, 1, 1)
+    members_q = observed + offsets * scale  # spread and member 0's error both proportional to the scale
+    vpt = np.array([1, 2, 3, 4, 5, 1, 2, 3])
+    c = calibration(model, members_q, observed, vpt)
+    assert c["spearman_pooled"] == pytest.approx(1.0) and c["spearman_within_step_median"] == pytest.approx(1.0)
+    # member 0 exact: no error anywhere, so nothing for the disagreement to rank against
+    exact = members_q.clone()
+    exact[0] = observed
+    assert calibration(model, exact, observed, vpt)["spearman_pooled"] is None
+
+
+def test_evaluate_model_reports_the_calibration_of_an_ensemble(ensemble_dir, tiny_data):
+    from keycld_gym.analysis.evaluation import evaluate_model
+
+    result = evaluate_model(load_model(ensemble_dir), tiny_data, start_frames=9, agent_steps=4, physics_frames=10,
+                            references=False)
+    c = result["calibration"]
+    assert c["members"] == 3 and c["steps"] == 4 and c["sequences"] == result["sequences"] and c["units"] == "pixels"
+    assert all(x >= 0 for x in c["disagreement_median_by_step"]) and c["level"] >= 0
+    for key in ("spearman_pooled", "spearman_within_step_median", "spearman_vpt"):
+        assert c[key] is None or -1 <= c[key] <= 1
+
+
+def test_video_shows_the_disagreement(ensemble_dir, tiny_data, tmp_path):
+    from keycld_gym.analysis.video import prediction_video
+
+    result = prediction_video(ensemble_dir, tiny_data, tmp_path / "v.gif", sequences=1, agent_steps=3)
+    spread = result["disagreement_px"]["KeyCLD"]
+    assert len(spread) == 1 and len(spread[0]) == 4 and spread[0][0] == 0.0 and all(x >= 0 for x in spread[0])
+    assert (tmp_path / "v.gif").stat().st_size > 0

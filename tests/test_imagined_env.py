@@ -285,3 +285,63 @@ def test_bundled_model_made_by_its_pipeline_and_default_env(system, max_frames, 
     assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
     assert info["keypoints"].shape == (keypoints, 2)  # from real start frames of the task's reset
     check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_the_env_contract_is_enforced_where_it_is_stated(ckpt, tiny_data):
+    """No step before reset; no start state or frames that would give a non-finite or meaningless observation."""
+    env = KeyCLDEnv("cartpole", ckpt, obs_type="keypoints")
+    with pytest.raises(gym.error.ResetNeeded):
+        env.step(np.zeros(1, np.float32))
+    venv = KeyCLDVectorEnv(2, "cartpole", ckpt, obs_type="keypoints")
+    with pytest.raises(gym.error.ResetNeeded):
+        venv.step(np.zeros((2, 1), np.float32))
+    obs, _ = env.reset(seed=0)
+    with pytest.raises(ValueError, match="not finite once projected|leave the frame"):
+        env.reset(options={"state": np.full(8, 1e30, np.float32)})
+    assert np.all(np.isfinite(env.step(np.zeros(1, np.float32))[0]))  # the env kept a finite state
+    frames = read_start_bank(ckpt)["frames"][0]
+    with pytest.raises(ValueError, match="span"):  # seconds for milliseconds: refused at once, not fitted for minutes
+        env.reset(options={"frames": frames, "frame_dt": 2.0})
+    with pytest.raises(ValueError, match="finite"):
+        env.reset(options={"frames": frames, "frame_dt": float("nan")})
+    with pytest.raises(ValueError, match="moving parts"):
+        env.reset(options={"frames": np.zeros_like(frames)})
+    noise = np.random.default_rng(0).integers(0, 256, frames.shape, dtype=np.uint8)
+    with pytest.raises(ValueError, match="moving parts"):
+        env.reset(options={"frames": noise})
+
+
+def test_a_folder_named_like_a_system_does_not_shadow_the_bundled_model(monkeypatch, tmp_path):
+    from keycld_gym.model.checkpoint import bundled_path, checkpoint_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cartpole").mkdir()
+    assert checkpoint_folder("cartpole") == bundled_path("cartpole")
+    assert checkpoint_folder("./cartpole") == tmp_path / "cartpole" or checkpoint_folder("./cartpole").resolve() == (tmp_path / "cartpole").resolve()
+
+
+def test_corrupt_side_files_and_non_finite_weights_are_checkpoint_errors(ckpt, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from keycld_gym.files import sha256_file
+
+    folder = tmp_path / "model"
+    shutil.copytree(ckpt, folder)
+    bank = folder / "start_frames.npz"
+    bank.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        read_start_bank(folder)
+    tensors = load_file(folder / "model.safetensors")
+    name = next(k for k, t in tensors.items() if t.is_floating_point())
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, folder / "model.safetensors")
+    config = (folder / "config.json").read_text()
+    import json
+
+    record = json.loads(config)
+    record["weights_sha256"] = sha256_file(folder / "model.safetensors")  # a valid checksum of NaN weights
+    (folder / "config.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="non-finite"):
+        keycld_gym.load_model(folder)

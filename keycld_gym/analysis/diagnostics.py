@@ -30,12 +30,23 @@ by least squares on held-out frames. Then:
   frames: the gap to its real return is what the state estimate costs. For an agent
   trained on the true state (`train-agent --world true`) it is the reference return of
   the RL alone.
+- `causal`: the real env's online state estimate (the agent's recipe's estimator, else the
+  system's bundled keypoint agent's; `Tracking` or `Filtering`) run frame by frame through
+  the held-out sequences as the real env runs it, read once per agent step, against the
+  true state mapped into keypoint space: position and velocity RMS error per coordinate
+  (image units, and per second), and its cost per agent step (one sequence, one thread).
+- `agent_estimate` (`estimate_episodes` > 0, with an agent): the same estimate along the
+  agent's own episodes in the real task (rendered, one process), at every step it acts on,
+  overall and near the goal (where the task pays at least `GOAL_REWARD` per step): the
+  errors that matter to the agent, on the states it visits.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,11 +54,14 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from keycld_gym.agents import bundled_recipe
 from keycld_gym.analysis.evaluation import evaluate_model
 from keycld_gym.data.dataset import iter_sequences
+from keycld_gym.envs.real_keypoints import RealKeypointEnv
 from keycld_gym.envs.true_keypoints import TrueKeypointEnv
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.model.physics_fit import apply_physics, solve_physics
+from keycld_gym.model.tracking import Estimator, Filtering, Tracking, estimator_to_dict
 from keycld_gym.rl.agent import Agent
 from keycld_gym.rl.agent_evaluation import episode_returns
 from keycld_gym.sim.keypoint_truth import (
@@ -55,9 +69,11 @@ from keycld_gym.sim.keypoint_truth import (
     exact_samples,
     fit_keypoint_map,
     random_state,
+    true_motion,
     true_points,
 )
 from keycld_gym.sim.real_env import RealEnv
+from keycld_gym.sim.systems import WINDOWS
 
 
 class KeypointSamples(NamedTuple):
@@ -95,7 +111,7 @@ def keypoint_map_for(model: KeyCLDModel, data: str | Path, every: int = 5) -> Ke
 
 def pixel_errors(model: KeyCLDModel, keypoints: np.ndarray, points: np.ndarray, kmap: KeypointMap) -> np.ndarray:
     """Encoded keypoints minus the mapped true points, in pixels `(N, K, 2)`."""
-    # image units span [-1, 1] over the frame's height (docs/design.md section 2): px = units * H / 2
+    # image units span [-1, 1] over the frame's height (docs/method/keypoints.md, "State"): px = units * H / 2
     return (keypoints - kmap.points(points)) * (model.spec.camera.height / 2)
 
 
@@ -304,9 +320,161 @@ def oracle_agent_returns(agent: Agent, kmap: KeypointMap, episodes: int = 10, se
             "real_return_mean": float(np.mean(returns)), "real_return_std": float(np.std(returns))}
 
 
+# per physics step (the task pays at most 1): a balanced, calm cartpole pole; the pendulum's bob at the top
+GOAL_REWARD = 0.8
+
+
+def real_estimator(model: KeyCLDModel, agent: Agent | None = None) -> Estimator:
+    """The estimator the real env meets `model`'s agents with: `agent`'s recipe's, else the system's bundled keypoint agent's (a window fit if none ships)."""
+    recipe = agent.recipe if agent is not None else bundled_recipe(model.spec.name, "keypoints")
+    return Tracking() if recipe is None else recipe.real_estimator
+
+
+def ready_estimator(estimator: Estimator, model: KeyCLDModel, frame_std: np.ndarray) -> tuple[Estimator, str]:
+    """`estimator` with nothing left to read, and where a filter's measurement noise came from.
+
+    A filter's `measurement_std=None` is the model's measured frame error (its
+    observation_noise.json, `keycld-gym observation-noise`); a model without one gets
+    `frame_std` `(2K,)`, the encoder's error against the mapped true points.
+    """
+    if not isinstance(estimator, Filtering) or estimator.measurement_std is not None:
+        return estimator, "given"
+    try:
+        return estimator.resolved(model), "observation_noise.json"
+    except ValueError:  # a CheckpointError (no observation_noise.json), or a model not loaded from a folder
+        return dataclasses.replace(estimator, measurement_std=tuple(float(x) for x in frame_std)), "the true points"
+
+
+class HeldOut(NamedTuple):
+    """Held-out sequences of one length: keypoints `(B, T, K, 2)`, actions `(B, T - 1, A)`, true qpos `(B, T, nq)`, qvel `(B, T, nv)`."""
+
+    keypoints: torch.Tensor
+    actions: torch.Tensor
+    qpos: np.ndarray
+    qvel: np.ndarray
+
+
+def held_out_sequences(model: KeyCLDModel, data: str | Path) -> list[HeldOut]:
+    """Every sequence of `data`, its frames encoded, grouped by length (a group runs as one batch)."""
+    seqs = [(model.encode_frames(s["frames"]), s["actions"], s["qpos"], s["qvel"])
+            for s in iter_sequences(data, model.spec.name)]
+    groups = [[s for s in seqs if len(s[0]) == n] for n in sorted({len(s[0]) for s in seqs})]
+    return [HeldOut(torch.stack([s[0] for s in g]), torch.from_numpy(np.stack([s[1] for s in g]).astype(np.float32)),
+                    np.stack([s[2] for s in g]), np.stack([s[3] for s in g])) for g in groups]
+
+
+def online_reads(model: KeyCLDModel, estimator: Estimator, keypoints: torch.Tensor,
+                 actions: torch.Tensor) -> list[tuple[int, np.ndarray]]:
+    """Frame t and the estimate `(B, 4K)` there at each agent step, keypoints `(B, T, K, 2)` added frame by frame as the real env adds them."""
+    online, reads, repeat = estimator.start(model), [], model.spec.action_repeat
+    for t in range(keypoints.shape[1]):
+        online.add(keypoints[:, t], None if t == 0 else actions[:, t - 1])
+        if t and t % repeat == 0:  # the real env's first read follows a whole agent step
+            q, v = online.estimate()
+            reads.append((t, torch.cat([q.flatten(1), v.flatten(1)], 1).numpy()))
+    return reads
+
+
+def true_observation(physics: Any, model: KeyCLDModel, kmap: KeypointMap, qpos: np.ndarray,
+                     qvel: np.ndarray) -> np.ndarray:
+    """The true state `(nq,)`, `(nv,)` as a keypoint observation `(4K,)`: mapped positions, then velocities (sets `physics` to it)."""
+    physics.data.qpos[:], physics.data.qvel[:] = qpos, qvel
+    p, v = true_motion(physics, model.spec)
+    return np.concatenate([kmap.points(p).ravel(), kmap.vectors(v).ravel()])
+
+
+def causal_errors(model: KeyCLDModel, estimator: Estimator, kmap: KeypointMap, sequences: list[HeldOut],
+                  burn_in: int) -> np.ndarray:
+    """Online estimate minus the true state `(N, 4K)` at every agent step from frame `burn_in` on."""
+    env = RealEnv(model.spec, "state", action_repeat=1)
+    errors = []
+    for s in sequences:
+        for t, estimate in online_reads(model, estimator, s.keypoints, s.actions):
+            if t >= burn_in:
+                truth = [true_observation(env.physics, model, kmap, q, v) for q, v in zip(s.qpos[:, t], s.qvel[:, t])]
+                errors.append(estimate - np.array(truth))
+    env.close()
+    if not errors:
+        raise ValueError(f"no held-out sequence reaches an agent step after the burn-in ({burn_in} frames)")
+    return np.concatenate(errors)
+
+
+def estimator_cost_ms(model: KeyCLDModel, estimator: Estimator, sequences: HeldOut) -> float:
+    """Milliseconds per agent step of `estimator` on the first of `sequences` alone, on one thread (as one real env runs it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        reads = online_reads(model, estimator, sequences.keypoints[:1], sequences.actions[:1])
+        return (time.perf_counter() - start) / max(len(reads), 1) * 1e3
+    finally:
+        torch.set_num_threads(threads)
+
+
+def error_summary(errors: np.ndarray, px: float) -> dict[str, Any]:
+    """Estimate errors `(N, 4K)` (positions, then velocities): RMS overall and per coordinate `(2K,)`, velocity means; `px` pixels per image unit."""
+    if not len(errors):
+        return {"samples": 0}
+    h = errors.shape[1] // 2
+    pos, vel = errors[:, :h], errors[:, h:]
+
+    def rms(x: np.ndarray, axis: int | None = None) -> Any:
+        return np.sqrt((x**2).mean(axis))
+
+    return {"samples": len(errors), "position_rms": float(rms(pos)), "position_rms_px": float(rms(pos) * px),
+            "velocity_rms": float(rms(vel)),
+            "position_rms_per_coordinate": rms(pos, 0).round(5).tolist(),
+            "velocity_rms_per_coordinate": rms(vel, 0).round(5).tolist(),
+            "velocity_mean_per_coordinate": vel.mean(0).round(5).tolist()}
+
+
+def causal_estimate(model: KeyCLDModel, kmap: KeypointMap, data: str | Path, estimator: Estimator,
+                    burn_in: int | None = None) -> dict[str, Any]:
+    """`causal` of the module docstring on held-out `data`; `estimator` ready to run (`ready_estimator`), `burn_in` frames unscored (default 0.32 s)."""
+    burn_in = model.spec.frames(WINDOWS.evaluation_start) if burn_in is None else burn_in
+    sequences = held_out_sequences(model, data)
+    errors = causal_errors(model, estimator, kmap, sequences, burn_in)
+    longest = max(sequences, key=lambda s: s.keypoints.shape[1])
+    return {"estimator": estimator_to_dict(estimator), "sequences": sum(len(s.keypoints) for s in sequences),
+            "burn_in": burn_in, "every": model.spec.action_repeat,
+            **error_summary(errors, model.spec.camera.height / 2),
+            "ms_per_agent_step": estimator_cost_ms(model, estimator, longest)}
+
+
+def agent_estimate_errors(agent: Agent, model: KeyCLDModel, kmap: KeypointMap, estimator: Estimator, episodes: int = 1,
+                          seed: int = 100_000, max_steps: int | None = None) -> dict[str, Any]:
+    """`agent_estimate` of the module docstring: the estimate's error along `agent`'s real episodes (one process; `max_steps` cuts them)."""
+    env = RealKeypointEnv(model.spec.name, model, tracking=estimator)
+    physics = env.env.physics
+    errors, near, returns = [], [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done, steps = 0.0, False, 0
+        while not done and (max_steps is None or steps < max_steps):
+            errors.append(obs - true_observation(physics, model, kmap, physics.data.qpos.copy(), physics.data.qvel.copy()))
+            near.append(float(env.env.task.get_reward(physics)) >= GOAL_REWARD)
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs[None])[0])
+            total, done, steps = total + reward, terminated or truncated, steps + 1
+        returns.append(total)
+    env.close()
+    errors, near, px = np.array(errors), np.array(near), model.spec.camera.height / 2
+    return {"episodes": episodes, "seed": seed, "max_steps": max_steps, "estimator": estimator_to_dict(estimator),
+            "goal_reward": GOAL_REWARD, "near_goal_share": float(near.mean()),
+            "all": error_summary(errors, px), "near_goal": error_summary(errors[near], px),
+            "away_from_goal": error_summary(errors[~near], px),
+            "real_returns": returns, "real_return_mean": float(np.mean(returns))}
+
+
 def diagnose(model: KeyCLDModel, data: str | Path, *, agent: Agent | None = None, episodes: int = 10,
-             seed: int = 100_000, true_physics: bool = True) -> dict[str, Any]:
-    """Every diagnostic of the module docstring for `model` on held-out `data` (and `agent`, if given)."""
+             seed: int = 100_000, true_physics: bool = True, estimator: Estimator | None = None,
+             estimate_episodes: int = 0) -> dict[str, Any]:
+    """Every diagnostic of the module docstring for `model` on held-out `data` (and `agent`, if given).
+
+    `estimator`: the online estimate `causal` scores (default `real_estimator`);
+    `estimate_episodes`: the agent's real episodes `agent_estimate` runs (0: none).
+    """
+    if estimate_episodes and agent is None:
+        raise ValueError("estimate_episodes runs an agent in the real task: give the agent")
     keypoints, points, _, held_out_qpos = true_keypoint_samples(model, data)
     named = fit_keypoint_map(keypoints, points)
     # what follows compares with the points the keypoints follow: against the named tip, true
@@ -321,8 +489,13 @@ def diagnose(model: KeyCLDModel, data: str | Path, *, agent: Agent | None = None
         "response": true_response(model, kmap),
         "response_near_goal": true_response(model, kmap, near_goal=True),
     }
+    frame_std = (keypoints - kmap.points(points)).reshape(len(keypoints), -1).std(0)
+    ready, source = ready_estimator(estimator or real_estimator(model, agent), model, frame_std)
+    result["causal"] = {**causal_estimate(model, kmap, data, ready), "measurement_std_from": source}
     if true_physics and model.config.dynamics.structured and not model.config.dynamics.potential_mlp:
         result["true_physics"] = true_physics_vpt(model, kmap, data)
     if agent is not None:
         result["oracle_agent"] = oracle_agent_returns(agent, kmap, episodes, seed)
+    if agent is not None and estimate_episodes:
+        result["agent_estimate"] = agent_estimate_errors(agent, model, kmap, ready, estimate_episodes, seed)
     return result

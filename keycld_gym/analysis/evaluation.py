@@ -1,4 +1,4 @@
-"""Evaluating a KeyCLD model on held-out real sequences (docs/design.md section 4).
+"""Evaluating a KeyCLD model on held-out real sequences (docs/method/metrics.md, "VPT").
 
 - VPT: from the first `start_frames` frames of a sequence (physics interval, with their
   actions) estimate the state, predict open loop under the recorded actions, and count the
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from keycld_gym.analysis.calibration import calibration, ensemble_predictions
 from keycld_gym.data.collect import MANIFEST
 from keycld_gym.data.dataset import WindowDataset
 from keycld_gym.files import sha256_file
@@ -271,6 +272,9 @@ def evaluate_model(
         "keypoint_drift_median": {str(i + 1): float(drift[:, i].median()) for i in range(agent_steps)},
         "hold_frame": vpt_block(err_hold),
     }
+    if model.ensemble is not None:  # does the members' disagreement say where these predictions fail?
+        members_q = ensemble_predictions(model, qs_fit[:, -1], vs_fit[:, -1], act[:, last:], agent_times)
+        result["calibration"] = calibration(model, members_q, kp_future, np.asarray(result["model"]["vpt_agent"]))
     if references:
         qpos, qvel = d["qpos"][:s_count, last], d["qvel"][:s_count, last]
         sim = true_simulator_frames(spec, qpos, qvel, actions[:, last:], times, noise, np.random.default_rng(seed))

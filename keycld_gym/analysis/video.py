@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from keycld_gym.analysis.calibration import ensemble_predictions
 from keycld_gym.analysis.evaluation import (
     frame_mse,
     held_out_sequences,
@@ -37,6 +38,8 @@ from keycld_gym.sim.systems import WINDOWS
 VIDEO_SUFFIXES = (".gif", ".mp4")
 BAR = 18  # px: the label bar above and the caption bar below each panel
 VALID, INVALID, TEXT = (40, 140, 60), (200, 40, 40), (30, 30, 30)
+# pixels of an ensemble's disagreement that fill a panel's bar (a keypoint's size in a 64-pixel frame)
+SPREAD_FULL_SCALE = 4.0
 # the model kinds' names in a video's labels
 KIND_LABELS = {"constrained": "KeyCLD", "unconstrained": "unconstrained", "neural_ode": "neural ODE"}
 
@@ -48,10 +51,13 @@ def _font(size: int = 13):
 
 
 def annotate(frame: np.ndarray, keypoints: np.ndarray | None, scale: int, title: str, caption: str,
-             caption_colour: tuple[int, int, int] = TEXT, border: tuple[int, int, int] | None = None) -> np.ndarray:
+             caption_colour: tuple[int, int, int] = TEXT, border: tuple[int, int, int] | None = None,
+             meter: float | None = None) -> np.ndarray:
     """One panel: `frame` `(H, W, 3)` enlarged `scale` times with keypoints `(K, 2)`, a title bar above, a caption below.
 
-    `border` draws a 3-pixel frame of that colour around the image (a failed prediction).
+    `border` draws a 3-pixel frame of that colour around the image (a failed prediction);
+    `meter` in [0, 1] a bar along the image's bottom edge, that share of its width (an
+    ensemble's disagreement: the model saying how unsure it is).
     """
     from PIL import Image, ImageDraw
 
@@ -65,6 +71,10 @@ def annotate(frame: np.ndarray, keypoints: np.ndarray | None, scale: int, title:
     font = _font()
     draw.text((4, 2), title, fill=TEXT, font=font)
     draw.text((4, h + BAR + 2), caption, fill=caption_colour, font=font)
+    if meter is not None:
+        share = float(np.clip(meter, 0.0, 1.0))
+        draw.rectangle((0, BAR + h - 6, w - 1, BAR + h - 1), fill=(230, 230, 230))
+        draw.rectangle((0, BAR + h - 6, int(round(share * (w - 1))), BAR + h - 1), fill=INVALID)
     return np.asarray(panel)
 
 
@@ -123,19 +133,26 @@ class Prediction:
     frames: np.ndarray  # (S, N + 1, H, W, 3) uint8: the fitted start state, then N agent steps
     keypoints: np.ndarray  # (S, N + 1, K, 2)
     valid_steps: np.ndarray  # (S,): predicted agent steps before the error first exceeds epsilon
+    spread: np.ndarray | None = None  # (S, N + 1): the ensemble's disagreement in pixels (None: no ensemble)
 
 
 def predict_sequences(model: KeyCLDModel, frames: np.ndarray, actions: np.ndarray, start_frames: int,
                       agent_steps: int, epsilon: float, label: str) -> Prediction:
     """A model's prediction of real sequences frames uint8 `(S, T, H, W, 3)` under actions `(S, T, A)`."""
     repeat = model.spec.action_repeat
-    _, qs_fit, _, pred = predict_open_loop(model, frames, actions, start_frames, agent_steps * repeat)
+    _, qs_fit, vs_fit, pred = predict_open_loop(model, frames, actions, start_frames, agent_steps * repeat)
     q = torch.cat([qs_fit[:, -1:], pred[:, repeat - 1::repeat]], 1)  # (S, N + 1, K, 2)
     rendered = render_states(model, q.flatten(0, 1)).reshape(*q.shape[:2], *frames.shape[2:])
     real = frames[:, start_frames - 1::repeat][:, :agent_steps + 1]
     errors = frame_mse(rendered[:, 1:], real[:, 1:].astype(np.float32) / 255)
+    spread = None
+    if model.ensemble is not None:
+        act = torch.from_numpy(np.asarray(actions, np.float32))[:, start_frames - 1:]
+        members = ensemble_predictions(model, qs_fit[:, -1], vs_fit[:, -1], act, [repeat * (i + 1) for i in range(agent_steps)])
+        spread = np.concatenate([np.zeros((len(q), 1), np.float32), np.stack(
+            [model.ensemble.disagreement(members[:, :, t]).numpy() for t in range(agent_steps)], 1)], 1)
     return Prediction(label, (rendered * 255).round().clip(0, 255).astype(np.uint8), q.numpy(),
-                      valid_prediction_time(errors, epsilon))
+                      valid_prediction_time(errors, epsilon), spread)
 
 
 def model_label(model: KeyCLDModel) -> str:
@@ -195,13 +212,18 @@ def prediction_video(checkpoint: str | Path, data: str | Path, out: str | Path, 
             for p in predictions:
                 valid = t <= p.valid_steps[s]
                 caption = clock if valid else f"invalid after {p.valid_steps[s] * spec.agent_dt:.2f} s"
+                meter = None
+                if p.spread is not None:  # the bar fills at SPREAD_FULL_SCALE pixels of disagreement
+                    caption += f", members ±{p.spread[s, t]:.1f} px"
+                    meter = p.spread[s, t] / SPREAD_FULL_SCALE
                 panels.append(annotate(p.frames[s, t], p.keypoints[s, t], scale, p.label, caption,
-                                       TEXT if valid else INVALID, None if valid else INVALID))
+                                       TEXT if valid else INVALID, None if valid else INVALID, meter))
             video.append(side_by_side_frames(panels))
     write_video(out, np.stack(video), fps=1 / spec.agent_dt)
     return {
         "out": str(out), "system": spec.name, "data": str(data), "split": split, "sequences": index,
         "start_frames": start, "agent_steps": agent_steps, "agent_interval_s": spec.agent_dt, "epsilon": epsilon,
         "valid_steps": {p.label: p.valid_steps.tolist() for p in predictions},
+        "disagreement_px": {p.label: p.spread.round(3).tolist() for p in predictions if p.spread is not None},
         "frame_size": list(video[0].shape[:2]), "frames": len(video),
     }

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from keycld_gym.model.encoder import foreground_mask
 from keycld_gym.model.estimation import estimate_state, estimate_state_from_frames
 from keycld_gym.model.keycld import KeyCLDModel
 
@@ -28,6 +29,12 @@ from keycld_gym.model.keycld import KeyCLDModel
 # evaluation env and the final evaluation's would each fit the same bank (seconds each).
 # Keyed by the model's parameters and the bank's contents, so a changed model refits.
 _BANK_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+# a reset from frames fits the state over its window: a few tenths of a second (the start window
+# is 0.32 s); longer spans cost seconds of fitting and no precision
+MAX_START_WINDOW_S = 2.0
+# the moving parts of a system cover a few percent of its frame; frames where "foreground" covers
+# this share or more are noise or another scene, whose fitted state would be meaningless
+MAX_FOREGROUND_SHARE = 0.5
 _BANK_CACHE_SIZE = 16
 
 
@@ -95,6 +102,11 @@ class Imagination:
         """Put envs `index` in state (q, v) `(n, K, 2)`, projected onto the constraints."""
         with torch.no_grad():
             q, v = self.model.project(q.to(self.device, torch.float32), v.to(self.device, torch.float32), iterations=20)
+        bad = ~(torch.isfinite(q).all((1, 2)) & torch.isfinite(v).all((1, 2)) & (q.abs() < self.bound).all((1, 2)))
+        if bad.any():  # an observation is never non-finite: refuse the state, keep the envs as they were
+            raise ValueError(f"{int(bad.sum())} start state(s) leave the frame or are not finite once projected onto "
+                             f"the model's constraints (keypoints must lie within {self.bound:.1f} image units of the "
+                             "centre): pass a state near the model's keypoints, e.g. from an env's info['keypoints']")
         self.q[index], self.v[index] = q, v
         self.uncertainty[index] = 0.0
 
@@ -122,10 +134,23 @@ class Imagination:
         acts = np.zeros((n - 1, nu), np.float32) if actions is None else np.asarray(actions, np.float32)
         if acts.shape != (n - 1, nu) or not np.all(np.isfinite(acts)):
             raise ValueError(f"options['actions'] must be finite with shape ({n - 1}, {nu}) for {n} frames, got {acts.shape}")
+        if not np.isfinite(frame_dt):
+            raise ValueError(f"options['frame_dt'] must be a finite number of seconds, got {frame_dt}")
         ratio = frame_dt / spec.physics_dt
         stride = int(round(ratio))
         if stride < 1 or abs(ratio - stride) > 1e-6:
             raise ValueError(f"options['frame_dt'] must be a positive multiple of the physics step {spec.physics_dt} s, got {frame_dt}")
+        if (n - 1) * frame_dt > MAX_START_WINDOW_S:
+            raise ValueError(f"{n} frames {frame_dt} s apart span {(n - 1) * frame_dt:.2f} s; a start window spans at most "
+                             f"{MAX_START_WINDOW_S} s (frame_dt is in seconds: {spec.physics_dt} is one physics step)")
+        threshold = self.model.config.encoder.foreground_threshold
+        if threshold > 0:
+            share = foreground_mask(torch.from_numpy(frames).to(self.device), self.model.background, threshold).mean((1, 2))
+            if not ((share > 0) & (share < MAX_FOREGROUND_SHARE)).all():
+                raise ValueError(
+                    f"options['frames'] must show the system in front of the model's background: the moving parts cover "
+                    f"{float(share.min()):.1%} to {float(share.max()):.1%} of these frames (blank frames show none, noise "
+                    f"or another scene almost all); pass frames of this system's camera ({spec.name})")
         with torch.no_grad():
             kp = self.model.encode(torch.from_numpy(frames).to(self.device))  # (n, K, 2)
         # each action held over the physics steps between its two frames

@@ -181,9 +181,12 @@ class KeyCLDEnv(_Spaces, gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
         super().reset(seed=seed)
         self._reset_index(np.array([0]), self.np_random, options)
+        self._was_reset = True
         return _first(self._observe(slice(0, 1))), self._info()
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        if not getattr(self, "_was_reset", False):
+            raise gym.error.ResetNeeded("call reset() before step(): the imagined env has no state yet")
         reward, diverged = self.sim.step(self._check_actions(action, 1))
         reward, unsure = self._judge(reward)
         self._steps += self.action_repeat
@@ -253,9 +256,12 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
         self._reset_index(np.arange(self.num_envs), self._rng, options)
+        self._was_reset = True
         return self._observe(), self._infos()
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
+        if not getattr(self, "_was_reset", False):
+            raise gym.error.ResetNeeded("call reset() before step(): the imagined envs have no state yet")
         reward, diverged = self.sim.step(self._check_actions(actions, self.num_envs))
         reward, unsure = self._judge(reward)
         self._steps += self.action_repeat

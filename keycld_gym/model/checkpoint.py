@@ -180,6 +180,10 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{weights} does not fit the model its config describes: {err}") from err
+    broken = sorted(name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if broken:
+        raise CheckpointError(f"{weights} holds non-finite values in {', '.join(broken[:3])}"
+                              f"{' and more' if len(broken) > 3 else ''}: the training diverged; retrain or restore it")
     model.checkpoint_config = config
     model.folder = path  # where its other files (measured noise, start frames) lie
     model = model.to(device).eval()

@@ -84,7 +84,8 @@ class ConstraintSet(nn.Module):
         R90(d) / |d|^2 at its end and the negative at its start (R90(d) = (-d_y, d_x)); a
         joint between two links takes the difference. A torque tau on the joint is the
         generalised force tau * d theta / dq, and damping b on its rate the force
-        -b (d theta / dq) (d theta / dq . qdot) (virtual work; docs/design.md section 2).
+        -b (d theta / dq) (d theta / dq . qdot) (virtual work;
+        docs/method/dynamics.md, "Joint actuators and joint damping").
         """
         grad = q.new_zeros(q.shape)
         for sign, keypoint in ((1.0, joint.child), (-1.0, joint.parent)):

@@ -5,7 +5,7 @@ State: keypoints q and velocities qdot, each `(..., K, 2)` in image units; actio
 
 KeyCLD (`kind="constrained"`): L = 1/2 qdot^T M qdot - V(q) with a constant positive-
 definite mass matrix M = M_K (x) I_2 over the keypoints (a rigid rod needs the cross terms
-that point masses lack, docs/design.md section 2), generalised force f = -grad V + B(q) u - D qdot
+that point masses lack, docs/method/dynamics.md, "Lagrangian"), generalised force f = -grad V + B(q) u - D qdot
 (D positive semi-definite, per keypoint, initialised near zero so it does not soak up noise),
 and the constrained Euler-Lagrange equations
 
@@ -44,7 +44,8 @@ class DynamicsConfig:
         init_damping: initial damping per keypoint (near zero: standard cartpole has ~0).
         rail_walls: add a learned stiff wall at each end of the rail of every keypoint that
             runs on one (a `fixed_height` constraint): the standard cartpole's rail stops are
-            stiff contacts that no smooth potential MLP fits (docs/design.md section 5).
+            stiff contacts that no smooth potential MLP fits (docs/method/measured-facts.md,
+            "Dynamics from true keypoints").
         wall_init: initial wall position |x| in image units (inside the data, so it gets a gradient).
         wall_stiffness: initial stiffness of the walls (learned, log-parametrised).
         wall_damping: initial damping of the walls, a dissipative force on the rail keypoint
@@ -59,7 +60,8 @@ class DynamicsConfig:
             cartpole's cart); or `"spec"`, the form the system spec's actuators name: a
             learned constant force on a keypoint, or a learned gain times a joint angle's
             gradient for a torque (exact for all three systems and linear in its few
-            constants, so the least-squares start fits it; docs/design.md section 2).
+            constants, so the least-squares start fits it; docs/method/dynamics.md,
+            "Joint actuators and joint damping").
         damping: `"keypoints"`, D = diag(d) (x) I_2, a damping per keypoint, or `"joints"`,
             a damping d_j on the rate of each joint the spec names, f = -sum_j d_j a_j (a_j . qdot)
             with a_j = d theta_j / dq: the pendulum's and acrobot's real damping acts on

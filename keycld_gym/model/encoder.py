@@ -1,6 +1,7 @@
 """Keypoint encoder: frame -> K heatmaps -> spatial softmax -> keypoints in image units.
 
-CPU-practical design (docs/design.md section 5 prototype): a stride-2 conv to half resolution, a
+CPU-practical design (docs/method/measured-facts.md, "Keypoints from pixels", the prototype):
+a stride-2 conv to half resolution, a
 few 3x3 convs there, a 1x1 conv to K heatmaps, and a spatial softmax over the
 half-resolution grid. With `EncoderConfig.full_resolution` the heatmaps come at the frame's
 own resolution instead (measured on cartpole, same data and budget: keypoint error 0.70 px

@@ -1,7 +1,7 @@
 """Start-state estimation: the keypoint state at the last of n >= 2 frames, by shooting.
 
-Finite differences or a polynomial fit of noisy keypoints give poor velocities (docs/design.md
-section 5: a polynomial over 9 frames allows a VPT of 1 agent step; shooting over 9 / 17 / 33
+Finite differences or a polynomial fit of noisy keypoints give poor velocities (docs/method/measured-facts.md,
+"Dynamics from true keypoints": a polynomial over 9 frames allows a VPT of 1 agent step; shooting over 9 / 17 / 33
 frames, 9.5 / 17 / 31). So: find the state at the window's first frame whose rollout through
 the model's own dynamics, under the window's actions, best matches the encoded keypoints of
 every frame; the state at the window's end is the estimate, on the constraint manifold.

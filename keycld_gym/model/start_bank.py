@@ -8,6 +8,8 @@ real frames, one physics step apart, with the actions between them
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,5 +42,5 @@ def read_start_bank(folder: str | Path, name: str = START_BANK) -> dict[str, np.
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in ("frames", "actions", "seeds")}
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise CheckpointError(f"{path} is corrupt ({err}); rewrite it with collect_start_bank") from err

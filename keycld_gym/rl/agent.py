@@ -95,7 +95,9 @@ def imagined_vec_env(recipe: AgentRecipe, num_envs: int, checkpoint: Any = None,
     """
     venv = KeyCLDVectorEnv(num_envs, recipe.system, checkpoint, obs_type=recipe.obs_type, action_gain=recipe.action_gain,
                            exploring_starts=recipe.exploring_starts if training else 0.0,
-                           max_episode_steps=recipe.training_episode_steps if training else None)
+                           max_episode_steps=recipe.training_episode_steps if training else None,
+                           uncertainty_penalty=recipe.uncertainty_penalty if training else 0.0,
+                           uncertainty_limit=recipe.uncertainty_limit if training else None)
     model, frame_noise = venv.model, None
     if noise and recipe.observation_noise != "none":
         folder = venv.checkpoint_path

@@ -1,4 +1,4 @@
-"""An agent's return in the real task and in imagination (docs/design.md section 3).
+"""An agent's return in the real task and in imagination (docs/agents.md, "Return protocol").
 
 Real: the standard dm_control task from its own reset, one episode per seed `seed + i`,
 the policy acting deterministically on the observations of its recipe (keypoints estimated

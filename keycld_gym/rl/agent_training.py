@@ -53,7 +53,8 @@ from keycld_gym.sim.keypoint_truth import KeypointMap
 from keycld_gym.sim.systems import get_system
 
 STATE = "state.json"
-IDENTITY = ("system", "obs_type", "algo", "seed", "checkpoint", "observation_noise", "world")
+IDENTITY = ("system", "obs_type", "algo", "seed", "checkpoint", "observation_noise", "world", "uncertainty_penalty",
+            "uncertainty_limit")
 WORLDS = ("imagined", "true")
 # episodes of the learning curve start from their own seeds, apart from evaluate-agent's
 CURVE_SEED = 200_000
@@ -71,6 +72,8 @@ class AgentTrainConfig:
     total_steps: int | None = None  # imagined agent steps (None: the recipe's budget)
     budget_s: float | None = None  # stop after this much training wall time
     observation_noise: str | None = None  # None: the recipe's
+    uncertainty_penalty: float | None = None  # None: the recipe's (needs a model with an ensemble)
+    uncertainty_limit: float | None = None  # None: the recipe's
     eval_every: int = 5000  # agent steps between learning-curve points
     eval_episodes: int = 16  # imagined episodes per point (batched)
     real_eval_every: int = 0  # every n-th curve point also in the real task (0: never)
@@ -100,6 +103,10 @@ class AgentTrainConfig:
             changes["observation_noise"] = self.observation_noise
             if self.observation_noise == "estimated" and not isinstance(recipe.real_estimator, Filtering):
                 changes["real_estimator"] = Filtering()  # trained through the filter, it meets the filter
+        if self.uncertainty_penalty is not None:
+            changes["uncertainty_penalty"] = self.uncertainty_penalty
+        if self.uncertainty_limit is not None:
+            changes["uncertainty_limit"] = self.uncertainty_limit
         if self.world == "true":
             changes["observation_noise"] = "none"  # the true state: nothing estimated
         return recipe.replace(**changes)

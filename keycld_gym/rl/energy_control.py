@@ -19,7 +19,7 @@ own coordinates, so it runs unchanged on the learned model (keypoint coordinates
 from the model). Where the unactuated part's energy is what must be shaped (cartpole's
 pole) the total energy is still the model's: the pole's share is what the cart's push
 changes through the coupling in M, and the power term qdot^T B u sees only the cart; this
-controller does not separate the two (see docs/design.md).
+controller does not separate the two (see docs/method/control.md, "Energy-based control").
 """
 
 from __future__ import annotations

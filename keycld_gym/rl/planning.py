@@ -15,7 +15,7 @@ policy alone spends them in training. The horizon covers what the critic values 
 (the next fraction of a second), the critic what lies past the horizon (the reward of the acrobot's
 balance is seconds away from most states). Feedback from each real frame keeps the model's
 error from compounding past one horizon, which is what lets a planner score in the real
-task where an open-loop exploit of the model would not (docs/design.md).
+task where an open-loop exploit of the model would not (docs/method/control.md, "Planning in the model").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Observation cameras: render frames of a dm_control physics and project points into them.
 
-Image coordinates used across the package (docs/design.md section 2): origin at the image
+Image coordinates used across the package (docs/method/keypoints.md, "State"): origin at the image
 centre, x to the right, y upwards; the frame's *height* spans y in [-1, 1] and x is in the
 same units, so a 64x128 frame spans x in [-2, 2].
 """

@@ -95,7 +95,7 @@ class Constraint:
 
 @dataclass(frozen=True)
 class Joint:
-    """A hinge of the real system in keypoint terms (docs/design.md section 2).
+    """A hinge of the real system in keypoint terms (docs/method/dynamics.md, "Joint actuators and joint damping").
 
     Its angle is the direction of the link into keypoint `child` (from the learned pivot of a
     ``fixed_pivot_distance`` constraint on `child`, or from the other keypoint of a
@@ -264,7 +264,7 @@ SYSTEMS: dict[str, SystemSpec] = {
         # pole stay in frame for every |x| <= 2.1 m and every pole angle (pole tip >= 4 px
         # from the edge), at the same scale (19.3 px per metre, pole ~1.7 px wide). Moving
         # the camera back instead thins the pole to ~1.2 px, where a light keypoint model
-        # lost it (docs/design.md section 5).
+        # lost it (docs/method/measured-facts.md, "Keypoints from pixels").
         camera=CameraSpec(height=64, width=128, name="fixed"),
         action_repeat=8,
         physics_dt=0.01,

@@ -46,10 +46,13 @@ class DynamicsPhase:
     name = "dynamics"
 
     def __init__(self, model: KeyCLDModel, config: TrainConfig, train: WindowDataset, rng: np.random.Generator,
-                 out: Path):
+                 out: Path, start_states: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.model, self.config, self.train, self.rng, self.out = model, config, train, rng, Path(out)
         self.start_q: torch.Tensor | None = None  # (S, G, K, 2): sequence, start
         self.start_v: torch.Tensor | None = None
+        # start states fitted by a run of the same data (an ensemble's first member): refined
+        # from there by a few Gauss-Newton steps instead of fitted cold (most of the set-up's time)
+        self.warm_starts = start_states
         self._optimizer: torch.optim.Optimizer | None = None
         self._kp: torch.Tensor | None = None
         self._actions_rewards: tuple[torch.Tensor, torch.Tensor] | None = None  # built once: `data` runs every step
@@ -131,6 +134,15 @@ class DynamicsPhase:
             fit = fit_physics(self.model.dynamics, kp[self.pool], acts[self.pool], self.model.dt)
             apply_physics(self.model.dynamics, fit)
             write_json(self.out / "physics_fit.json", fit.to_dict())
+        if self.warm_starts is not None:
+            q, v = (s.detach().clone().float() for s in self.warm_starts)
+            if q.shape[:2] != (kp.shape[0], len(self.start_frames())):
+                raise ValueError(f"warm start states {tuple(q.shape)} do not fit {kp.shape[0]} sequences x "
+                                 f"{len(self.start_frames())} starts")
+            self.start_q, self.start_v = q, v
+            if self.start_fit_frames >= 2:
+                self.refit_start_states(cold=False)
+            return
         # a line fit over the first frames after each start to begin with; training refines them
         guesses = [self.model.project(*initial_guess(kp[:, s:], self.model.dt)) for s in self.start_frames().tolist()]
         self.start_q = torch.stack([g[0] for g in guesses], 1).detach().clone()  # (S, G, K, 2)

@@ -3,9 +3,11 @@
 Member 0 is the finished model itself. Member i (1..K-1) reruns the dynamics phase that
 made it (the `TrainConfig` its checkpoint records) behind its encoder, with seed `seed + i`
 on a bootstrap sample of the same training sequences (`TrainConfig.bootstrap_seed = seed + i`),
-into `OUT/member-i` (a resumable training run). Then the members' dynamics are added to the
-model folder (`ensemble.safetensors`, `keycld_gym.model.ensemble`); the model's own files
-are left as they were.
+into `OUT/member-i` (a resumable training run). Members after the first start from the
+first's fitted start states, refined by a few Gauss-Newton steps, instead of fitting them
+cold: the same sequences, and most of a dynamics phase's set-up time. Then the members'
+dynamics are added to the model folder (`ensemble.safetensors`, `keycld_gym.model.ensemble`);
+the model's own files are left as they were.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from keycld_gym.model.checkpoint import checkpoint_folder, load_model, save_ense
 from keycld_gym.model.ensemble import DynamicsEnsemble, member_state
 from keycld_gym.model.keycld import ModelConfig
 from keycld_gym.training.config import TrainConfig
+from keycld_gym.training.state import load_state
 from keycld_gym.training.trainer import Trainer
 
 
@@ -75,12 +78,16 @@ def train_ensemble(checkpoint: str | Path, out: str | Path, members: int, *, dat
     source = Path(data or config.get("data", {}).get("path", ""))
     _check_same_data(source, config.get("data", {}), folder)
     out = Path(out)
-    trained, wall = [], 0.0
+    trained, wall, starts = [], 0.0, None
     for i in range(1, members):
         run = out / f"member-{i}"
-        trainer = Trainer(member_config(config, folder, i, str(source)), run, command=command, progress=progress)
+        trainer = Trainer(member_config(config, folder, i, str(source)), run, command=command, progress=progress,
+                          start_bank=False, start_states=starts)
         finished = trainer.run(resume=(run / "train_state.json").exists())
         wall += trainer.elapsed
+        if starts is None:  # the first member's fitted start states start the others' (the same sequences)
+            state = load_state(run / "train_state")
+            starts = (state["start_q"], state["start_v"])
         # the dynamics phase puts keypoints in the constraints' order; a member that reordered
         # them reads frames otherwise than the model and cannot share its encoder
         if any(not torch.equal(a, b) for a, b in zip(finished.encoder.state_dict().values(),

@@ -1,7 +1,7 @@
 """The keypoint phase's losses: foreground-weighted reconstruction and the terms that keep keypoints on the parts.
 
 Only about 2.5% of a cartpole frame is foreground; without weighting it up the thin pole is
-ignored (docs/design.md section 5).
+ignored (docs/method/measured-facts.md, "Keypoints from pixels").
 """
 
 from __future__ import annotations

@@ -43,8 +43,10 @@ PHASES = ("keypoints", "dynamics", "done")
 class Trainer:
     """Runs (and resumes) the two training phases of `TrainConfig` into the folder `out`."""
 
-    def __init__(self, config: TrainConfig, out: str | Path, *, command: str | None = None, progress: bool = True):
+    def __init__(self, config: TrainConfig, out: str | Path, *, command: str | None = None, progress: bool = True,
+                 start_bank: bool = True, start_states: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.config, self.out, self.command, self.progress = config, Path(out), command, progress
+        self.start_bank = start_bank  # write the real start frames when done (an ensemble member needs none)
         self.out.mkdir(parents=True, exist_ok=True)
         check_run_config(self.out / "train_config.json", config.to_dict(),
                          dataclasses.asdict(TrainConfig(config.system, config.data)))
@@ -61,7 +63,7 @@ class Trainer:
             self.model.background.copy_(median_image(self.train.data, config.seed))
         self.rng = np.random.default_rng(config.seed)
         self.keypoints = KeypointPhase(self.model, config, self.train, self.val, self.rng)
-        self.dynamics = DynamicsPhase(self.model, config, self.train, self.rng, self.out)
+        self.dynamics = DynamicsPhase(self.model, config, self.train, self.rng, self.out, start_states)
         self.phase, self.step, self.elapsed = ("keypoints" if config.keypoint_steps else "dynamics"), 0, 0.0
         self.optimizer: torch.optim.Optimizer | None = None
         self.log = RunLog(self.out)
@@ -102,7 +104,7 @@ class Trainer:
         }
         save_state(self.state_path, state)
         folder = save_checkpoint(self.out / "model", self.model, self.meta())
-        if self.phase == "done" and not (folder / START_BANK).exists():
+        if self.phase == "done" and self.start_bank and not (folder / START_BANK).exists():
             write_start_bank(folder, collect_start_bank(self.config.system, seed=self.config.start_bank_seed))
 
     def resume(self) -> bool:
