@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,9 @@ def _preview(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    saved = Path(args.out) / "train_config.json"
-    if args.resume and saved.exists():
-        config = TrainConfig.from_dict(json.loads(saved.read_text()))
-    else:
-        config = train_config_from_args(args)
+    # a resumed run must be asked for with its own settings: the trainer checks them against the
+    # record and names the fields that differ (a --resume never silently drops a flag)
+    config = train_config_from_args(args)
     trainer = Trainer(config, args.out, command=default_command(), progress=not args.quiet)
     trainer.run(resume=args.resume)
     print(f"trained {config.system} ({config.model.dynamics.kind}) in {trainer.elapsed / 60:.1f} min of compute "
@@ -116,13 +115,27 @@ def _ensemble(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     record = train_ensemble(args.checkpoint, args.out, args.members, data=args.data, progress=not args.quiet,
                             command=default_command())
-    print(f"{args.members} dynamics members ({args.members - 1} trained, {record['wall_s'] / 60:.1f} min) "
+    print(f"{args.members} dynamics members ({args.members - 1} trained; this call {record['call_wall_s'] / 60:.1f} min, "
+          f"training loops {record['training_loop_s'] / 60:.1f} min) "
           f"-> {checkpoint_folder(args.checkpoint)}")
     return 0
 
 
+def _check_output(path: str | None) -> None:
+    """Fail before the work, not after it, where a result file could not be written: `path` a folder, or unwritable."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(21, "the result file is a folder; name a file (for example result.json)", str(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(target.parent, os.W_OK):
+        raise PermissionError(13, "cannot write the result file's folder", str(target.parent))
+
+
 def _evaluate_model(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    _check_output(args.json)
     result = load_and_evaluate(args.checkpoint, args.data, agent_steps=args.agent_steps, start_frames=args.start_frames,
                                physics_frames=args.physics_frames, max_sequences=args.max_sequences,
                                seed=args.seed, references=not args.no_references)
@@ -191,7 +204,7 @@ def _refit(args: argparse.Namespace, part: str, fit: Any, **kwargs: Any) -> dict
     """Refit one part of `--checkpoint` with `fit`, saved to `--out`; the fit's record."""
     torch.set_num_threads(args.threads)
     return refit_checkpoint(args.checkpoint, args.out, part, fit, data=args.data, steps=args.steps, seed=args.seed,
-                            progress=not args.quiet, command=default_command(), **kwargs)
+                            progress=not args.quiet, command=default_command(), force=args.force, **kwargs)
 
 
 def _fit_renderer(args: argparse.Namespace) -> int:
@@ -279,8 +292,10 @@ def _evaluate_agent(args: argparse.Namespace) -> int:
     agent = _agent(args, args.system, args.obs)
     if args.real_estimator is not None:
         agent.recipe = agent.recipe.replace(real_estimator=parse_estimator(args.real_estimator))
+    _check_output(args.json)
     result = evaluate_agent(agent, episodes=args.episodes, seed=args.seed, checkpoint=args.checkpoint,
-                            imagined=not args.no_imagined, workers=args.workers, max_steps=args.max_steps)
+                            imagined=not args.no_imagined, workers=args.workers, max_steps=args.max_steps,
+                            allow_other_model=args.allow_other_model)
     result["command"] = default_command()
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -461,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     THREADS = _shared("--threads", type=positive_int, default=2, help="torch CPU threads")
     RECIPE_THREADS = _shared("--threads", type=positive_int, help="torch CPU threads (default: the agent recipe's, agents/)")
     QUIET = _shared("--quiet", action="store_true", help="no progress bars")
+    FORCE = _shared("--force", action="store_true", help="replace an --out folder that holds files")
     sub = parser.add_subparsers(parser_class=_Subcommand, dest="command", required=True)
     p = sub.add_parser("collect", parents=[QUIET], help="collect real frames, actions, rewards and states from dm_control")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
@@ -556,14 +572,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent-steps", type=positive_int, help="prediction length (default: as long as the sequences allow)")
     p.add_argument("--scale", type=positive_int, default=3, help="pixels per frame pixel")
     p.set_defaults(func=_video)
-    p = sub.add_parser("fit-reward", parents=[THREADS, QUIET], help="refit a model's reward head on states estimated from its training data")
+    p = sub.add_parser("fit-reward", parents=[THREADS, QUIET, FORCE], help="refit a model's reward head on states estimated from its training data")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, action="append", help="data set(s) the model was trained on (repeatable)")
     p.add_argument("--out", required=True, help="folder for the new checkpoint")
     p.add_argument("--steps", type=positive_int, default=4000)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=_fit_reward)
-    p = sub.add_parser("fit-renderer", parents=[THREADS, QUIET], help="refit a model's renderer so its frames read back (encoder) as the keypoints drawn")
+    p = sub.add_parser("fit-renderer", parents=[THREADS, QUIET, FORCE], help="refit a model's renderer so its frames read back (encoder) as the keypoints drawn")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, action="append", help="data set(s) the model was trained on (repeatable)")
     p.add_argument("--out", required=True, help="folder for the new checkpoint")
@@ -618,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=positive_int, help="a quick check: cut each episode after this many agent steps "
                                                  "(its returns are then not on the task's 0-1000 scale)")
     p.add_argument("--workers", type=positive_int, default=2, help="processes running real episodes side by side")
+    p.add_argument("--allow-other-model", action="store_true",
+                   help="evaluate in a --checkpoint other than the model the agent was trained in")
     p.add_argument("--real-estimator", help="keypoints: estimate the real states with this instead of the agent recipe's "
                                             "estimator: 'window', 'filter' or JSON such as "
                                             "'{\"kind\": \"Filtering\", \"acceleration_std\": 0.05, \"bias_std\": 0.03}'; "

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default="runs/bench_env.json")
+    p.add_argument("--ensemble-modes", nargs="+", default=["member"], choices=("member", "mean", "off"),
+                   help="how a model with an ensemble steps (each mode a row; 'off': the model's own dynamics alone)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -65,18 +67,23 @@ def main(argv: list[str] | None = None) -> None:
             if term or trunc:
                 env.reset()
 
-        rows.append({"env": "imagined", "obs": obs, "num_envs": 1, "steps_per_s": _rate(single_step, args.seconds, 1)})
+        rows.append({"env": "imagined", "obs": obs, "num_envs": 1, "ensemble_mode": "member",
+                     "members": env.sim.ensemble.size if env.sim.ensemble is not None else 1,
+                     "steps_per_s": _rate(single_step, args.seconds, 1)})
         for n in args.batches:
-            venv = KeyCLDVectorEnv(n, args.system, args.checkpoint, obs_type=obs)
-            venv.reset(seed=0)
-            acts = rng.uniform(-1, 1, venv.action_space.shape).astype(np.float32)
-            rows.append({"env": "imagined", "obs": obs, "num_envs": n,
-                         "steps_per_s": _rate(lambda venv=venv, acts=acts: venv.step(acts), args.seconds, n)})
+            for mode in args.ensemble_modes:
+                venv = KeyCLDVectorEnv(n, args.system, args.checkpoint, obs_type=obs, ensemble_mode=mode)
+                venv.reset(seed=0)
+                acts = rng.uniform(-1, 1, venv.action_space.shape).astype(np.float32)
+                members = venv.sim.ensemble.size if venv.sim.ensemble is not None else 1
+                rows.append({"env": "imagined", "obs": obs, "num_envs": n, "members": members, "ensemble_mode": mode,
+                             "steps_per_s": _rate(lambda venv=venv, acts=acts: venv.step(acts), args.seconds, n)})
     for r in rows:
         r["ratio_to_real_pixels"] = r["steps_per_s"] / real_rate
-    print(f"{'env':10s} {'obs':10s} {'envs':>5s} {'agent steps/s':>14s} {'x real pixels':>14s}")
+    print(f"{'env':10s} {'obs':10s} {'envs':>5s} {'members':>8s} {'agent steps/s':>14s} {'x real pixels':>14s}")
     for r in rows:
-        print(f"{r['env']:10s} {r['obs']:10s} {r['num_envs']:>5d} {r['steps_per_s']:>14.1f} {r['ratio_to_real_pixels']:>14.1f}")
+        print(f"{r['env']:10s} {r['obs']:10s} {r['num_envs']:>5d} {r.get('members', 1):>8d} {r['steps_per_s']:>14.1f} "
+              f"{r['ratio_to_real_pixels']:>14.1f}")
     out = {"system": args.system, "checkpoint": args.checkpoint or "bundled", "threads": args.threads,
            "machine": f"{platform.machine()} {platform.processor()} {torch.get_num_threads()} torch threads",
            "date": time.strftime("%Y-%m-%d"), "rows": rows}

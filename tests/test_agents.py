@@ -209,6 +209,11 @@ def test_train_agent_logs_checkpoints_and_resumes(model_dir, tmp_path):
     config.seed = 1
     with pytest.raises(ValueError, match="differs in: seed"):
         train_agent(config, tmp_path, resume=True, progress=False)
+    # without --resume a finished run is never retrained over: its agent and curve stay as they are
+    before = (tmp_path / "agent" / "agent.safetensors").read_bytes(), (tmp_path / "curve.csv").read_bytes()
+    with pytest.raises(CheckpointError, match="holds a training run already"):
+        train_agent(config, tmp_path, progress=False)
+    assert ((tmp_path / "agent" / "agent.safetensors").read_bytes(), (tmp_path / "curve.csv").read_bytes()) == before
 
 
 def test_cli_train_and_evaluate_agent_and_bad_inputs(model_dir, tmp_path, capsys):
@@ -257,6 +262,13 @@ def test_cli_train_and_evaluate_agent_and_bad_inputs(model_dir, tmp_path, capsys
     assert "trained for 'cartpole', not 'acrobot'" in capsys.readouterr().err
     assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--obs", "pixels"]) == 2
     assert "not 'pixels'" in capsys.readouterr().err
+    # another model than the one it was trained in (here the bundled one) reads another keypoint space
+    assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--episodes", "1"]) == 2
+    assert "was trained in the model with weights sha256" in capsys.readouterr().err
+    # a result file that cannot be written fails before the episodes, not after them
+    assert main(["evaluate-agent", "--agent", str(run / "agent"), "--system", "cartpole", "--checkpoint", str(model_dir),
+                 "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 def test_benchmark_writes_its_report(model_dir, tmp_path):

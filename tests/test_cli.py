@@ -33,6 +33,17 @@ def test_train_resume_and_evaluate_model(tiny_data, tiny_model_dir, tmp_path, ca
     assert "--resume" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0  # a finished run resumes to "done" at once
     capsys.readouterr()
+    # --resume with another setting is refused, naming it; nothing of the run changes
+    recorded = (out / "train_config.json").read_text()
+    assert main(args[:-5] + ["--dynamics-steps", "5", "--threads", "1", "--quiet", "--resume"]) == 2
+    assert "dynamics_steps" in capsys.readouterr().err
+    assert (out / "train_config.json").read_text() == recorded
+    # a start that fails (no such data) leaves no settings behind to block the corrected command
+    failed = tmp_path / "failed"
+    assert main(["train", "--system", "cartpole", "--data", str(tmp_path / "nowhere"), "--out", str(failed),
+                 "--quiet"]) == 2
+    assert not (failed / "train_config.json").exists()
+    capsys.readouterr()
     # the tiny model holds two of tiny_data's sequences out: it is scored on those
     js = tmp_path / "eval.json"
     assert main(["evaluate-model", "--checkpoint", str(tiny_model_dir), "--data", str(tiny_data), "--json", str(js),

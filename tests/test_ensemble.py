@@ -105,8 +105,22 @@ def test_env_reports_uncertainty_and_applies_penalty_and_limit(ensemble_dir, tin
     mean.reset(seed=5)
     assert np.isfinite(mean.step(actions)[0]).all()
 
+    # "off": the model's own dynamics, as the model without members steps them
+    off = KeyCLDVectorEnv(4, "cartpole", checkpoint=str(ensemble_dir), obs_type="keypoints", ensemble_mode="off")
+    alone = KeyCLDVectorEnv(4, "cartpole", checkpoint=str(tiny_model_dir), obs_type="keypoints")
+    off.reset(seed=5)
+    alone.reset(seed=5)
+    o_off, r_off, _, _, i_off = off.step(actions)
+    o_alone, r_alone, _, _, _ = alone.step(actions)
+    assert "uncertainty" not in i_off
+    np.testing.assert_allclose(o_off, o_alone, atol=1e-6)
+    np.testing.assert_allclose(r_off, r_alone, atol=1e-6)
+
     with pytest.raises(ValueError, match="need a model with an ensemble"):
         KeyCLDEnv("cartpole", checkpoint=str(tiny_model_dir), obs_type="keypoints", uncertainty_penalty=1.0)
+    with pytest.raises(ValueError, match="need a model with an ensemble"):
+        KeyCLDEnv("cartpole", checkpoint=str(ensemble_dir), obs_type="keypoints", uncertainty_penalty=1.0,
+                  ensemble_mode="off")
     for bad in (dict(uncertainty_penalty=-1.0), dict(uncertainty_penalty=float("nan")), dict(uncertainty_limit=0.0),
                 dict(ensemble_mode="median")):
         with pytest.raises(ValueError):
@@ -153,7 +167,8 @@ def test_evaluate_model_reports_the_calibration_of_an_ensemble(ensemble_dir, tin
 def test_video_shows_the_disagreement(ensemble_dir, tiny_data, tmp_path):
     from keycld_gym.analysis.video import prediction_video
 
-    result = prediction_video(ensemble_dir, tiny_data, tmp_path / "v.gif", sequences=1, agent_steps=3)
+    result = prediction_video(ensemble_dir, tiny_data, tmp_path / "v.gif", sequences=1)  # the tiny data allow 1 step
     spread = result["disagreement_px"]["KeyCLD"]
-    assert len(spread) == 1 and len(spread[0]) == 4 and spread[0][0] == 0.0 and all(x >= 0 for x in spread[0])
+    assert len(spread) == 1 and len(spread[0]) == result["agent_steps"] + 1 and spread[0][0] == 0.0
+    assert spread[0][-1] > 0  # the members part after the first step
     assert (tmp_path / "v.gif").stat().st_size > 0

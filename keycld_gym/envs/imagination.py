@@ -9,8 +9,8 @@ head's prediction over them.
 With an ensemble (`model.ensemble`, `keycld_gym.model.ensemble`), every member steps from
 each env's state, and the env moves on as `ensemble_mode` says: `"member"`, the member drawn
 for the env's episode (as MBPO's model rollouts do), or `"mean"`, the members' mean state,
-projected onto the constraints. The members' spread after the agent step is the env's
-`uncertainty` `(N,)`, in pixels.
+projected onto the constraints, or `"off"`, the model's own dynamics alone. The members'
+spread after the agent step is the env's `uncertainty` `(N,)`, in pixels.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _bank_key(model: KeyCLDModel, bank: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-ENSEMBLE_MODES = ("member", "mean")
+ENSEMBLE_MODES = ("member", "mean", "off")
 
 
 class Imagination:
@@ -58,7 +58,9 @@ class Imagination:
         if ensemble_mode not in ENSEMBLE_MODES:
             raise ValueError(f"ensemble_mode must be one of {ENSEMBLE_MODES}, got {ensemble_mode!r}")
         self.model = model.to(device).eval()
-        self.ensemble, self.ensemble_mode = model.ensemble, ensemble_mode
+        # "off": the model's own dynamics alone (member 0), as a model without members
+        self.ensemble = None if ensemble_mode == "off" else model.ensemble
+        self.ensemble_mode = ensemble_mode
         # per env: the ensemble member its episode follows ("member" mode), and the members'
         # spread after its last step (pixels; 0 until it steps)
         self.member = torch.zeros(num_envs, dtype=torch.long, device=device)
@@ -186,6 +188,8 @@ class Imagination:
         diverged |= ~torch.isfinite(reward)
         if self.ensemble is not None:
             spread = self.ensemble.disagreement(qa)
+            # a member that blew up (even one the env does not follow) means the model does not
+            # know this state at all: the episode ends there, as on the env's own divergence
             diverged |= ~torch.isfinite(spread)
             self.uncertainty = torch.where(diverged, torch.zeros_like(spread), spread)
         # a diverged env keeps its last finite state, so no observation is ever non-finite

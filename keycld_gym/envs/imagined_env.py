@@ -16,7 +16,8 @@ reset options:
 A model with an ensemble of dynamics (`keycld_gym.model.ensemble`) puts the members'
 disagreement on the state after each step in `info["uncertainty"]` (pixels of the frame: the
 members' spread of predicted keypoints). Options at make time: `ensemble_mode` ("member": each
-episode follows a member drawn at its reset, as MBPO; "mean": the members' mean state),
+episode follows a member drawn at its reset, as MBPO; "mean": the members' mean state; "off":
+the model's own dynamics alone, no uncertainty),
 `uncertainty_penalty=λ` (the reward minus λ times the disagreement, as MOPO) and
 `uncertainty_limit=u` (the episode is truncated where the disagreement passes u pixels, as
 MOReL); both off by default, and both need an ensemble.
@@ -55,7 +56,8 @@ def _load(system: str, checkpoint: str | Path | KeyCLDModel | None, device: str)
     return model, path
 
 
-def _uncertainty_options(model: KeyCLDModel, penalty: float, limit: float | None) -> tuple[float, float | None]:
+def _uncertainty_options(model: KeyCLDModel, penalty: float, limit: float | None,
+                         mode: str) -> tuple[float, float | None]:
     """`uncertainty_penalty` and `uncertainty_limit`, checked: finite, non-negative (positive limit), with an ensemble."""
     penalty = float(penalty)
     if not (np.isfinite(penalty) and penalty >= 0):
@@ -64,7 +66,7 @@ def _uncertainty_options(model: KeyCLDModel, penalty: float, limit: float | None
         limit = float(limit)
         if not (np.isfinite(limit) and limit > 0):
             raise ValueError(f"uncertainty_limit must be a positive number of pixels, got {limit!r}")
-    if (penalty > 0 or limit is not None) and model.ensemble is None:
+    if (penalty > 0 or limit is not None) and (model.ensemble is None or mode == "off"):
         raise ValueError("uncertainty_penalty and uncertainty_limit need a model with an ensemble of dynamics: add "
                          "members with `keycld-gym ensemble --checkpoint MODEL --out RUN`")
     return penalty, limit
@@ -82,7 +84,7 @@ class _Spaces:
         self.obs_type = obs_type
         self.action_repeat = self.system.checked_action_repeat(action_repeat)
         self.uncertainty_penalty, self.uncertainty_limit = _uncertainty_options(
-            self.model, uncertainty_penalty, uncertainty_limit)
+            self.model, uncertainty_penalty, uncertainty_limit, ensemble_mode)
         self.sim = Imagination(self.model, num_envs, self.action_repeat, device, ensemble_mode=ensemble_mode)
         self.bank = read_start_bank(path) if path is not None and (path / START_BANK).exists() else None
         self._init_spaces(obs_type)

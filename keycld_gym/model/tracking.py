@@ -16,7 +16,7 @@ keypoints with the action that led to it and gives the current `estimate`):
   otherwise biases the velocities of a filter that trusts it.
 
 Both run on batches `(B, ...)`: one real env, or many held-out sequences at once
-(``keycld-gym diagnose` (its `causal` check)` measures both against the true state).
+(`keycld-gym diagnose`, its `causal` check, measures both against the true state).
 """
 
 from __future__ import annotations

@@ -70,8 +70,21 @@ def _stats(returns: list[float]) -> tuple[float, float]:
     return float(np.mean(returns)), float(np.std(returns))
 
 
+def check_trained_model(agent: Agent, model: Any, folder: Path) -> None:
+    """Refuse a model other than the one `agent` was trained in: its keypoint space is another (`CheckpointError`)."""
+    trained = (agent.info.get("model") or {}).get("weights_sha256")
+    found = model.checkpoint_config.get("weights_sha256")
+    if trained and found != trained:
+        raise CheckpointError(
+            f"agent {agent.info.get('path', '?')} was trained in the model with weights sha256 {trained[:12]}..., "
+            f"{folder} holds {str(found)[:12]}...: its policy would read another model's keypoints. Pass the model it "
+            f"was trained in (--checkpoint {(agent.info.get('model') or {}).get('path', 'MODEL')}), or "
+            "--allow-other-model to evaluate it there anyway")
+
+
 def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, checkpoint: str | Path | None = None,
-                   imagined: bool = True, workers: int = 2, max_steps: int | None = None) -> dict[str, Any]:
+                   imagined: bool = True, workers: int = 2, max_steps: int | None = None,
+                   allow_other_model: bool = False) -> dict[str, Any]:
     """Real and imagined returns of `agent` with the model `checkpoint` as a JSON-ready dict.
 
     The default model is the one the agent carries (`Agent.model_folder`: a bundled
@@ -89,6 +102,8 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     folder = checkpoint_folder(carried if checkpoint is None else checkpoint, recipe.system)
     model = load_model(folder)
     check_encoder_model(agent, model, folder)
+    if not allow_other_model:
+        check_trained_model(agent, model, folder)
     policy = agent.act
     t0 = time.time()
     venv = real_vec_env(recipe, model, workers=min(workers, episodes))

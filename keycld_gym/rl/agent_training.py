@@ -294,5 +294,8 @@ def train_agent(config: AgentTrainConfig, out: str | Path, *, resume: bool = Fal
                 command: str | None = None) -> dict[str, Any]:
     """Train `config`'s agent in imagination (or its world) into `out` (see the module docstring); returns the run's state."""
     out = Path(out)
+    if not resume and (out / STATE).exists():  # never replace a run's agent and curve unasked
+        raise CheckpointError(f"{out} holds a training run already: continue it with --resume (the same settings), "
+                              "or train into a new --out folder")
     out.mkdir(parents=True, exist_ok=True)
     return _Trainer(config, out, command, progress).run(resume)

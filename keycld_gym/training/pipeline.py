@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 from keycld_gym.analysis.evaluation import evaluate_model
 from keycld_gym.data.collect import collect
 from keycld_gym.data.start_windows import start_bank_from_data
+from keycld_gym.errors import CheckpointError
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import (
     NOISE_FILE,
@@ -57,23 +59,34 @@ _OWN_FIELDS = ("format", "format_version", "package_version", "system", "spec", 
 
 def refit_checkpoint(checkpoint: str | Path, out: str | Path, part: str, fit: Callable[..., dict], *,
                      data: list[str], steps: int, seed: int = 0, progress: bool = True,
-                     command: str | None = None, **kwargs: Any) -> dict:
+                     command: str | None = None, force: bool = False, **kwargs: Any) -> dict:
     """Load `checkpoint`, refit one part with `fit(model, data, ...)`, save to `out`; the fit's record.
 
     The source's provenance is kept and the refit recorded under `part`; its start frames
     and measured observation noise travel along (neither depends on the reward head or the
-    renderer).
+    renderer). The new folder is written beside `out` and moved in whole once complete; an
+    `out` that holds files is replaced only with `force`.
     """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise CheckpointError(f"{out} is not empty: pick a new --out for the refit model, or pass --force to replace it")
+    if steps < 1:
+        raise ValueError(f"a refit needs at least one step, got {steps}")
     torch.manual_seed(seed)
     source = checkpoint_folder(checkpoint)
     model = load_model(source)
     result = fit(model, data, steps=steps, seed=seed, progress=progress, **kwargs)
     result["command"] = command
     meta = {k: v for k, v in model.checkpoint_config.items() if k not in _OWN_FIELDS}
-    save_checkpoint(out, model, {**meta, part: result})
+    staging = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_checkpoint(staging, model, {**meta, part: result})
     for name in (START_BANK, EXPLORING_STARTS, NOISE_FILE):
         if (source / name).exists():
-            shutil.copy2(source / name, Path(out) / name)
+            shutil.copy2(source / name, staging / name)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
     return result
 
 
@@ -125,11 +138,11 @@ class Pipeline:
             ("reward", lambda: refit_checkpoint(
                 self.out / "dynamics" / "model", self.out / "reward", "reward_head", fit_reward_head,
                 data=self._training_data(), steps=r.reward_steps, seed=r.seed, progress=self.progress,
-                command=self.command)),
+                command=self.command, force=True)),
             ("renderer", lambda: refit_checkpoint(
                 self.out / "reward", self.model_folder, "renderer", fit_renderer,
                 data=self._training_data(), steps=r.renderer_steps, seed=r.seed, progress=self.progress,
-                command=self.command, **r.renderer_fit)),
+                command=self.command, force=True, **r.renderer_fit)),
             *([("ensemble", lambda: train_ensemble(self.model_folder, self.out / "ensemble", r.ensemble_members,
                                                    progress=self.progress, command=self.command))]
               if r.ensemble_members > 1 else []),

@@ -47,9 +47,6 @@ class Trainer:
                  start_bank: bool = True, start_states: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.config, self.out, self.command, self.progress = config, Path(out), command, progress
         self.start_bank = start_bank  # write the real start frames when done (an ensemble member needs none)
-        self.out.mkdir(parents=True, exist_ok=True)
-        check_run_config(self.out / "train_config.json", config.to_dict(),
-                         dataclasses.asdict(TrainConfig(config.system, config.data)))
         torch.manual_seed(config.seed)
         self.train = WindowDataset(config.data, 1, split="train", val_fraction=config.val_fraction, system=config.system)
         self.val = WindowDataset(config.data, 1, split="val", val_fraction=config.val_fraction, system=config.system)
@@ -66,6 +63,11 @@ class Trainer:
         self.dynamics = DynamicsPhase(self.model, config, self.train, self.rng, self.out, start_states)
         self.phase, self.step, self.elapsed = ("keypoints" if config.keypoint_steps else "dynamics"), 0, 0.0
         self.optimizer: torch.optim.Optimizer | None = None
+        # recorded (or checked against the record) only once everything above is valid, so that
+        # a start that fails leaves no settings behind to block the corrected command
+        self.out.mkdir(parents=True, exist_ok=True)
+        check_run_config(self.out / "train_config.json", config.to_dict(),
+                         dataclasses.asdict(TrainConfig(config.system, config.data)))
         self.log = RunLog(self.out)
 
     def _reuse_keypoints(self) -> dict[str, Any]:
