@@ -89,6 +89,7 @@ class _Spaces:
         self.bank = read_start_bank(path) if path is not None and (path / START_BANK).exists() else None
         self._init_spaces(obs_type)
         self._steps = np.zeros(num_envs, np.int64)
+        self._was_reset = False  # stepping before the first reset is refused: there is no state yet
         self.action_gain_range: tuple[float, float] | None = None
         self.exploring_starts = 0.0  # share of default resets drawn from the exploring starts
         self.explore_bank: dict[str, np.ndarray] | None = None
@@ -187,7 +188,7 @@ class KeyCLDEnv(_Spaces, gym.Env):
         return _first(self._observe(slice(0, 1))), self._info()
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        if not getattr(self, "_was_reset", False):
+        if not self._was_reset:
             raise gym.error.ResetNeeded("call reset() before step(): the imagined env has no state yet")
         reward, diverged = self.sim.step(self._check_actions(action, 1))
         reward, unsure = self._judge(reward)
@@ -262,7 +263,7 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
         return self._observe(), self._infos()
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
-        if not getattr(self, "_was_reset", False):
+        if not self._was_reset:
             raise gym.error.ResetNeeded("call reset() before step(): the imagined envs have no state yet")
         reward, diverged = self.sim.step(self._check_actions(actions, self.num_envs))
         reward, unsure = self._judge(reward)
