@@ -139,8 +139,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     result = load_and_evaluate(args.checkpoint, args.data, agent_steps=args.agent_steps, start_frames=args.start_frames,
                                physics_frames=args.physics_frames, max_sequences=args.max_sequences,
                                seed=args.seed, references=not args.no_references)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    if args.json:  # its folder made by _check_output before the work
         write_json(Path(args.json), result)
     print(format_model_report(result))
     return 0
@@ -166,6 +165,11 @@ def _video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _or_dash(x: float | None, spec: str) -> str:
+    """A number in a report, or "-" where there is none."""
+    return "-" if x is None else format(x, spec)
+
+
 def format_model_report(r: dict) -> str:
     """A short text table of `evaluate_model`'s result."""
     lines = [
@@ -185,14 +189,14 @@ def format_model_report(r: dict) -> str:
     rs = r.get("reward_sequences")
     if rs:
         def fmt(x: float | None) -> str:
-            return "-" if x is None else f"{x:.4f}"
+            return _or_dash(x, ".4f")
         lines.append(f"reward head on whole sequences ({rs['samples']} physics steps): RMSE {fmt(rs['rmse'])}; where the task "
                      f"rewards ({rs['rewarded_samples']}) {fmt(rs['rmse_rewarded'])}, mean predicted "
                      f"{fmt(rs['mean_predicted_rewarded'])} of {fmt(rs['mean_true_rewarded'])}; within {rs['near_s']} s of it "
                      f"({rs['near_samples']}) {fmt(rs['rmse_near_rewarded'])}")
     if c := r.get("calibration"):
         def rank(x: float | None) -> str:
-            return "-" if x is None else f"{x:.2f}"
+            return _or_dash(x, ".2f")
         lines.append(f"ensemble of {c['members']}: disagreement against the model's keypoint error, rank correlation "
                      f"{rank(c['spearman_pooled'])} over all steps, {rank(c['spearman_within_step_median'])} across "
                      f"sequences at one step (median); VPT against where it passes {c['level']:.2f} px: rank "
@@ -297,8 +301,7 @@ def _evaluate_agent(args: argparse.Namespace) -> int:
                             imagined=not args.no_imagined, workers=args.workers, max_steps=args.max_steps,
                             allow_other_model=args.allow_other_model)
     result["command"] = default_command()
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    if args.json:  # its folder made by _check_output before the work
         write_json(Path(args.json), result)
     line = f"{result['system']} {result['obs_type']} {result['algo']} agent {result['agent']}: real return " \
            f"{result['real_return_mean']:.1f} ± {result['real_return_std']:.1f} over {result['episodes']} episodes (seeds {result['seed']}+{cut_short(result)})"
@@ -350,11 +353,11 @@ def _diagnose(args: argparse.Namespace) -> int:
     if args.estimate_episodes and agent is None:
         raise ValueError("--estimate-episodes runs the agent in the real task: give --agent")
     estimator = None if args.real_estimator is None else parse_estimator(args.real_estimator)
+    _check_output(args.json)
     result = diagnose(model, args.data, agent=agent, episodes=args.episodes, seed=args.seed,
                       true_physics=not args.no_true_physics, estimator=estimator,
                       estimate_episodes=args.estimate_episodes)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    if args.json:  # its folder made by _check_output before the work
         write_json(Path(args.json), result)
     k = result["keypoints"]
     print(f"{result['system']}: keypoint error against the true bodies {k['rms_px']:.3f} px RMS, {k['p99_px']:.3f} px "
@@ -444,7 +447,6 @@ def _number(kind: type, low: float, inclusive: bool, what: str):
         if value != value or value in (float("inf"), float("-inf")) or value < low or (value == low and not inclusive):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
-    parse.__name__ = what  # argparse names the type in its message
     return parse
 
 

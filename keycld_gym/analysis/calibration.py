@@ -52,7 +52,7 @@ def calibration(model: KeyCLDModel, members_q: torch.Tensor, observed: torch.Ten
     `vpt`: each sequence's valid prediction time in the same steps `(S,)`. See the module docstring.
     """
     pixels = model.spec.image_shape[0] / 2
-    spread = np.stack([model.ensemble.disagreement(members_q[:, :, t]).numpy() for t in range(members_q.shape[2])], 1)
+    spread = model.ensemble.disagreement(members_q).numpy()  # (S, T)
     error = ((members_q[0] - observed).norm(dim=-1).mean(-1) * pixels).numpy()  # (S, T)
     steps = spread.shape[1]
     within = [r for t in range(steps) if (r := _spearman(spread[:, t], error[:, t])) is not None]

@@ -149,8 +149,7 @@ def predict_sequences(model: KeyCLDModel, frames: np.ndarray, actions: np.ndarra
     if model.ensemble is not None:
         act = torch.from_numpy(np.asarray(actions, np.float32))[:, start_frames - 1:]
         members = ensemble_predictions(model, qs_fit[:, -1], vs_fit[:, -1], act, [repeat * (i + 1) for i in range(agent_steps)])
-        spread = np.concatenate([np.zeros((len(q), 1), np.float32), np.stack(
-            [model.ensemble.disagreement(members[:, :, t]).numpy() for t in range(agent_steps)], 1)], 1)
+        spread = np.concatenate([np.zeros((len(q), 1), np.float32), model.ensemble.disagreement(members).numpy()], 1)
     return Prediction(label, (rendered * 255).round().clip(0, 255).astype(np.uint8), q.numpy(),
                       valid_prediction_time(errors, epsilon), spread)
 

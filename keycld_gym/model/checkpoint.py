@@ -82,21 +82,32 @@ def save_ensemble(path: str | Path, ensemble: DynamicsEnsemble, record: dict[str
     return path
 
 
+def _read_tensors(weights: Path, sha256: str | None, remedy: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, checked: present, its recorded `sha256` (if any), readable, finite."""
+    if not weights.exists():
+        raise CheckpointError(f"{weights} is missing: {remedy}")
+    if sha256 and sha256_file(weights) != sha256:
+        raise CheckpointError(f"{weights} fails its sha256 checksum (corrupt, truncated or replaced): {remedy}")
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights} is not a readable safetensors file ({err}): {remedy}") from err
+    broken = sorted(name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if broken:
+        raise CheckpointError(f"{weights} holds non-finite values in {', '.join(broken[:3])}"
+                              f"{' and more' if len(broken) > 3 else ''}: {remedy}")
+    return tensors
+
+
 def _load_members(path: Path, config: dict[str, Any], model: KeyCLDModel) -> DynamicsEnsemble | None:
     """The ensemble recorded in `config` (None where it records none), checked against its checksum and the model."""
     record = config.get("ensemble")
     if not record:
         return None
     weights = path / ENSEMBLE_WEIGHTS
-    remedy = f"rebuild the members with `keycld-gym ensemble --checkpoint {path} ...`"
-    if not weights.exists():
-        raise CheckpointError(f"{weights} is missing, but {path / CONFIG} records {record.get('members')} members: {remedy}")
-    if sha256_file(weights) != record.get("weights_sha256"):
-        raise CheckpointError(f"{weights} fails its sha256 checksum (corrupt, truncated or replaced): {remedy}")
-    try:
-        tensors = load_file(weights)
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights} is not a readable safetensors file ({err}): {remedy}") from err
+    remedy = f"{path / CONFIG} records {record.get('members')} members: rebuild them with `keycld-gym ensemble " \
+             f"--checkpoint {path} ...`"
+    tensors = _read_tensors(weights, record.get("weights_sha256"), remedy)
     members: dict[int, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         index, _, name = key.partition("/")
@@ -104,12 +115,9 @@ def _load_members(path: Path, config: dict[str, Any], model: KeyCLDModel) -> Dyn
     if sorted(members) != list(range(1, int(record["members"]))):
         raise CheckpointError(f"{weights} holds members {sorted(members)}, the config records {record['members']}: {remedy}")
     try:
-        ensemble = DynamicsEnsemble(model, [members[i] for i in sorted(members)])
+        return DynamicsEnsemble(model, [members[i] for i in sorted(members)])
     except ValueError as err:
         raise CheckpointError(f"{weights}: {err}: {remedy}") from err
-    if not all(torch.isfinite(p).all() for p in ensemble.params.values()):
-        raise CheckpointError(f"{weights} holds non-finite parameters: {remedy}")
-    return ensemble
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -167,23 +175,13 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> 
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path / CONFIG} has an invalid model config ({err})") from err
     weights = path / WEIGHTS
-    if not weights.exists():
-        raise CheckpointError(f"{weights} is missing: the checkpoint is incomplete")
-    if config.get("weights_sha256") and sha256_file(weights) != config["weights_sha256"]:
-        raise CheckpointError(f"{weights} fails its sha256 checksum (corrupt or truncated): retrain or restore it")
     model = KeyCLDModel(config["system"], model_config, action_dim=int(config.get("action_dim", 1)))
-    try:
-        tensors = load_file(weights)
-    except (SafetensorError, OSError) as err:
-        raise CheckpointError(f"{weights} is not a readable safetensors file ({err})") from err
+    tensors = _read_tensors(weights, config.get("weights_sha256"), "the checkpoint is incomplete, corrupt or "
+                            "diverged: retrain or restore it")
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{weights} does not fit the model its config describes: {err}") from err
-    broken = sorted(name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
-    if broken:
-        raise CheckpointError(f"{weights} holds non-finite values in {', '.join(broken[:3])}"
-                              f"{' and more' if len(broken) > 3 else ''}: the training diverged; retrain or restore it")
     model.checkpoint_config = config
     model.folder = path  # where its other files (measured noise, start frames) lie
     model = model.to(device).eval()

@@ -63,12 +63,6 @@ class DynamicsEnsemble:
         """Number of members K (the model's own included)."""
         return len(next(iter(self.params.values())))
 
-    def refresh_member_zero(self) -> None:
-        """Take member 0 from the model again (after its dynamics changed)."""
-        own = member_state(self.model)
-        for n in self.names:
-            self.params[n][0] = own[n]
-
     def members(self) -> list[dict[str, torch.Tensor]]:
         """Members 1..K-1's parameters (what `ensemble.safetensors` stores)."""
         return [{n: p[i] for n, p in self.params.items()} for i in range(1, self.size)]
@@ -92,7 +86,7 @@ class DynamicsEnsemble:
         return vmap(one)(self.params, q, v)
 
     def disagreement(self, q: torch.Tensor) -> torch.Tensor:
-        """Members' spread `(N,)` in pixels of their keypoints q `(M, N, K, 2)` (see the module docstring)."""
+        """Members' spread `(...)` in pixels of their keypoints q `(M, ..., K, 2)` (see the module docstring)."""
         spread = q.var(0, unbiased=False).sum(-1).mean(-1).sqrt()
         return spread * (self.model.spec.image_shape[0] / 2)
 

@@ -67,7 +67,7 @@ def train_ensemble(checkpoint: str | Path, out: str | Path, members: int, *, dat
 
     Resumable: finished members are kept, an interrupted one continues from its last checkpoint.
     `data`: the dynamics data set, where it lies elsewhere than the checkpoint records (it
-    must be the same data set: its manifest checksum is checked).
+    must be the same data set: the same manifest, or one collected alike, `_check_same_data`).
     """
     if members < 2:
         raise ValueError(f"an ensemble needs at least 2 members (the model and one more), got {members}")
@@ -79,11 +79,12 @@ def train_ensemble(checkpoint: str | Path, out: str | Path, members: int, *, dat
     source = Path(data or config.get("data", {}).get("path", ""))
     _check_same_data(source, config.get("data", {}), folder)
     out = Path(out)
-    trained, wall, starts, t0 = [], 0.0, None, time.monotonic()
+    trained, seeds, wall, starts, t0 = [], [], 0.0, None, time.monotonic()
     for i in range(1, members):
         run = out / f"member-{i}"
-        trainer = Trainer(member_config(config, folder, i, str(source)), run, command=command, progress=progress,
-                          start_bank=False, start_states=starts)
+        member = member_config(config, folder, i, str(source))
+        seeds.append(member.seed)
+        trainer = Trainer(member, run, command=command, progress=progress, start_bank=False, start_states=starts)
         finished = trainer.run(resume=(run / "train_state.json").exists())
         wall += trainer.elapsed
         if starts is None:  # the first member's fitted start states start the others' (the same sequences)
@@ -96,7 +97,7 @@ def train_ensemble(checkpoint: str | Path, out: str | Path, members: int, *, dat
             raise CheckpointError(f"member {i} reordered the model's keypoints: it cannot share the model's encoder")
         trained.append(member_state(finished))
     ensemble = DynamicsEnsemble(model, trained)
-    record = {"members": members, "seeds": [member_config(config, folder, i).seed for i in range(1, members)],
+    record = {"members": members, "seeds": seeds,
               "bootstrap": "each member i >= 1: as many training sequences as the data set's, drawn with replacement "
                            "by seed + i; member 0 the model itself, on all of them",
               "data": portable_path(source), "runs": portable_path(out), "command": command,
