@@ -37,11 +37,13 @@ from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
 from keycld_gym.rl.energy_control import energy_agent
 from keycld_gym.rl.observation_noise import measure_estimation_error
 from keycld_gym.rl.planning import planning_agent
+from keycld_gym.rl.real_episodes import ACTORS
 from keycld_gym.sim.systems import SYSTEMS
 from keycld_gym.training.ablations import AblationStudy
 from keycld_gym.training.bundling import bundle_agent, bundle_model
 from keycld_gym.training.config import ROLLOUT_LOSSES, TrainConfig
 from keycld_gym.training.ensemble import train_ensemble
+from keycld_gym.training.improve import ImproveConfig, improve
 from keycld_gym.training.pipeline import Pipeline, refit_checkpoint
 from keycld_gym.training.recipes import get_recipe
 from keycld_gym.training.renderer_fit import fit_renderer
@@ -118,6 +120,24 @@ def _ensemble(args: argparse.Namespace) -> int:
     print(f"{args.members} dynamics members ({args.members - 1} trained; this call {record['call_wall_s'] / 60:.1f} min, "
           f"training loops {record['training_loop_s'] / 60:.1f} min) "
           f"-> {checkpoint_folder(args.checkpoint)}")
+    return 0
+
+
+def _improve(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    config = ImproveConfig(
+        system=args.system, checkpoint=args.checkpoint, agent=args.agent, actor=args.actor, data=args.data,
+        rounds=args.rounds, episodes=args.episodes, model_steps=args.model_steps, agent_steps=args.agent_steps,
+        eval_episodes=args.eval_episodes, seed=args.seed, max_steps=args.max_steps, settings=_settings(args.set) or None,
+        workers=args.workers)
+    record = improve(config, args.out, progress=not args.quiet, command=default_command())
+    for r in record["rounds"]:
+        imagined = "" if r["imagined_return_mean"] is None else f", imagined {r['imagined_return_mean']:.1f}"
+        print(f"round {r['round']}: real {r['real']['return_mean']:.1f} +- {r['real']['return_std']:.1f} over "
+              f"{len(r['real']['returns'])} episodes{imagined}; {r['total_real_frames']:,} real frames in all")
+    final = record["final"]
+    print(f"final: real {final['real_return_mean']:.1f} +- {final['real_return_std']:.1f} over {final['episodes']} unseen "
+          f"seeds{cut_short(final)}, {final['total_real_frames']:,} real frames in all -> {Path(args.out) / 'improve.json'}")
     return 0
 
 
@@ -552,6 +572,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: one training run per further member")
     p.add_argument("--data", help="the model's dynamics data set, where it lies elsewhere than its config records")
     p.set_defaults(func=_ensemble)
+    p = sub.add_parser("improve", parents=[THREADS, QUIET],
+                       help="the real-task loop: real episodes refine the model, the agent continues there (resumable)")
+    p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
+    p.add_argument("--checkpoint", required=True, help="the model to start from (a folder, or a system name)")
+    p.add_argument("--agent", default="bundled", help="the keypoint agent to continue (a folder or 'bundled'); with "
+                                                      "--actor plan the planner's guide")
+    p.add_argument("--actor", choices=ACTORS, default="agent", help="who acts in the real episodes: the agent, or the "
+                                                                    "model's planner guided by it")
+    p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    p.add_argument("--data", help="the model's dynamics data set, where it lies elsewhere than its config records")
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--episodes", type=positive_int, default=5, help="real episodes per round")
+    p.add_argument("--model-steps", type=positive_int, default=200, help="dynamics steps of every member per round")
+    p.add_argument("--agent-steps", type=non_negative_int, default=100_000, help="the agent's imagined steps per round")
+    p.add_argument("--eval-episodes", type=positive_int, default=10, help="real episodes of the final evaluation")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--max-steps", type=positive_int, help="cut every real episode after this many agent steps (a quick "
+                                                          "check; returns off the task's scale)")
+    p.add_argument("--workers", type=positive_int, default=2, help="processes for the real episodes")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="--actor plan: override one of the planner's "
+                                                                         "settings (repeatable)")
+    p.set_defaults(func=_improve)
     p = sub.add_parser("evaluate-model", parents=[THREADS], help="VPT, keypoint and reward metrics of a model on held-out sequences")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, help="held-out data set (its sequences need start + horizon frames)")

@@ -305,3 +305,38 @@ def test_constrained_keypoints_train_and_hold_the_constraints_through_both_phase
     assert torch.equal(reused.encode_frames(frames), q)
     with pytest.raises(ValueError, match="same kind"):
         Trainer(replace(reuse, model=TINY_MODEL), tmp_path / "mismatch", progress=False)
+
+
+def test_a_continued_run_starts_from_the_models_dynamics_and_its_fitted_start_states(tiny_data, tiny_model_dir,
+                                                                                   tmp_path):
+    """`continue_from`: no least-squares start, no reordering; warm starts for the first sequences, cold for the rest."""
+    from keycld_gym.model.ensemble import member_state
+
+    source = load_model(tiny_model_dir)
+    with pytest.raises(ValueError, match="keypoints_from set to the same model"):
+        tiny_train_config(tiny_data, continue_from=str(tiny_model_dir), keypoints_from=str(tiny_data), keypoint_steps=0)
+    cfg = tiny_train_config(tiny_data, keypoints_from=str(tiny_model_dir), continue_from=str(tiny_model_dir),
+                            keypoint_steps=0, dynamics_steps=3, horizon_ramp_steps=0,
+                            val_fraction=source.checkpoint_config["training"]["config"]["val_fraction"])
+    trainer = Trainer(cfg, tmp_path / "a", progress=False)
+    start = member_state(trainer.model)
+    assert all(torch.equal(t, member_state(source)[n]) for n, t in start.items())  # the model's own dynamics
+    trainer.dynamics.prepare()
+    assert not (tmp_path / "a" / "physics_fit.json").exists()
+    assert all(torch.equal(t, member_state(source)[n]) for n, t in member_state(trainer.model).items())
+    # warm starts for the first sequences are refined from where they are; the rest fitted cold
+    q, v = trainer.dynamics.start_q.clone(), trainer.dynamics.start_v.clone()
+    warm = Trainer(cfg, tmp_path / "b", progress=False, start_states=(q[:2], v[:2]))
+    calls, refit = [], warm.dynamics.refit_start_states
+    warm.dynamics.refit_start_states = lambda cold, sequences: calls.append((cold, sequences)) or refit(cold, sequences)
+    warm.dynamics.prepare()
+    assert calls == [(False, slice(0, 2)), (True, slice(2, None))]
+    assert warm.dynamics.start_q.shape == q.shape and warm.dynamics.start_q.isfinite().all()
+    with pytest.raises(ValueError, match="do not fit"):
+        Trainer(cfg, tmp_path / "c", progress=False, start_states=(q[:, :1], v[:, :1])).dynamics.prepare()
+    model = Trainer(cfg, tmp_path / "d", progress=False).run()
+    assert any(not torch.equal(t, start[n]) for n, t in member_state(model).items())  # it trained on
+    assert load_model(tmp_path / "d" / "model").checkpoint_config["continued_from"]["member"] == 0
+    with pytest.raises(CheckpointError, match="no member 1"):
+        Trainer(tiny_train_config(tiny_data, keypoints_from=str(tiny_model_dir), continue_from=str(tiny_model_dir),
+                                  continue_member=1, keypoint_steps=0), tmp_path / "e", progress=False)

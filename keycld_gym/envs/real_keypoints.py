@@ -27,6 +27,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from keycld_gym.data.episodes import EpisodeRecorder
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.model.tracking import Estimator, Tracking
 from keycld_gym.sim.actions import checked_action, repeat_action
@@ -35,17 +36,22 @@ from keycld_gym.sim.systems import get_system
 
 
 class RealKeypointEnv(gym.Env):
-    """The real dm_control task with keypoint observations `float32 (4K,)` from `model`."""
+    """The real dm_control task with keypoint observations `float32 (4K,)` from `model`.
+
+    `record`: keep every physics step's frame, action and reward (`self.recorder`, an
+    `EpisodeRecorder`; `take_episodes`): what the real-task loop learns from.
+    """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
 
     def __init__(self, system: str, model: KeyCLDModel, *, action_repeat: int | None = None,
-                 tracking: Estimator = Tracking(), render_mode: str | None = None):
+                 tracking: Estimator = Tracking(), render_mode: str | None = None, record: bool = False):
         if model.spec.name != get_system(system).name:
             raise ValueError(f"model is a {model.spec.name!r} model, not {system!r}")
         if not isinstance(tracking, Estimator):
             raise TypeError(f"tracking must be a Tracking or Filtering, got {type(tracking).__name__}")
         self.model = model.eval()
+        self.recorder = EpisodeRecorder() if record else None
         self.env = RealEnv(system, "pixels", action_repeat=1, render_mode=render_mode)
         self.system = self.env.system
         self.action_repeat = self.system.checked_action_repeat(action_repeat)
@@ -70,6 +76,8 @@ class RealKeypointEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         frame, info = self.env.reset(seed=seed, options=options)
+        if self.recorder is not None:
+            self.recorder.begin(frame)
         self._estimator = self.tracking.start(self.model)
         self._add_frame(frame, None)
         # a velocity needs more than one frame: the episode's first agent step is taken with a
@@ -78,6 +86,7 @@ class RealKeypointEnv(gym.Env):
         self._pending = 0.0
         for _ in range(self.action_repeat):
             frame, reward, _, _, info = self.env.step(zero)
+            self._record(zero, reward, frame)
             self._add_frame(frame, zero)
             self._pending += reward
         self._physics_steps = self.action_repeat
@@ -88,6 +97,7 @@ class RealKeypointEnv(gym.Env):
 
         def physics_step() -> tuple[np.ndarray, float, bool, bool, dict]:
             frame, reward, terminated, truncated, info = self.env.step(action)
+            self._record(action, reward, frame)
             self._add_frame(frame, action)
             return frame, reward, terminated, truncated, info
 
@@ -95,7 +105,20 @@ class RealKeypointEnv(gym.Env):
         _, total, terminated, truncated, info, taken = repeat_action(physics_step, self.action_repeat, total=pending)
         self._physics_steps += taken
         truncated = truncated or self._physics_steps >= self.system.episode_steps
+        if (terminated or truncated) and self.recorder is not None:
+            self.recorder.end()
         return self._observe(), total, terminated, truncated, info
+
+    def _record(self, action: np.ndarray, reward: float, frame: np.ndarray) -> None:
+        if self.recorder is not None:
+            self.recorder.step(action, reward, frame)
+
+    def take_episodes(self) -> list[dict[str, np.ndarray]]:
+        """The recorded episodes, the running one included (ended here); see `EpisodeRecorder.take`."""
+        if self.recorder is None:
+            raise RuntimeError("this env records nothing: make it with record=True")
+        self.recorder.end()
+        return self.recorder.take()
 
     def render(self) -> np.ndarray | None:
         return self.env.render()

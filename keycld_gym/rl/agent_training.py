@@ -47,14 +47,20 @@ from keycld_gym.errors import CheckpointError
 from keycld_gym.files import differing_keys, portable_path, write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.model.tracking import Filtering
-from keycld_gym.rl.agent import ALGORITHMS, Agent, imagined_vec_env, real_vec_env
+from keycld_gym.rl.agent import (
+    ALGORITHMS,
+    Agent,
+    imagined_vec_env,
+    load_agent,
+    real_vec_env,
+)
 from keycld_gym.rl.agent_evaluation import episode_returns, model_data
 from keycld_gym.sim.keypoint_truth import KeypointMap
 from keycld_gym.sim.systems import get_system
 
 STATE = "state.json"
 IDENTITY = ("system", "obs_type", "algo", "seed", "checkpoint", "observation_noise", "world", "uncertainty_penalty",
-            "uncertainty_limit")
+            "uncertainty_limit", "init_from")
 WORLDS = ("imagined", "true")
 # episodes of the learning curve start from their own seeds, apart from evaluate-agent's
 CURVE_SEED = 200_000
@@ -81,6 +87,11 @@ class AgentTrainConfig:
     checkpoint_every_s: float = 120.0
     world: str = "imagined"  # or "true": the reference on the true simulator (module docstring)
     keypoint_map: dict[str, list] | None = None  # world "true": `KeypointMap.to_dict` into the model's keypoints
+    # Continue this agent (a folder) instead of starting afresh: its training run's SB3
+    # checkpoint (policy, optimizers, entropy coefficient) where the folder is a run's `agent/`
+    # beside `resume/`, else its policy weights; the replay buffer starts empty (its
+    # transitions were imagined by another model). The real-task loop's agents continue so.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.world not in WORLDS:
@@ -160,6 +171,7 @@ class _Trainer:
         self.last_save = time.time()
         self.next_eval = 0
         self._eval_env = self._real_env = None
+        self.initialized_from: str | None = None
 
     def world_env(self, num_envs: int, seed: int, training: bool = False) -> VecEnv:
         """`num_envs` envs of the training world: the model's imagination, or the true simulator."""
@@ -216,6 +228,7 @@ class _Trainer:
         return {"config": self.config.to_dict(), "recipe": self.recipe.to_dict(), "status": status,
                 "steps": int(self.algorithm.num_timesteps), "wall_s": round(self.wall(), 1),
                 "curve": self.curve, "next_eval": self.next_eval, "command": self.command,
+                "initialized_from": self.initialized_from,
                 "torch_threads": torch.get_num_threads()}
 
     def save_resume(self) -> None:
@@ -246,6 +259,7 @@ class _Trainer:
             if isinstance(self.algorithm, OffPolicyAlgorithm) and buffer.exists():
                 self.algorithm.load_replay_buffer(buffer)
             self.curve, self.wall_before, self.next_eval = state["curve"], state["wall_s"], state["next_eval"]
+            self.initialized_from = state.get("initialized_from")
             self.resumed = True
         else:
             if resume and (self.out / STATE).exists():
@@ -254,8 +268,27 @@ class _Trainer:
                 self.recipe.policy, self.venv, seed=self.config.seed, device="cpu",
                 policy_kwargs=self.recipe.policy_kwargs, verbose=0, **self.recipe.hyperparams,
             )
+            if self.config.init_from is not None:
+                self.initialized_from = self._init_from(Path(self.config.init_from), algo_cls)
             self.resumed = False
         self.algorithm.set_logger(configure(str(self.out / "logs"), ["csv", "tensorboard"]))
+
+    def _init_from(self, folder: Path, algo_cls: type) -> str:
+        """Continue the agent in `folder` (`AgentTrainConfig.init_from`); returns what was taken."""
+        agent = load_agent(folder, self.recipe.system, self.recipe.obs_type)
+        if agent.recipe.algo != self.recipe.algo:
+            raise ValueError(f"agent {folder} is a {agent.recipe.algo} agent: it cannot continue as {self.recipe.algo}")
+        saved = folder.parent / "resume" / "model.zip"
+        run_state = folder.parent / STATE
+        if saved.exists() and run_state.exists() and json.loads(run_state.read_text()).get("status") == "done":
+            # the run's own checkpoint: the optimizers and SAC's entropy coefficient come along
+            self.algorithm = algo_cls.load(saved, env=self.venv, device="cpu")
+            if not torch.equal(torch.nn.utils.parameters_to_vector(self.algorithm.policy.parameters()),
+                               torch.nn.utils.parameters_to_vector(agent.policy.parameters())):
+                raise CheckpointError(f"{saved} is not the checkpoint of agent {folder} (their policies differ)")
+            return "sb3 checkpoint"
+        self.algorithm.policy.load_state_dict(agent.policy.state_dict())
+        return "policy weights"
 
     def run(self, resume: bool) -> dict[str, Any]:
         self.setup(resume)
@@ -281,6 +314,7 @@ class _Trainer:
             training={"command": self.command, "seed": self.config.seed, "steps": int(self.algorithm.num_timesteps),
                       "wall_s": round(self.wall(), 1), "torch_threads": torch.get_num_threads(),
                       "world": self.config.world, key: self.curve[-1][key], "real_frames": 0,
+                      "init_from": portable_path(self.config.init_from) if self.config.init_from else None,
                       # the reference learns in the true simulator: that many of its physics steps
                       "true_physics_steps": 0 if self.config.world == "imagined" else
                       int(self.algorithm.num_timesteps) * get_system(self.recipe.system).action_repeat},

@@ -19,6 +19,13 @@ class TrainConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     keypoints_from: str | None = None  # reuse phase 1 of a trained checkpoint (ablations)
+    # Continue the dynamics of this trained model (member `continue_member` of its ensemble;
+    # 0: the model's own) instead of starting them afresh: the real-task loop's refinement
+    # (`keycld_gym.training.improve`). Constraints, Lagrangian and reward head start where they
+    # are: no least-squares start, no reordering of the keypoints. `keypoints_from` names the
+    # same model (its encoder reads the frames the dynamics were fitted to).
+    continue_from: str | None = None
+    continue_member: int = 0
     # phase 1: keypoints
     keypoint_steps: int = 1500
     keypoint_batch: int = 32
@@ -97,6 +104,11 @@ class TrainConfig:
             raise ValueError("step counts must be non-negative")
         if self.keypoints_from is None and self.keypoint_steps == 0:
             raise ValueError("keypoint_steps=0 needs keypoints_from (a checkpoint whose encoder to reuse)")
+        if self.continue_from is not None and (self.keypoints_from != self.continue_from or self.keypoint_steps):
+            raise ValueError("continue_from needs keypoints_from set to the same model and keypoint_steps=0: the "
+                             "continued dynamics were fitted to that model's keypoints")
+        if self.continue_member < 0:
+            raise ValueError(f"continue_member must be a member index (0: the model's own), got {self.continue_member}")
         if self.rollout_loss not in ROLLOUT_LOSSES:
             raise ValueError(f"rollout_loss must be one of {ROLLOUT_LOSSES}, got {self.rollout_loss!r}")
         if not self.robust_scale > 0:

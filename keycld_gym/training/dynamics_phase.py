@@ -46,13 +46,16 @@ class DynamicsPhase:
     name = "dynamics"
 
     def __init__(self, model: KeyCLDModel, config: TrainConfig, train: WindowDataset, rng: np.random.Generator,
-                 out: Path, start_states: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 out: Path, start_states: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 keypoints: torch.Tensor | None = None):
         self.model, self.config, self.train, self.rng, self.out = model, config, train, rng, Path(out)
         self.start_q: torch.Tensor | None = None  # (S, G, K, 2): sequence, start
         self.start_v: torch.Tensor | None = None
-        # start states fitted by a run of the same data (an ensemble's first member): refined
-        # from there by a few Gauss-Newton steps instead of fitted cold (most of the set-up's time)
+        # start states fitted by a run of the same data (an ensemble's first member), or of its
+        # first sequences (the real-task loop's last round): refined from there by a few
+        # Gauss-Newton steps instead of fitted cold (most of the set-up's time)
         self.warm_starts = start_states
+        self.given_keypoints = keypoints  # the encoder's keypoints of the training sequences, if the caller has them
         self._optimizer: torch.optim.Optimizer | None = None
         self._kp: torch.Tensor | None = None
         self._actions_rewards: tuple[torch.Tensor, torch.Tensor] | None = None  # built once: `data` runs every step
@@ -77,7 +80,13 @@ class DynamicsPhase:
         return self.config.dynamics_steps
 
     def encode_sequences(self, frames: np.ndarray) -> torch.Tensor:
-        """Keypoints `(S, T, K, 2)` of uint8 frames `(S, T, H, W, 3)`."""
+        """Keypoints `(S, T, K, 2)` of uint8 frames `(S, T, H, W, 3)` (the caller's, where it gave those of these frames)."""
+        given = self.given_keypoints
+        if given is not None:
+            if tuple(given.shape[:2]) != tuple(frames.shape[:2]):
+                raise ValueError(f"the given keypoints {tuple(given.shape)} are not of the {tuple(frames.shape[:2])} "
+                                 "training frames")
+            return given
         return self.model.encode_frames(frames)
 
     def mirrored(self, x: torch.Tensor, flip: tuple[float, ...]) -> torch.Tensor:
@@ -118,45 +127,54 @@ class DynamicsPhase:
         return self._optimizer
 
     def prepare(self) -> None:
-        """Order keypoints by the constraints, start the constraint constants, fit the start states."""
+        """Order keypoints by the constraints, start the constraint constants, fit the start states.
+
+        A continued model (`TrainConfig.continue_from`) keeps its order and constants.
+        """
         kp = self.encode_sequences(self.train.data["frames"])
-        order = self.model.keypoint_order(kp.flatten(0, 1))
-        if order != list(range(len(order))):
-            self.model.permute_keypoints(order)
-            kp = kp[:, :, order]
+        if self.config.continue_from is None:
+            order = self.model.keypoint_order(kp.flatten(0, 1))
+            if order != list(range(len(order))):
+                self.model.permute_keypoints(order)
+                kp = kp[:, :, order]
         kp = self.mirrored(kp, _KEYPOINT_FLIP)
-        init_constraints_from(kp.flatten(0, 1), self.model)
         self._kp = kp
-        if self.model.projects and self.model.config.dynamics.structured:
-            # the structured Lagrangian's constants from a least-squares fit of its equations of
-            # motion: gradient steps from a small start took too long to reach them
-            _, acts, _ = self.data()
-            fit = fit_physics(self.model.dynamics, kp[self.pool], acts[self.pool], self.model.dt)
-            apply_physics(self.model.dynamics, fit)
-            write_json(self.out / "physics_fit.json", fit.to_dict())
-        if self.warm_starts is not None:
-            q, v = (s.detach().clone().float() for s in self.warm_starts)
-            if q.shape[:2] != (kp.shape[0], len(self.start_frames())):
-                raise ValueError(f"warm start states {tuple(q.shape)} do not fit {kp.shape[0]} sequences x "
-                                 f"{len(self.start_frames())} starts")
-            self.start_q, self.start_v = q, v
-            if self.start_fit_frames >= 2:
-                self.refit_start_states(cold=False)
-            return
+        if self.config.continue_from is None:
+            init_constraints_from(kp.flatten(0, 1), self.model)
+            if self.model.projects and self.model.config.dynamics.structured:
+                # the structured Lagrangian's constants from a least-squares fit of its equations of
+                # motion: gradient steps from a small start took too long to reach them
+                _, acts, _ = self.data()
+                fit = fit_physics(self.model.dynamics, kp[self.pool], acts[self.pool], self.model.dt)
+                apply_physics(self.model.dynamics, fit)
+                write_json(self.out / "physics_fit.json", fit.to_dict())
         # a line fit over the first frames after each start to begin with; training refines them
         guesses = [self.model.project(*initial_guess(kp[:, s:], self.model.dt)) for s in self.start_frames().tolist()]
         self.start_q = torch.stack([g[0] for g in guesses], 1).detach().clone()  # (S, G, K, 2)
         self.start_v = torch.stack([g[1] for g in guesses], 1).detach().clone()
+        warm = 0
+        if self.warm_starts is not None:
+            q, v = (s.detach().clone().float() for s in self.warm_starts)
+            warm = q.shape[0]
+            if q.shape[1:] != self.start_q.shape[1:] or warm > kp.shape[0] or (
+                    warm < kp.shape[0] and self.config.mirror_sequences):
+                raise ValueError(f"warm start states {tuple(q.shape)} do not fit {kp.shape[0]} sequences x "
+                                 f"{len(self.start_frames())} starts")
+            self.start_q[:warm], self.start_v[:warm] = q, v
         if self.start_fit_frames >= 2:
-            self.refit_start_states(cold=True)
+            if warm:
+                self.refit_start_states(cold=False, sequences=slice(0, warm))
+            if warm < kp.shape[0]:
+                self.refit_start_states(cold=True, sequences=slice(warm, None))
 
-    def refit_start_states(self, cold: bool = False) -> None:
-        """Fit every start state by shooting through the current model over the frames after it.
+    def refit_start_states(self, cold: bool = False, sequences: slice = slice(None)) -> None:
+        """Fit the start states of `sequences` (all) by shooting through the current model over the frames after each.
 
         `cold`: from the line fits (L-BFGS, coarse to fine); else from the current start
         states, which are close: a few Gauss-Newton steps, no backward pass.
         """
         kp, acts, _ = self.data()
+        kp, acts = kp[sequences], acts[sequences]
         t_len = kp.shape[1]
         with torch.no_grad():
             for g, s in enumerate(self.start_frames().tolist()):
@@ -165,9 +183,10 @@ class DynamicsPhase:
                 if cold:
                     qs, vs = fit_trajectory(self.model, window, u)
                 else:
-                    qs, vs = refine_trajectory(self.model, window, u, (self.start_q[:, g], self.start_v[:, g]))
-                self.start_q[:, g] = qs[:, 0]
-                self.start_v[:, g] = vs[:, 0]
+                    qs, vs = refine_trajectory(self.model, window, u,
+                                               (self.start_q[sequences, g], self.start_v[sequences, g]))
+                self.start_q[sequences, g] = qs[:, 0]
+                self.start_v[sequences, g] = vs[:, 0]
         if self._optimizer is not None:
             # the start states jumped: their Adam moments belong to the old values
             for p in (self.start_q, self.start_v):

@@ -40,6 +40,7 @@ def member_config(model_config: dict[str, Any], folder: Path, index: int, data: 
     seed = base.seed + index
     return dataclasses.replace(
         base, data=str(data or base.data), seed=seed, bootstrap_seed=seed, keypoints_from=str(folder), keypoint_steps=0,
+        continue_from=None, continue_member=0,  # a model made by continuing is recorded so: the member starts anew
         # the members fit the model as it is now (a refit renderer has other shapes than the recorded one)
         model=ModelConfig.from_dict(model_config["model"]))
 

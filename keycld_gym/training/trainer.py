@@ -44,7 +44,11 @@ class Trainer:
     """Runs (and resumes) the two training phases of `TrainConfig` into the folder `out`."""
 
     def __init__(self, config: TrainConfig, out: str | Path, *, command: str | None = None, progress: bool = True,
-                 start_bank: bool = True, start_states: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 start_bank: bool = True, start_states: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 keypoints: torch.Tensor | None = None):
+        """`start_states`: the dynamics phase's start states `(S', G, K, 2)` x2 of the first S' training sequences,
+        fitted by a run on the same data (refined here; the rest fitted cold). `keypoints`: the training
+        sequences' keypoints `(S, T, K, 2)` as this model's encoder reads them, where the caller has them."""
         self.config, self.out, self.command, self.progress = config, Path(out), command, progress
         self.start_bank = start_bank  # write the real start frames when done (an ensemble member needs none)
         torch.manual_seed(config.seed)
@@ -56,11 +60,12 @@ class Trainer:
         action_dim = self.train.data["actions"].shape[-1]
         self.model = KeyCLDModel(config.system, config.model, action_dim=action_dim)
         self._keypoints_source = self._reuse_keypoints() if config.keypoints_from else None
+        self._continued = self._continue_dynamics() if config.continue_from else None
         if not config.keypoints_from:
             self.model.background.copy_(median_image(self.train.data, config.seed))
         self.rng = np.random.default_rng(config.seed)
         self.keypoints = KeypointPhase(self.model, config, self.train, self.val, self.rng)
-        self.dynamics = DynamicsPhase(self.model, config, self.train, self.rng, self.out, start_states)
+        self.dynamics = DynamicsPhase(self.model, config, self.train, self.rng, self.out, start_states, keypoints)
         self.phase, self.step, self.elapsed = ("keypoints" if config.keypoint_steps else "dynamics"), 0, 0.0
         self.optimizer: torch.optim.Optimizer | None = None
         # recorded (or checked against the record) only once everything above is valid, so that
@@ -79,6 +84,19 @@ class Trainer:
             return {**src.checkpoint_config["keypoints_from"], "via": str(self.config.keypoints_from)}
         return {"checkpoint": str(self.config.keypoints_from), "data": src.checkpoint_config.get("data"),
                 "training": {k: v for k, v in src.checkpoint_config.get("training", {}).items() if k != "config"}}
+
+    def _continue_dynamics(self) -> dict[str, Any]:
+        """Start from all of `continue_from`'s weights, its member `continue_member`'s dynamics; returns the provenance."""
+        src = load_model(self.config.continue_from)
+        member = self.config.continue_member
+        size = src.ensemble.size if src.ensemble is not None else 1
+        if member >= size:
+            raise CheckpointError(f"{self.config.continue_from} has {size} dynamics member(s): no member {member}")
+        self.model.load_state_dict(src.state_dict())
+        if member:
+            self.model.load_state_dict(src.ensemble.members()[member - 1], strict=False)
+        return {"checkpoint": str(self.config.continue_from), "member": member,
+                "weights_sha256": src.checkpoint_config.get("weights_sha256"), "data": src.checkpoint_config.get("data")}
 
     @property
     def state_path(self) -> Path:
@@ -140,6 +158,7 @@ class Trainer:
                 "val_fraction": self.config.val_fraction,
             },
             "keypoints_from": self._keypoints_source,
+            "continued_from": self._continued,
             "training": {
                 "command": self.command, "seed": self.config.seed, "config": self.config.to_dict(),
                 "phase": self.phase, "step": self.step, "wall_time_s": round(self.elapsed, 1),
