@@ -168,9 +168,12 @@ def _evaluate_model(args: argparse.Namespace) -> int:
 def _sequences(text: str) -> int | list[int]:
     """`--sequences`: a count (the first held-out sequences) or comma-separated indices."""
     try:
-        return [int(i) for i in text.split(",")] if "," in text else int(text)
+        value = [int(i) for i in text.split(",")] if "," in text else int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count or comma-separated indices, got {text!r}") from None
+    if (isinstance(value, int) and value < 1) or (isinstance(value, list) and min(value) < 0):
+        raise argparse.ArgumentTypeError(f"expected a positive count or comma-separated indices from 0, got {text!r}")
+    return value
 
 
 def _video(args: argparse.Namespace) -> int:

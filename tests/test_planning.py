@@ -64,6 +64,33 @@ def test_the_planner_acts_within_bounds_and_carries_its_plan():
     assert planner.mean is None
 
 
+def test_the_planner_plans_with_an_ensemble_and_pays_for_its_disagreement():
+    """'member': each candidate follows a member of its own; the penalty lowers the scores where members disagree."""
+    from keycld_gym.model.ensemble import DynamicsEnsemble, member_state
+
+    model = load_model(checkpoint_folder(None, "acrobot"))
+    other = member_state(model)
+    other = {n: t * (1.2 if "potential" in n else 1.0) for n, t in other.items()}  # a member with stronger gravity
+    model.ensemble = DynamicsEnsemble(model, [other])
+    obs = imagined_vec_env(PLAN, 2, None, seed=0, noise=False).reset()
+    q = torch.from_numpy(obs[:, :4]).reshape(2, 2, 2).repeat_interleave(8, 0)
+    v = torch.from_numpy(obs[:, 4:]).reshape(2, 2, 2).repeat_interleave(8, 0)
+    u = torch.rand(16, 4, 1) * 2 - 1
+    scores = {}
+    for penalty in (0.0, 10.0):
+        planner = ModelPredictiveControl(model, None, horizon=4, samples=8, elites=2, ensemble_mode="member",
+                                         uncertainty_penalty=penalty)
+        torch.manual_seed(0)
+        scores[penalty] = planner._rollout(q, v, u)[0]
+        assert planner._sim(16).member.unique().numel() == 2  # both members followed
+    assert (scores[10.0] < scores[0.0]).all()
+    assert planner(obs).shape == (2, 1)
+    with pytest.raises(ValueError, match="only with ensemble_mode 'member'"):
+        ModelPredictiveControl(model, None, uncertainty_penalty=1.0)
+    with pytest.raises(ValueError, match="needs a model with an ensemble"):
+        ModelPredictiveControl(load_model(checkpoint_folder(None, "acrobot")), None, ensemble_mode="member")
+
+
 def test_the_planner_says_what_it_cannot_take():
     model = load_model(checkpoint_folder(None, "acrobot"))
     planner = ModelPredictiveControl(model, None, horizon=2, samples=4, elites=2)

@@ -314,7 +314,8 @@ def evaluate_model(
         angle = d["qpos"][:s_count, last:last + horizon + 1, spec.qpos_names.index("hinge_1")]
         result["sequences_reaching_upright"] = int((np.cos(angle) > np.cos(0.3)).any(1).sum())
     result["explorers"] = {str(k): int(v) for k, v in zip(*np.unique(d["explorers"][:s_count], return_counts=True))}
-    result["checkpoint"] = {"data": ckpt.get("data"), "training": {k: v for k, v in ckpt.get("training", {}).items() if k != "config"}}
+    result["checkpoint"] = {"data": ckpt.get("data"), "weights_sha256": ckpt.get("weights_sha256"),
+                            "training": {k: v for k, v in ckpt.get("training", {}).items() if k != "config"}}
     result["wall_time_s"] = round(time.monotonic() - t_start, 1)
     return result
 

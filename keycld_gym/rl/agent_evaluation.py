@@ -112,7 +112,8 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
     real_s = time.time() - t0
     result: dict[str, Any] = {
         "system": recipe.system, "obs_type": recipe.obs_type, "algo": recipe.algo,
-        "agent": portable_paths(agent.info.get("path", "?")), "episodes": episodes, "seed": seed, "max_steps": max_steps,
+        "agent": portable_paths(agent.info.get("path", "?")), "agent_weights_sha256": agent.info.get("weights_sha256"),
+        "episodes": episodes, "seed": seed, "max_steps": max_steps,
         "real_returns": [round(r, 2) for r in real],
     }
     if recipe.obs_type == "keypoints":

@@ -93,11 +93,18 @@ class ModelPredictiveControl:
             and scored by the worst of them (robust to the model's error in the action's
             effect; (1.0,): the model as it is).
         seed: seeds the candidates' noise.
+        ensemble_mode: with a model that has an ensemble, how its candidates are imagined:
+            'off', the model's own dynamics (member 0) alone; 'member', each candidate follows
+            a member drawn for it, as PETS's trajectory sampling. Members cost their steps:
+            'off' steps one dynamics, 'member' all of them.
+        uncertainty_penalty: each imagined step's reward minus this times the members'
+            disagreement in pixels (with 'member'): plans keep to where the model knows.
     """
 
     def __init__(self, model: KeyCLDModel, guide: Guide | None = None, *, horizon: int = 16, samples: int = 256,
                  iterations: int = 2, elites: int = 32, temperature: float = 0.5, noise: float = 0.6,
-                 min_noise: float = 0.05, gamma: float | None = None, gains: tuple[float, ...] = (1.0,), seed: int = 0):
+                 min_noise: float = 0.05, gamma: float | None = None, gains: tuple[float, ...] = (1.0,), seed: int = 0,
+                 ensemble_mode: str = "off", uncertainty_penalty: float = 0.0):
         if horizon < 1 or samples < 2 or iterations < 1 or not 1 <= elites <= samples:
             raise ValueError(f"the planner needs horizon >= 1, samples >= 2, iterations >= 1 and 1 <= elites <= samples, "
                              f"got {horizon}, {samples}, {iterations}, {elites}")
@@ -110,6 +117,14 @@ class ModelPredictiveControl:
         self.gains = torch.tensor([float(g) for g in gains])
         if len(self.gains) < 1 or not (self.gains > 0).all():
             raise ValueError(f"gains must be one or more positive action gains, got {gains}")
+        if ensemble_mode not in ("off", "member"):
+            raise ValueError(f"the planner's ensemble_mode must be 'off' or 'member', got {ensemble_mode!r}")
+        if ensemble_mode == "member" and model.ensemble is None:
+            raise ValueError("ensemble_mode 'member' needs a model with an ensemble (`keycld-gym ensemble`)")
+        if not uncertainty_penalty >= 0 or (uncertainty_penalty > 0 and ensemble_mode == "off"):
+            raise ValueError(f"uncertainty_penalty must be >= 0, and > 0 only with ensemble_mode 'member', got "
+                             f"{uncertainty_penalty} with {ensemble_mode!r}")
+        self.ensemble_mode, self.uncertainty_penalty = ensemble_mode, float(uncertainty_penalty)
         self.generator = torch.Generator().manual_seed(seed)
         self.spec = model.spec
         self.action_dim = model.action_dim
@@ -122,7 +137,7 @@ class ModelPredictiveControl:
 
     def _sim(self, n: int) -> Imagination:
         if n not in self._sims:
-            self._sims[n] = Imagination(self.model, n, self.spec.action_repeat)
+            self._sims[n] = Imagination(self.model, n, self.spec.action_repeat, ensemble_mode=self.ensemble_mode)
         return self._sims[n]
 
     @torch.no_grad()
@@ -135,6 +150,8 @@ class ModelPredictiveControl:
         sim = self._sim(b)
         sim.q, sim.v = q.clone(), v.clone()
         sim.action_gain = torch.ones(b, 1) if gain is None else gain[:, None]
+        if sim.ensemble is not None:  # each candidate follows a member of its own
+            sim.member = torch.randint(0, sim.ensemble.size, (b,), generator=self.generator)
         score, discount = torch.zeros(b), 1.0
         alive = torch.ones(b, dtype=torch.bool)
         taken = torch.empty(b, self.horizon, self.action_dim)
@@ -142,6 +159,8 @@ class ModelPredictiveControl:
             u = self.guide.action(self._obs(sim.q, sim.v)) if actions is None else actions[:, t]
             taken[:, t] = u
             reward, diverged = sim.step(u)
+            if self.uncertainty_penalty:
+                reward = reward - self.uncertainty_penalty * sim.uncertainty
             alive &= ~diverged  # a diverged future scores what it gathered before
             score += discount * torch.where(alive, reward, torch.zeros_like(reward))
             discount *= self.gamma

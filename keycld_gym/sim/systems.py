@@ -7,6 +7,7 @@ constraint: every module reads them from the `SystemSpec` returned by `get_syste
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 from keycld_gym.errors import UnknownSystemError
@@ -244,7 +245,12 @@ class SystemSpec:
 
     def checked_action_repeat(self, action_repeat: int | None) -> int:
         """The action repeat to use: the spec's by default; else a positive divisor of the episode."""
-        repeat = self.action_repeat if action_repeat is None else int(action_repeat)
+        if action_repeat is None:
+            repeat = self.action_repeat
+        elif isinstance(action_repeat, numbers.Integral) and not isinstance(action_repeat, bool):
+            repeat = int(action_repeat)
+        else:  # 2.7 or "4": never truncated or parsed silently
+            raise ValueError(f"action_repeat must be a whole number of physics steps (an int), got {action_repeat!r}")
         if repeat < 1 or self.episode_steps % repeat:
             raise ValueError(f"action_repeat must be a positive divisor of {self.episode_steps}, got {action_repeat!r}")
         return repeat

@@ -9,13 +9,19 @@ regime and size, training time) and what it measured on held-out data. An agent 
 keycld_gym/weights/<system>-<algo>-<obs>/ with its evaluation and card; a pixel agent that
 reads frames through a world model's encoder takes that model along (`model/`), so it keeps
 working when the system's bundled model is replaced.
+
+Nothing is written before the evaluation is read and checked to be this model's or agent's;
+then the bundle is made in a staging folder and swapped in whole, so an old bundle's files
+never stay beside new weights.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import portable_paths, write_json
@@ -138,8 +144,65 @@ def _copy_model_files(source: Path, dest: Path) -> None:
     for name in _MODEL_FILES:
         if (source / name).exists():
             shutil.copy2(source / name, dest / name)
-        elif (dest / name).exists():  # an older bundle's file the new model does not have
-            (dest / name).unlink()
+
+
+def _staging(dest: Path) -> Path:
+    """An empty folder beside `dest` to make its new contents in (`_swap_in` puts it in place)."""
+    staging = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _swap_in(staging: Path, dest: Path) -> None:
+    """Replace `dest` by the finished `staging` folder: the old bundle goes as a whole."""
+    old = dest.with_name(f"{dest.name}.old{os.getpid()}")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_evaluation(path: str | Path, what: str, remedy: str) -> dict[str, Any]:
+    """An evaluation JSON, read before anything is written; a clear error for a file that is not one."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise CheckpointError(f"the evaluation {path} does not exist: {remedy}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"the evaluation {path} is not a readable JSON file ({err}): {remedy}") from err
+    if not isinstance(result, dict):
+        raise CheckpointError(f"the evaluation {path} is not {what}: {remedy}")
+    return result
+
+
+def check_model_evaluation(result: dict[str, Any], config: dict[str, Any], path: str | Path) -> None:
+    """Refuse an evaluate-model result that is not of the model whose checkpoint config is `config`."""
+    remedy = f"evaluate this model with `keycld-gym evaluate-model --checkpoint MODEL --json {path}`"
+    if not isinstance(result.get("model"), dict) or "vpt_agent_median" not in result["model"]:
+        raise CheckpointError(f"{path} is not an evaluate-model result: {remedy}")
+    if result.get("system") != config["system"]:
+        raise CheckpointError(f"{path} evaluates a {result.get('system')!r} model, not this {config['system']!r} one: {remedy}")
+    recorded = result.get("checkpoint") or {}
+    sha = recorded.get("weights_sha256")
+    training = {k: v for k, v in config.get("training", {}).items() if k != "config"}
+    if (sha is not None and sha != config.get("weights_sha256")) or (sha is None and recorded.get("training") != training):
+        raise CheckpointError(f"{path} evaluates another model than this one (its weights or training differ): {remedy}")
+
+
+def check_agent_evaluation(result: dict[str, Any], agent: Agent, path: str | Path) -> None:
+    """Refuse an evaluate-agent result that is not of `agent`."""
+    remedy = f"evaluate this agent with `keycld-gym evaluate-agent --agent AGENT --json {path}`"
+    r = agent.recipe
+    if "real_return_mean" not in result:
+        raise CheckpointError(f"{path} is not an evaluate-agent or benchmark result: {remedy}")
+    found = tuple(result.get(k) for k in ("system", "obs_type", "algo"))
+    if found != (r.system, r.obs_type, r.algo):
+        raise CheckpointError(f"{path} evaluates a {'/'.join(map(str, found))} agent, not this "
+                              f"{r.system}/{r.obs_type}/{r.algo} one: {remedy}")
+    sha = result.get("agent_weights_sha256")
+    if sha is not None and sha != agent.info.get("weights_sha256"):
+        raise CheckpointError(f"{path} evaluates another agent than this one (its weights differ): {remedy}")
 
 
 def bundle_model(model_folder: str | Path, evaluation: str | Path | None = None, dest: str | Path | None = None) -> Path:
@@ -148,15 +211,20 @@ def bundle_model(model_folder: str | Path, evaluation: str | Path | None = None,
     config = model.checkpoint_config
     if config["training"].get("phase") != "done":
         raise CheckpointError(f"{model_folder} is from an unfinished run (phase {config['training'].get('phase')!r})")
+    result = None
+    if evaluation:
+        result = _read_evaluation(evaluation, "an evaluate-model result", "rerun `keycld-gym evaluate-model --json`")
+        check_model_evaluation(result, config, evaluation)
     dest = Path(dest) if dest is not None else bundled_path(config["system"])
-    _copy_model_files(Path(model_folder), dest)
-    result = json.loads(Path(evaluation).read_text()) if evaluation else None
+    staging = _staging(dest)
+    _copy_model_files(Path(model_folder), staging)
     card = model_card(config, result)
-    if (dest / EXPLORING_STARTS).exists():
-        count = len(read_start_bank(dest, EXPLORING_STARTS)["seeds"])
+    if (staging / EXPLORING_STARTS).exists():
+        count = len(read_start_bank(staging, EXPLORING_STARTS)["seeds"])
         card += (f"\n`{EXPLORING_STARTS}`: {count} real start windows from anywhere in the dynamics data, where agent "
                  "recipes with exploring starts begin part of their imagined training episodes.\n")
-    (dest / "README.md").write_text(card)
+    (staging / "README.md").write_text(card)
+    _swap_in(staging, dest)
     return dest
 
 
@@ -176,23 +244,23 @@ def _encoder_model(agent: Agent, config: dict) -> Path:
 def bundle_agent(agent_folder: str | Path, evaluation: str | Path, dest: str | Path | None = None) -> Path:
     """Copy a trained agent with its evaluate-agent (or benchmark) JSON to `dest` (default: the bundled agent's folder)."""
     agent = load_agent(agent_folder)  # checks it before it is bundled
-    result = json.loads(Path(evaluation).read_text())
-    if "real_return_mean" not in result:  # a benchmark.json: its agent's evaluation
+    result = _read_evaluation(evaluation, "an evaluate-agent or benchmark result", "rerun `keycld-gym evaluate-agent --json`")
+    if "real_return_mean" not in result and isinstance(result.get("agent"), dict):  # a benchmark.json: its agent's
         result = result["agent"]
+    check_agent_evaluation(result, agent, evaluation)
     r = agent.recipe
     dest = Path(dest) if dest is not None else bundled_agent_path(r.system, r.obs_type, r.algo)
-    dest.mkdir(parents=True, exist_ok=True)
-    if (dest / AGENT_WEIGHTS).resolve() != (Path(agent_folder) / AGENT_WEIGHTS).resolve():  # else re-recorded in place
-        shutil.copy2(Path(agent_folder) / AGENT_WEIGHTS, dest / AGENT_WEIGHTS)
     config = json.loads((Path(agent_folder) / AGENT_CONFIG).read_text())
-    if r.features == "keycld-encoder":
-        source = _encoder_model(agent, config)
-        if source.resolve() != (dest / AGENT_MODEL).resolve():  # else re-recorded in place
-            _copy_model_files(source, dest / AGENT_MODEL)
+    source = _encoder_model(agent, config) if r.features == "keycld-encoder" else None
+    staging = _staging(dest)
+    shutil.copy2(Path(agent_folder) / AGENT_WEIGHTS, staging / AGENT_WEIGHTS)
+    if source is not None:
+        _copy_model_files(source, staging / AGENT_MODEL)
     if "real_estimator" in result:  # the agent meets the real task as it was evaluated
         config["recipe"]["real_estimator"] = result["real_estimator"]
     config["evaluation"] = {k: v for k, v in result.items() if k != "model_data"}
     config = portable_paths(config)  # a bundle ships: no path of the machine it was made on
-    write_json(dest / AGENT_CONFIG, config)
-    (dest / "README.md").write_text(agent_card(config, result))
+    write_json(staging / AGENT_CONFIG, config)
+    (staging / "README.md").write_text(agent_card(config, result))
+    _swap_in(staging, dest)
     return dest
