@@ -191,3 +191,26 @@ def test_every_bad_env_input_is_a_clear_error(tiny_model_dir):
     assert np.isfinite(obs).all()
     assert not failures, f"{len(failures)} of {count} cases:\n" + "\n".join(failures)
     print(f"\n{count} bad env inputs: all clean errors")
+
+
+def test_os_faults_are_one_line_naming_the_path(tiny_model_dir, tiny_data, tmp_path, capsys):
+    """`--out` a file, `--json` a folder, an unwritable folder: one line naming the path, before any work."""
+    import os
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = [
+        ["collect", "--system", "cartpole", "--out", str(a_file / "data"), "--episodes", "1"],
+        ["evaluate-model", "--checkpoint", str(tiny_model_dir), "--data", str(tiny_data), "--json", str(tmp_path)],
+    ]
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append(["evaluate-model", "--checkpoint", str(tiny_model_dir), "--data", str(tiny_data),
+                      "--json", str(locked / "r.json")])
+    for argv in cases:
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code != 0 and "Traceback" not in err and len(err.splitlines()) == 1, (argv, err)
+        assert str(a_file) in err or str(tmp_path) in err, (argv, err)
