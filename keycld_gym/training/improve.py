@@ -142,6 +142,9 @@ class _Loop:
             if differ:
                 raise ValueError(f"{self.out} holds a loop with other settings (differs in: {', '.join(differ)}): rerun "
                                  "its own command to continue it, or choose another --out")
+            if len(record["rounds"]) > self.config.rounds:
+                raise ValueError(f"{self.out} holds {len(record['rounds'])} finished rounds: ask for at least as many "
+                                 f"(--rounds {len(record['rounds'])}), or choose another --out")
             record["config"]["rounds"] = self.config.rounds  # more rounds may be asked for
             return record
         return {"config": settings, "command": self.command, "model_real_frames": self.model_frames,
@@ -196,7 +199,7 @@ class _Loop:
             "total_real_frames": int(frames_so_far),
             "refined_model": portable_path(new_model), "next_agent": portable_path(folder / "agent-run" / "agent"),
             "agent_steps": agent_state["steps"],
-            "seconds": {"real_and_imagined": round(real_s, 1), "model": round(model_s, 1), "agent": round(agent_s, 1)},
+            "seconds": {"real_episodes": round(real_s, 1), "model": round(model_s, 1), "agent": round(agent_s, 1)},
         }
         return result
 
