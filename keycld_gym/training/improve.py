@@ -45,11 +45,18 @@ import torch
 from keycld_gym.data.dataset import WindowDataset
 from keycld_gym.data.episodes import add_episodes, grow_dataset
 from keycld_gym.errors import CheckpointError
-from keycld_gym.files import atomic_write_bytes, differing_keys, json_roundtrip, portable_path, write_json
+from keycld_gym.files import (
+    atomic_write_bytes,
+    differing_keys,
+    json_roundtrip,
+    portable_path,
+    write_json,
+)
 from keycld_gym.model.checkpoint import (
     NOISE_FILE,
     checkpoint_folder,
     load_model,
+    read_config,
     save_ensemble,
 )
 from keycld_gym.model.ensemble import DynamicsEnsemble, member_state
@@ -125,7 +132,9 @@ class _Loop:
     def __init__(self, config: ImproveConfig, out: Path, command: str | None, progress: bool):
         self.config, self.out, self.command, self.progress = config, out, command, progress
         self.start_model = checkpoint_folder(config.checkpoint, config.system)
-        start = load_model(self.start_model)
+        self.start = start = load_model(self.start_model)  # its encoder is every round's
+        if start.spec.name != config.system:
+            raise CheckpointError(f"{config.checkpoint} is not a {config.system} model")
         self.data_source = Path(config.data or start.checkpoint_config.get("data", {}).get("path", ""))
         self.start_agent = load_agent(config.agent, config.system, "keypoints")
         self.model_frames = model_data(self.start_model, config.system)["model_real_frames"]
@@ -269,9 +278,8 @@ class _Loop:
         The loop never changes the encoder (every round's model has the start model's), so
         what it read off a sequence in an earlier round is kept in `OUT/keypoints.npz`.
         """
-        start = load_model(self.start_model)
         if any(not torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(),
-                                                     start.encoder.state_dict().values())):
+                                                     self.start.encoder.state_dict().values())):
             raise CheckpointError(f"{model.folder}'s encoder is not the start model's: the loop's keypoints do not apply")
         train = WindowDataset(self.out / "data", 1, split="train", val_fraction=val_fraction, system=self.config.system)
         ids = train.data["sequence_ids"]
@@ -293,7 +301,7 @@ class _Loop:
         if r > 1:
             path = self.out / f"round-{r - 1}" / "member-0" / "train_state"
         else:  # the model's own ensemble's first trained member fitted them on the model's data
-            runs = (load_model(model).checkpoint_config.get("ensemble") or {}).get("runs")
+            runs = (read_config(model).get("ensemble") or {}).get("runs")
             path = Path(runs) / "member-1" / "train_state" if runs else None
         if path is None or not path.with_suffix(".json").exists():
             return None
@@ -338,8 +346,6 @@ class _Loop:
 
 def improve(config: ImproveConfig, out: str | Path, *, progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Run (or continue) the real-task loop into `out` (module docstring); returns its record."""
-    if not (load_model(checkpoint_folder(config.checkpoint, config.system)).spec.name == config.system):
-        raise CheckpointError(f"{config.checkpoint} is not a {config.system} model")
     return _Loop(config, Path(out), command, progress).run()
 
 
