@@ -15,6 +15,7 @@ import torch
 from keycld_gym.agents import NOISES
 from keycld_gym.agents import get_recipe as get_agent_recipe
 from keycld_gym.analysis.diagnostics import diagnose, keypoint_map_for
+from keycld_gym.analysis.prediction_budget import PARTS as BUDGET_PARTS
 from keycld_gym.analysis.evaluation import load_and_evaluate
 from keycld_gym.analysis.video import prediction_video
 from keycld_gym.benchmark import benchmark_recipe, run_benchmark
@@ -198,14 +199,23 @@ def format_model_report(r: dict) -> str:
     lines = [
         f"{r['system']} ({r['dynamics']}), {r['sequences']} held-out sequences of {r['data']} ({r['split']}), "
         f"start window {r['start_frames']} frames at {r['frame_interval_s']} s, epsilon {r['epsilon']:.5f}",
-        f"{'':24s} {'VPT agent median/mean':>22s} {'VPT physics median/mean':>24s}",
+        f"{'':24s} {'VPT agent median/mean':>22s} {'seconds':>8s} {'whole horizon':>14s} {'VPT physics median/mean':>24s}",
     ]
     for name in ("model", "hold_frame", "true_simulator_noisy"):
         if name in r:
             b = r[name]
             lines.append(f"{name:24s} {b['vpt_agent_median']:>10.1f} / {b['vpt_agent_mean']:<9.1f}"
+                         f"{b['vpt_agent_s_median']:>8.2f} {b['saturated']:>14.0%}"
                          f"{b['vpt_physics_median']:>12.1f} / {b['vpt_physics_mean']:<9.1f}")
-    lines.append(f"(agent steps of {r['agent_interval_s']} s, out of {r['agent_steps']}; physics steps out of {r['physics_frames']})")
+    capped = " (as far as the sequences allow)" if r["horizon_capped_by_data"] else ""
+    lines.append(f"(agent steps of {r['agent_interval_s']} s, out of {r['agent_steps']}: a horizon of "
+                 f"{r['horizon_s']:.2f} s{capped}; physics steps out of {r['physics_frames']})")
+    if len(r["sets"]) > 1 or len(r["by_explorer"]) > 1:
+        groups = [(f"set {x['data']} ({x['regime']})", x) for x in r["sets"]] + list(r["by_explorer"].items())
+        for label, g in groups:
+            lines.append(f"  {label}, {g['sequences']} sequences: VPT median "
+                         + ", ".join(f"{name} {g[name + '_vpt_s_median']:.2f} s" for name in
+                                     ("model", "hold_frame", "true_simulator_noisy") if name + "_vpt_s_median" in g))
     lines.append("keypoints: " + ", ".join(f"{k} {v:.4f}" for k, v in r["keypoints"].items()))
     lines.append(f"reconstruction MSE {r['reconstruction_mse']:.5f}; reward RMSE {r['reward_rmse']:.4f} (reward std {r['reward_std']:.4f}); "
                  f"max |phi| over {r['long_rollout']['steps']} steps {r['long_rollout']['max_abs_constraint_violation']:.2e}")
@@ -403,10 +413,18 @@ def _diagnose(args: argparse.Namespace) -> int:
           f"{c['sequences']} sequences: positions {c['position_rms']:.4f} units RMS ({c['position_rms_px']:.3f} px; per "
           f"coordinate {c['position_rms_per_coordinate']}), velocities {c['velocity_rms']:.4f} units/s RMS (per coordinate "
           f"{c['velocity_rms_per_coordinate']}); {c['ms_per_agent_step']:.1f} ms per agent step (one env, one thread)")
-    if "true_physics" in result:
-        t = result["true_physics"]
-        print(f"true constants behind this encoder: VPT agent median / mean {t['vpt_agent_median']:.1f} / "
-              f"{t['vpt_agent_mean']:.1f}, physics {t['vpt_physics_median']:.1f} / {t['vpt_physics_mean']:.1f}")
+    if "prediction_budget" in result:
+        b = result["prediction_budget"]
+        print(f"what ends the predictions ({b['sequences']} held-out sequences, horizon {b['horizon_s']:.2f} s; the start "
+              f"estimate {b['start_gap_px']:.2f} px from the true start): VPT median "
+              + ", ".join(f"{part.replace('_', ' ')} {b[part]['vpt_s_median']:.2f} s" for part in BUDGET_PARTS)
+              + f"; largest cause: {b['largest_cause'].replace('_', ' ')}")
+        f = b["free_oscillation"]
+        print("free swing from rest: period " + ", ".join(
+            f"{name.replace('_', ' ')} {_or_dash(f[name]['period_s'], '.3f')} s" for name in ("true", "model", "true_constants"))
+            + "; amplitude ratio per period " + ", ".join(
+            f"{name.replace('_', ' ')} {_or_dash(f[name]['amplitude_ratio_per_period'], '.3f')}"
+            for name in ("true", "model", "true_constants")))
     if "oracle_agent" in result:
         o = result["oracle_agent"]
         print(f"agent on true keypoints: real return {o['real_return_mean']:.1f} ± {o['real_return_std']:.1f} "
@@ -599,9 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_improve)
     p = sub.add_parser("evaluate-model", parents=[THREADS], help="VPT, keypoint and reward metrics of a model on held-out sequences")
     p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a system name for the bundled model")
-    p.add_argument("--data", required=True, help="held-out data set (its sequences need start + horizon frames)")
+    p.add_argument("--data", required=True, nargs="+", help="held-out data set(s), scored together and per set (their "
+                   "sequences need start + horizon frames)")
     p.add_argument("--json", help="write the full result here")
-    p.add_argument("--agent-steps", type=positive_int, default=45)
+    p.add_argument("--agent-steps", type=positive_int, help="VPT horizon in agent steps (default: the system's "
+                   "prediction_horizon_s, or as far as the sequences allow)")
     p.add_argument("--start-frames", type=positive_int, help="frames (physics interval) the start state is estimated from "
                    "(default: 0.32 s of frames, WINDOWS.evaluation_start)")
     p.add_argument("--physics-frames", type=positive_int, default=50, help="horizon of the physics-interval VPT")
@@ -722,13 +742,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_observation_noise)
     p = sub.add_parser("diagnose", parents=[THREADS], help="a model's keypoints, response, online estimate and VPT against the true system; an agent on true keypoints")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
-    p.add_argument("--data", required=True, help="held-out real sequences (with their true states)")
+    p.add_argument("--data", required=True, nargs="+", help="held-out real sequences (with their true states): one set, "
+                   "or several for the prediction budget (the first also fits the keypoint map)")
     p.add_argument("--agent", help="also run this keypoint agent (folder, 'bundled', 'energy' or 'plan', as "
                                    "evaluate-agent takes them) on true keypoints in the real task")
     _controller_arguments(p)
     p.add_argument("--episodes", type=positive_int, default=10)
     p.add_argument("--seed", type=non_negative_int, default=100_000, help="episode i of the real task is reset with seed + i")
-    p.add_argument("--no-true-physics", action="store_true", help="skip the VPT with the true constants")
+    p.add_argument("--no-true-physics", action="store_true", help="skip the VPT with the true constants (and the "
+                   "prediction budget)")
     p.add_argument("--real-estimator", help="the online estimate scored against the true state: 'window', 'filter' or "
                                             "its JSON (default: the agent's recipe's, else the system's bundled "
                                             "keypoint agent's)")

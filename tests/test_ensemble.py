@@ -46,6 +46,37 @@ def test_member_zero_is_the_model_and_equal_members_agree(tiny_model_dir):
         DynamicsEnsemble(model, [{"dynamics.nonsense": torch.zeros(1)}])
 
 
+@pytest.mark.parametrize("system", ["pendulum", "cartpole", "acrobot"])
+def test_members_step_as_one_batch_exactly_as_one_by_one(system):
+    """The recipes' structured dynamics step their members as one batch; each member's step is the model's own."""
+    from keycld_gym.model.keycld import KeyCLDModel
+    from keycld_gym.training.recipes import get_recipe
+
+    torch.manual_seed(0)
+    model = KeyCLDModel(system, get_recipe(system).model).eval()
+    own = member_state(model)
+    # members with other constants: every parameter moved, walls and joint damping included
+    members = [{n: t + 0.05 * (i + 1) * torch.randn_like(t) for n, t in own.items()} for i in range(2)]
+    ensemble = DynamicsEnsemble(model, members)
+    assert ensemble.stacked
+    q, v = _state(model, n=5)
+    u = torch.randn(len(q), model.action_dim)
+    qs, vs = q.expand(3, *q.shape).clone(), v.expand(3, *v.shape).clone()
+    qs[1:] += 0.01 * torch.randn_like(qs[1:])  # each member from its own state
+    batched = ensemble.step(qs, vs, u)
+    ensemble.force_vmap = True
+    mapped = ensemble.step(qs, vs, u)
+    for m, params in enumerate([own, *members]):
+        with torch.no_grad():
+            for n, t in params.items():
+                dict(model.named_parameters())[n].copy_(t)
+            one = model.step(qs[m], vs[m], u)
+        for a, b, c in zip(batched, mapped, one):
+            assert torch.isfinite(a[m]).all()
+            torch.testing.assert_close(a[m], c, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(b[m], c, rtol=1e-5, atol=1e-6)
+
+
 def test_trained_members_differ_are_saved_beside_the_model_and_load(ensemble_dir, tiny_model_dir):
     model = load_model(ensemble_dir)
     assert model.ensemble is not None and model.ensemble.size == 3

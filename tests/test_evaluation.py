@@ -69,3 +69,27 @@ def test_whole_evaluation_on_real_sequences(tiny_data, tiny_model_dir):
     held_out = evaluate_model(trained, tiny_data, start_frames=9, agent_steps=4, physics_frames=10,
                               long_rollout=5, references=False)
     assert held_out["split"] == "val" and held_out["sequences"] == 2
+
+
+def test_evaluation_over_the_horizon_in_seconds_on_several_sets(tiny_data, tmp_path):
+    """Sets of both regimes scored together and apart; the horizon defaults to the spec's, capped by the data."""
+    from keycld_gym.data.collect import CollectConfig, collect
+
+    states = tmp_path / "states"
+    collect(states, CollectConfig("cartpole", episodes=2, frames=40, seed=3, regime="states"), progress=False)
+    torch.manual_seed(0)
+    model = KeyCLDModel("cartpole", TINY_MODEL)
+    r = evaluate_model(model, [tiny_data, states], start_frames=9, physics_frames=10, long_rollout=5)
+    spec = model.spec
+    # 40 frames (the shorter set) after a 9-frame start allow 3 agent steps of the spec's 120
+    assert r["agent_steps"] == (40 - 9) // spec.action_repeat == 3 and r["horizon_capped_by_data"]
+    assert math.isclose(r["horizon_s"], 3 * spec.agent_dt) and r["sequences"] == 8
+    assert [(x["regime"], x["sequences"]) for x in r["sets"]] == [("task", 6), ("states", 2)]
+    for name in ("model", "hold_frame", "true_simulator_noisy"):
+        b = r[name]
+        assert math.isclose(b["vpt_agent_s_median"], b["vpt_agent_median"] * spec.agent_dt)
+        assert b["saturated"] == np.mean(np.asarray(b["vpt_agent"]) == 3)
+        for x in r["sets"]:
+            assert 0 <= x[f"{name}_vpt_s_median"] <= r["horizon_s"] + 1e-9
+    assert sum(g["sequences"] for g in r["by_explorer"].values()) == 8
+    assert json.loads(json.dumps(r)) == r

@@ -67,6 +67,7 @@ def test_improve_runs_rounds_records_them_and_resumes(start, tiny_data, tmp_path
     again = improve(ImproveConfig(**{**config.to_dict(), "rounds": 2}), tmp_path, progress=False)
     assert again["rounds"][0] == r1 and again["rounds"][1]["round"] == 2
     assert again["rounds"][1]["model"].endswith("round-1/model")
+    assert again["earlier_finals"] == [final] and again["final"]["total_real_frames"] > final["total_real_frames"]
     assert load_manifest(tmp_path / "data")["sequences"] == 6 + 4
     with pytest.raises(ValueError, match="holds 2 finished rounds"):
         improve(config, tmp_path, progress=False)

@@ -10,6 +10,7 @@ from conftest import TINY_MODEL
 
 from keycld_gym.cli import build_parser, main, train_config_from_args
 from keycld_gym.files import json_roundtrip
+from keycld_gym.sim.systems import WINDOWS, get_system
 from keycld_gym.training.ablations import ABLATION_DYNAMICS, LABELS, AblationStudy
 from keycld_gym.training.pipeline import RECORD, Pipeline
 from keycld_gym.training.recipes import RECIPES, DataPlan, ModelRecipe, get_recipe
@@ -20,6 +21,11 @@ def test_every_system_has_a_recipe_with_held_out_data_of_another_seed():
         assert recipe.system == system
         seeds = {recipe.keypoint_data.seed, recipe.dynamics_data.seed}
         assert recipe.eval_data.seed not in seeds
+        # held-out sets of both regimes, long enough for the whole prediction horizon
+        spec = get_system(system)
+        need = spec.frames(WINDOWS.evaluation_start) + spec.prediction_steps * spec.action_repeat
+        assert [p.regime for p in recipe.eval_plans] == ["task", "states"]
+        assert all(p.frames >= need and p.seed not in seeds for p in recipe.eval_plans)
         assert recipe.training_frames <= 50_000
     with pytest.raises(ValueError, match="unknown training settings"):
         replace(RECIPES["pendulum"], train={"keypoint_stepz": 3})
@@ -60,7 +66,8 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
         system="pendulum",
         keypoint_data=DataPlan("short", episodes=4, frames=20, seed=0),
         dynamics_data=DataPlan("long", episodes=4, frames=40, seed=2),
-        eval_data=DataPlan("eval", episodes=2, frames=110, seed=1),  # 0.32 s start + 45 agent steps of 2
+        eval_data=DataPlan("eval", episodes=2, frames=110, seed=1),  # 0.32 s start + 46 agent steps of 2
+        states_eval_data=DataPlan("states", episodes=1, frames=110, seed=3, regime="states"),
         model=replace(TINY_MODEL, dynamics=spec_form, reward_output="sigmoid"),
         train=dict(keypoint_steps=4, keypoint_batch=8, dynamics_steps=3, dynamics_batch=4, horizon_ramp_steps=2,
                    val_fraction=0.3, checkpoint_every_s=1e9),
@@ -68,7 +75,8 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     )
     out = tmp_path / "run"
     record = Pipeline(recipe, out, workers=1, progress=False, command="pytest").run(until="dynamics")
-    assert list(record["steps"]) == ["collect-short", "collect-long", "collect-eval", "keypoints", "dynamics"]
+    assert list(record["steps"]) == ["collect-short", "collect-long", "collect-eval", "collect-states", "keypoints",
+                                     "dynamics"]
     fit = json.loads((out / "dynamics" / "physics_fit.json").read_text())
     assert len(fit["input"]) == 1 and len(fit["damping"]) == 1  # one torque gain, one joint damping
     # a rerun skips what is done and finishes the rest
@@ -83,10 +91,13 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     assert model.checkpoint_config["reward_head"] and model.checkpoint_config["renderer"]
     assert (out / "model" / "observation_noise.json").exists() and (out / "model" / "start_frames.npz").exists()
     result = json.loads((out / "eval.json").read_text())
-    assert result["split"] == "all" and result["sequences"] == 2 and result["start_frames"] == 17  # 0.32 s at 0.02 s
+    assert result["split"] == "all, all" and result["sequences"] == 3 and result["start_frames"] == 17  # 0.32 s at 0.02 s
+    # the horizon: the spec's 19.6 s, as far as 110 frames allow
+    assert [x["regime"] for x in result["sets"]] == ["task", "states"] and result["horizon_capped_by_data"]
+    assert result["agent_steps"] == (110 - 17) // 2 and np.isfinite(result["model"]["vpt_agent_s_median"])
     assert np.isfinite(result["model"]["vpt_agent_median"]) and "link0_angle_rms_rad" in result["keypoints"]
     rewards = result["reward_sequences"]
-    assert rewards["samples"] == 2 * 13 * 8  # 13 windows of 9 frames (0.16 s) per 110-frame sequence and rewards["rewarded_samples"] + rewards["near_samples"] <= rewards["samples"]
+    assert rewards["samples"] == 3 * 13 * 8  # 13 windows of 9 frames (0.16 s) per 110-frame sequence and rewards["rewarded_samples"] + rewards["near_samples"] <= rewards["samples"]
     assert np.isfinite(rewards["rmse"])
 
     check_env(KeyCLDEnv("pendulum", out / "model", obs_type="keypoints"), skip_render_check=True)
@@ -141,7 +152,7 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
         for part in ("encoder", "renderer"):
             theirs, ours = getattr(ablation, part).state_dict(), getattr(model, part).state_dict()
             assert all(torch.equal(theirs[k], ours[k]) for k in ours)
-        assert json.loads((out / "ablations" / kind / "eval.json").read_text())["sequences"] == 2
+        assert json.loads((out / "ablations" / kind / "eval.json").read_text())["sequences"] == 3
     assert rows[1]["max_constraint_violation"] > rows[0]["max_constraint_violation"] or not rows[1]["rollout_finite"]
     assert all(np.isfinite(r["vpt_agent_median"]) for r in rows) and rows[0]["training_min"] >= 0
     table = (out / "ablations.md").read_text()

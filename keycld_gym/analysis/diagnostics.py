@@ -1,6 +1,6 @@
 """Where a model and its agents lose, measured against the true simulator, for every system.
 
-    keycld-gym diagnose --checkpoint pendulum --data runs/pendulum/data/task-eval [--agent bundled]
+    keycld-gym diagnose --checkpoint pendulum --data runs/pendulum/data/task-eval [MORE_SETS] [--agent bundled]
 
 The true keypoints (`sim/keypoint_truth.py`: the bodies each keypoint stands for, in the
 plane the camera sees) are mapped into the model's keypoint space by one affine map, fitted
@@ -24,7 +24,12 @@ by least squares on held-out frames. Then:
 - `true_physics`: the model's encoder, renderer and start-state estimation with the true
   system's constants in place of the learned ones (the structured form solved by least
   squares on exact samples of the true system, mapped into keypoint space), scored by the
-  held-out VPT: about the best any learned dynamics can do behind this encoder.
+  held-out VPT over the prediction horizon: about the best any learned dynamics can do
+  behind this encoder.
+- `prediction_budget` (`analysis/prediction_budget.py`): what ends the predictions over the
+  prediction horizon, on every held-out set given: the VPT with the true start state, the
+  true constants, both, and the true states drawn by the renderer, beside the model's and
+  the held frame's; and the free swing's period and decay the constants imply.
 - `oracle_agent`: an agent's real return when its observations are the true keypoints
   (mapped, no rendering; `envs/true_keypoints.py`) instead of the estimate from rendered
   frames: the gap to its real return is what the state estimate costs. For an agent
@@ -47,6 +52,7 @@ import copy
 import dataclasses
 import itertools
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -55,7 +61,7 @@ import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from keycld_gym.agents import bundled_recipe
-from keycld_gym.analysis.evaluation import evaluate_model
+from keycld_gym.analysis.prediction_budget import prediction_budget
 from keycld_gym.data.dataset import iter_sequences
 from keycld_gym.envs.real_keypoints import RealKeypointEnv
 from keycld_gym.envs.true_keypoints import TrueKeypointEnv
@@ -298,14 +304,6 @@ def true_physics_model(model: KeyCLDModel, kmap: KeypointMap, n: int = 400, seed
     return truth, {"samples": fit.samples, "relative_residual": fit.relative_residual}
 
 
-def true_physics_vpt(model: KeyCLDModel, kmap: KeypointMap, data: str | Path) -> dict[str, Any]:
-    """Held-out VPT of the model's encoder and estimation with the true constants (module docstring)."""
-    truth, fit = true_physics_model(model, kmap)
-    r = evaluate_model(truth, data, references=False)
-    return {**{k: v for k, v in r["model"].items() if k.endswith(("median", "mean"))}, "fit": fit,
-            "sequences": r["sequences"], "split": r["split"]}
-
-
 def oracle_agent_returns(agent: Agent, kmap: KeypointMap, episodes: int = 10, seed: int = 100_000) -> dict[str, Any]:
     """Real returns of an agent whose observations are the true keypoints (mapped) instead of an estimate from frames.
 
@@ -465,23 +463,27 @@ def agent_estimate_errors(agent: Agent, model: KeyCLDModel, kmap: KeypointMap, e
             "real_returns": returns, "real_return_mean": float(np.mean(returns))}
 
 
-def diagnose(model: KeyCLDModel, data: str | Path, *, agent: Agent | None = None, episodes: int = 10,
-             seed: int = 100_000, true_physics: bool = True, estimator: Estimator | None = None,
+def diagnose(model: KeyCLDModel, data: str | Path | Sequence[str | Path], *, agent: Agent | None = None,
+             episodes: int = 10, seed: int = 100_000, true_physics: bool = True, estimator: Estimator | None = None,
              estimate_episodes: int = 0) -> dict[str, Any]:
     """Every diagnostic of the module docstring for `model` on held-out `data` (and `agent`, if given).
 
-    `estimator`: the online estimate `causal` scores (default `real_estimator`);
-    `estimate_episodes`: the agent's real episodes `agent_estimate` runs (0: none).
+    `data`: one held-out set or several; the keypoint map and the online estimate use the
+    first, the prediction budget all of them. `estimator`: the online estimate `causal`
+    scores (default `real_estimator`); `estimate_episodes`: the agent's real episodes
+    `agent_estimate` runs (0: none).
     """
     if estimate_episodes and agent is None:
         raise ValueError("estimate_episodes runs an agent in the real task: give the agent")
+    sets = [data] if isinstance(data, (str, Path)) else list(data)
+    data = sets[0]
     keypoints, points, _, held_out_qpos = true_keypoint_samples(model, data)
     named = fit_keypoint_map(keypoints, points)
     # what follows compares with the points the keypoints follow: against the named tip, true
     # constants solved for the cartpole's pole keypoint (at 93% of the pole) were wrong ones
     kmap = tracked_keypoint_map(model, keypoints, points)
     result: dict[str, Any] = {
-        "system": model.spec.name, "data": str(data),
+        "system": model.spec.name, "data": ", ".join(map(str, sets)),
         "keypoint_map": kmap.to_dict(),
         "keypoints": {**keypoint_error(model, keypoints, points, named),
                       "tracked": tracked_point_error(model, keypoints, points, kmap)},
@@ -493,7 +495,13 @@ def diagnose(model: KeyCLDModel, data: str | Path, *, agent: Agent | None = None
     ready, source = ready_estimator(estimator or real_estimator(model, agent), model, frame_std)
     result["causal"] = {**causal_estimate(model, kmap, data, ready), "measurement_std_from": source}
     if true_physics and model.config.dynamics.structured and not model.config.dynamics.potential_mlp:
-        result["true_physics"] = true_physics_vpt(model, kmap, data)
+        truth, fit = true_physics_model(model, kmap)
+        budget = prediction_budget(model, truth, kmap, sets)
+        steps = np.asarray(budget["true_constants"]["vpt_agent"])
+        result["true_physics"] = {"vpt_agent_median": float(np.median(steps)), "vpt_agent_mean": float(steps.mean()),
+                                  "vpt_s_median": budget["true_constants"]["vpt_s_median"], "agent_steps": budget["agent_steps"],
+                                  "fit": fit, "sequences": budget["sequences"]}
+        result["prediction_budget"] = budget
     if agent is not None:
         result["oracle_agent"] = oracle_agent_returns(agent, kmap, episodes, seed)
     if agent is not None and estimate_episodes:

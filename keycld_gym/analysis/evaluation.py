@@ -4,8 +4,12 @@
   actions) estimate the state, predict open loop under the recorded actions, and count the
   predicted frames before the per-frame MSE to the real frame first exceeds epsilon (the
   mean MSE between held-out frames and their mean image). At the agent interval (the env's
-  action repeat) and at the physics interval. References on the same sequences: holding the
-  last start frame, and the true simulator restarted from the true state plus noise.
+  action repeat) and at the physics interval, in steps and in seconds, over the system's
+  `prediction_horizon_s` by default. References on the same sequences: holding the last
+  start frame, and the true simulator restarted from the true state plus noise; the share of
+  sequences valid over the whole horizon (`saturated`) says whether the horizon is long
+  enough to tell them apart. Several held-out sets (the task's reset, set states) are scored
+  together and per set and per explorer.
 - How well the keypoints carry the state: rail keypoints' x against the true slider
   position (correlation), link angles from keypoint pairs against the true joint angles
   (RMS after fitting one offset and the mirror sign).
@@ -14,8 +18,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +159,31 @@ def held_out_sequences(model: KeyCLDModel, data: str | Path) -> tuple[dict[str, 
     return WindowDataset(data, 1, split=split, val_fraction=val_fraction, system=model.spec.name).data, split
 
 
+def held_out_sets(model: KeyCLDModel, data: str | Path | Sequence[str | Path], max_sequences: int | None = None
+                  ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """The held-out sequences of one or more data sets, as one batch cut to the shortest set's length.
+
+    Returns the arrays of `held_out_sequences` concatenated over the sets, with `"set"` `(S,)`
+    the index of each sequence's set, and one record per set: its folder, split, regime and
+    sequences (at most `max_sequences` of each).
+    """
+    folders = [data] if isinstance(data, (str, Path)) else list(data)
+    if not folders:
+        raise ValueError("name at least one held-out data set")
+    parts, sets = [], []
+    for i, folder in enumerate(folders):
+        d, split = held_out_sequences(model, folder)
+        n = len(d["frames"]) if max_sequences is None else min(max_sequences, len(d["frames"]))
+        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+        parts.append({k: v[:n] for k, v in d.items()} | {"set": np.full(n, i)})
+        sets.append({"data": str(folder), "split": split, "regime": manifest.get("regime"), "sequences": int(n),
+                     "frames_per_sequence": int(d["frames"].shape[1])})
+    length = min(p["frames"].shape[1] for p in parts)
+    keys = set.intersection(*(set(p) for p in parts))
+    joined = {k: np.concatenate([p[k][:, :length] if p[k].ndim > 1 else p[k] for p in parts]) for k in keys}
+    return joined, sets
+
+
 def predict_open_loop(model: KeyCLDModel, frames: np.ndarray, actions: np.ndarray, start_frames: int,
                       steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Estimate each sequence's state from its first frames, then predict open loop under its actions.
@@ -199,10 +230,10 @@ def true_simulator_frames(spec: SystemSpec, qpos: np.ndarray, qvel: np.ndarray, 
 
 def evaluate_model(
     model: KeyCLDModel,
-    data: str | Path,
+    data: str | Path | Sequence[str | Path],
     *,
     start_frames: int | None = None,
-    agent_steps: int = 45,
+    agent_steps: int | None = None,
     physics_frames: int = 50,
     noise: tuple[float, float] = (0.005, 0.035),
     long_rollout: int = 1000,
@@ -210,7 +241,12 @@ def evaluate_model(
     seed: int = 0,
     references: bool = True,
 ) -> dict[str, Any]:
-    """All model metrics on the sequences of data set `data` (see the module docstring)."""
+    """All model metrics on the held-out sequences of one or more data sets (see the module docstring).
+
+    agent_steps: the VPT's horizon (None: the system's `prediction_horizon_s`, or as many
+    agent steps as the sequences allow where they are shorter; the result says which).
+    max_sequences: at most this many sequences of each set.
+    """
     t_start = time.monotonic()
     model.eval()
     spec = model.spec
@@ -218,11 +254,15 @@ def evaluate_model(
     if start_frames is None:
         start_frames = spec.frames(WINDOWS.evaluation_start)
     ckpt = getattr(model, "checkpoint_config", {}) or {}
-    d, split = held_out_sequences(model, data)
+    d, sets = held_out_sets(model, data, max_sequences)
     frames, actions, rewards = d["frames"], d["actions"].astype(np.float32), d["rewards"]
-    if max_sequences:
-        frames, actions, rewards = frames[:max_sequences], actions[:max_sequences], rewards[:max_sequences]
     s_count, t_len = frames.shape[:2]
+    if s_count == 0:
+        raise ValueError(f"{data} has no held-out sequences to evaluate on")
+    allowed = (t_len - start_frames) // repeat
+    horizon_capped = agent_steps is None and allowed < spec.prediction_steps
+    if agent_steps is None:
+        agent_steps = max(1, min(spec.prediction_steps, allowed))
     horizon = agent_steps * repeat
     need = start_frames + max(horizon, physics_frames)
     if t_len < need:
@@ -230,8 +270,6 @@ def evaluate_model(
             f"sequences in {data} have {t_len} frames; this evaluation needs {need} ({start_frames} start frames + "
             f"{agent_steps} agent steps of {repeat}): collect with --frames {need} or more"
         )
-    if s_count == 0:
-        raise ValueError(f"{data} has no held-out sequences to evaluate on")
     last = start_frames - 1
     agent_times = [repeat * (i + 1) for i in range(agent_steps)]  # physics steps after the last start frame
     phys_times = list(range(1, physics_frames + 1))
@@ -258,14 +296,20 @@ def evaluate_model(
         return {
             "vpt_agent_median": float(np.median(a)), "vpt_agent_mean": float(a.mean()), "vpt_agent": a.tolist(),
             "vpt_physics_median": float(np.median(p)), "vpt_physics_mean": float(p.mean()), "vpt_physics": p.tolist(),
+            # in seconds too: steps of different systems (and the two intervals) are not alike
+            "vpt_agent_s_median": float(np.median(a)) * spec.agent_dt, "vpt_agent_s_mean": float(a.mean()) * spec.agent_dt,
+            "vpt_physics_s_median": float(np.median(p)) * spec.physics_dt,
+            "saturated": float((a == agent_steps).mean()),  # the share of sequences valid over the whole horizon
         }
 
     result: dict[str, Any] = {
         "system": spec.name,
         "dynamics": model.config.dynamics.kind,
-        "data": str(data), "split": split, "sequences": int(s_count),
+        "data": ", ".join(x["data"] for x in sets), "split": ", ".join(x["split"] for x in sets),
+        "sequences": int(s_count), "sets": sets,
         "start_frames": start_frames, "frame_interval_s": spec.physics_dt,
         "agent_steps": agent_steps, "agent_interval_s": spec.agent_dt, "physics_frames": physics_frames,
+        "horizon_s": agent_steps * spec.agent_dt, "horizon_capped_by_data": horizon_capped,
         "epsilon": epsilon,
         "model": vpt_block(err_model),
         "start_fit_residual_median": residual,
@@ -280,6 +324,18 @@ def evaluate_model(
         sim = true_simulator_frames(spec, qpos, qvel, actions[:, last:], times, noise, np.random.default_rng(seed))
         result["true_simulator_noisy"] = vpt_block(frame_mse(sim.astype(np.float32) / 255, real.astype(np.float32) / 255))
         result["true_simulator_noise"] = {"qpos_std": noise[0], "qvel_std": noise[1]}
+
+    # per set (its regime) and per explorer, in seconds: a median over all hides a regime
+    def medians(mask: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {"sequences": int(mask.sum())}
+        for name in ("model", "hold_frame", "true_simulator_noisy"):
+            if name in result and mask.any():
+                out[f"{name}_vpt_s_median"] = float(np.median(np.asarray(result[name]["vpt_agent"])[mask])) * spec.agent_dt
+        return out
+
+    for i, record in enumerate(sets):
+        record.update(medians(d["set"] == i))
+    result["by_explorer"] = {str(k): medians(d["explorers"] == k) for k in np.unique(d["explorers"])}
 
     # keypoints against the true state, and reconstruction, on every 5th frame
     sub = frames[:, ::5].reshape(-1, *frames.shape[2:])
@@ -320,6 +376,6 @@ def evaluate_model(
     return result
 
 
-def load_and_evaluate(checkpoint: str, data: str, **kwargs) -> dict[str, Any]:
+def load_and_evaluate(checkpoint: str, data: str | Sequence[str], **kwargs) -> dict[str, Any]:
     """`evaluate_model` of a checkpoint folder (or bundled system name)."""
     return evaluate_model(load_model(checkpoint), data, **kwargs)

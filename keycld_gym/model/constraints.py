@@ -63,7 +63,7 @@ class ConstraintSet(nn.Module):
     def _diff(self, q: torch.Tensor, i: int, c: Constraint) -> torch.Tensor:
         """The vector whose length a distance constraint fixes, `(..., 2)`."""
         if c.kind == "fixed_pivot_distance":
-            return q[..., c.a, :] - self.pivot[i]
+            return q[..., c.a, :] - self.pivot[..., i, :]
         return q[..., c.b, :] - q[..., c.a, :]
 
     def link_into(self, keypoint: int) -> tuple[int, Constraint]:
@@ -104,10 +104,10 @@ class ConstraintSet(nn.Module):
         out = []
         for i, c in enumerate(self.constraints):
             if c.kind == "fixed_height":
-                out.append(q[..., c.a, 1] - self.height[i])
+                out.append(q[..., c.a, 1] - self.height[..., i])
             else:
                 d = self._diff(q, i, c)
-                out.append(0.5 * ((d * d).sum(-1) - self.length[i] ** 2))
+                out.append(0.5 * ((d * d).sum(-1) - self.length[..., i] ** 2))
         return torch.stack(out, -1)
 
     def jacobian(self, q: torch.Tensor) -> torch.Tensor:
@@ -159,13 +159,13 @@ class ConstraintSet(nn.Module):
         for i, c in enumerate(self.constraints):
             if c.kind == "fixed_height":
                 x = points[c.a][..., 0]
-                points[c.a] = torch.stack([x, self.height[i].to(x.dtype).expand_as(x)], -1)
+                points[c.a] = torch.stack([x, self.height[..., i].to(x.dtype).expand_as(x)], -1)
                 continue
             if c.kind == "fixed_pivot_distance":
-                start, k = (pivots or {}).get(c.a, self.pivot[i]), c.a
+                start, k = (pivots or {}).get(c.a, self.pivot[..., i, :]), c.a
             else:
                 start, k = points[c.a], c.b
-            length = self.length[i]
+            length = self.length[..., i]
             before = segments.get(c.a) if c.kind == "fixed_distance" else None
             d = read(k, PlacedLink(start, length, before)) - start
             # eps (0.3 px) keeps the direction finite where a point sits on its link's start; it shortens
@@ -220,5 +220,26 @@ def _pinv_apply(j: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """J^+ r = J^T (J J^T)^-1 r for full-row-rank J `(..., C, N)`, r `(..., C)` -> `(..., N)`."""
     jjt = j @ j.transpose(-1, -2)
     eye = torch.eye(jjt.shape[-1], dtype=j.dtype, device=j.device)
-    sol = torch.linalg.solve(jjt + 1e-9 * eye, r.unsqueeze(-1))
-    return (j.transpose(-1, -2) @ sol).squeeze(-1)
+    sol, _ = solve_small(jjt + 1e-9 * eye, r)
+    return (j.transpose(-1, -2) @ sol.unsqueeze(-1)).squeeze(-1)
+
+
+def solve_small(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x with a x = b for systems `(..., C, C)`, `(..., C)` -> x `(..., C)` and whether each was solvable `(...)` bool.
+
+    The constraint systems here have one or two rows (a rail, a rigid link per body), where
+    a general batched LU spends more on its calls than on the arithmetic: those are solved in
+    closed form (Cramer's rule), larger ones by `torch.linalg.solve_ex`. An unsolvable system
+    gives non-finite x, as the LU's singular case does for the callers that catch it.
+    """
+    c = a.shape[-1]
+    if c == 1:
+        det = a[..., 0, 0]
+        return b / det[..., None], det != 0
+    if c == 2:
+        a00, a01, a10, a11 = a[..., 0, 0], a[..., 0, 1], a[..., 1, 0], a[..., 1, 1]
+        det = a00 * a11 - a01 * a10
+        x = torch.stack([a11 * b[..., 0] - a01 * b[..., 1], a00 * b[..., 1] - a10 * b[..., 0]], -1) / det[..., None]
+        return x, det != 0
+    x, info = torch.linalg.solve_ex(a, b.unsqueeze(-1))
+    return x.squeeze(-1), info == 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from keycld_gym.model.constraints import ConstraintSet, inv_softplus
+from keycld_gym.model.constraints import ConstraintSet, inv_softplus, solve_small
 from keycld_gym.sim.systems import Actuator, Joint
 
 DYNAMICS_KINDS = ("constrained", "unconstrained", "neural_ode")
@@ -229,8 +229,8 @@ class Dynamics(nn.Module):
     # -- energies and their parts ---------------------------------------------------------
     def mass_matrix(self) -> torch.Tensor:
         """M_K `(K, K)`, symmetric positive definite (the full M is M_K kron I_2)."""
-        low = torch.tril(self.mass_offdiag, -1) + torch.diag(nn.functional.softplus(self.mass_raw_diag))
-        return low @ low.T
+        low = torch.tril(self.mass_offdiag, -1) + torch.diag_embed(nn.functional.softplus(self.mass_raw_diag))
+        return low @ low.mT
 
     def damping(self) -> torch.Tensor:
         """Damping per keypoint `(K,)` (D = diag(damping) kron I_2) or per joint `(J,)`, non-negative."""
@@ -244,13 +244,13 @@ class Dynamics(nn.Module):
         if self.config.potential_mlp:
             v = v + self.potential_net(q.flatten(-2)).squeeze(-1)
         if self.config.linear_potential:
-            v = v + q.flatten(-2) @ self.potential_linear
+            v = v + (q.flatten(-2) * self.potential_linear).sum(-1)
         for i, k in enumerate(self.rail_keypoints if walls else ()):
             x = q[..., k, 0]
-            left, right = self.walls[i, 0], self.walls[i, 1]
+            left, right = self.walls[..., i, 0], self.walls[..., i, 1]
             # quadratic beyond the stop, zero inside: a one-sided spring (C1, fine for RK4)
             pen = torch.relu(x - right) ** 2 + torch.relu(left - x) ** 2
-            v = v + 0.5 * self.log_wall_stiffness[i].clamp(max=11.0).exp() * pen
+            v = v + 0.5 * self.log_wall_stiffness[..., i].clamp(max=11.0).exp() * pen
         return v
 
     def kinetic(self, qdot: torch.Tensor) -> torch.Tensor:
@@ -282,13 +282,13 @@ class Dynamics(nn.Module):
             for i, act in enumerate(self.actuators):
                 if act.kind == "force":
                     col = q.new_zeros(q.shape)
-                    col[..., act.keypoint, :] = self.actuator_force[i]
+                    col[..., act.keypoint, :] = self.actuator_force[..., i, :]
                 else:
-                    col = self.actuator_gain[i] * grads[act.joint]
+                    col = self.actuator_gain[..., i, None, None] * grads[act.joint]
                 columns.append(col)
             return torch.stack(columns, -1)
         if self.config.input_matrix == "constant":
-            b = self.input_const.reshape(q.shape[-2:] + (self.action_dim,)).expand(*q.shape, self.action_dim)
+            b = self.input_const.unflatten(-1, (*q.shape[-2:], self.action_dim)).expand(*q.shape, self.action_dim)
         else:
             b = self.input_net(q.flatten(-2)).reshape(*q.shape, self.action_dim)
         return b * self.input_mask if self.config.input_keypoints is not None else b
@@ -300,12 +300,12 @@ class Dynamics(nn.Module):
         # reference (energies; tests check the two agree).
         grad = q.new_zeros(q.shape)
         if self.config.linear_potential:
-            grad = grad + self.potential_linear.reshape(q.shape[-2:])
+            grad = grad + self.potential_linear.unflatten(-1, q.shape[-2:])
         for i, k in enumerate(self.rail_keypoints if walls else ()):
             x = q[..., k, 0]
-            left, right = self.walls[i, 0], self.walls[i, 1]
+            left, right = self.walls[..., i, 0], self.walls[..., i, 1]
             wall = q.new_zeros(q.shape)
-            wall[..., k, 0] = self.log_wall_stiffness[i].clamp(max=11.0).exp() * (torch.relu(x - right) - torch.relu(left - x))
+            wall[..., k, 0] = self.log_wall_stiffness[..., i].clamp(max=11.0).exp() * (torch.relu(x - right) - torch.relu(left - x))
             grad = grad + wall
         if self.config.potential_mlp:
             grad = grad + mlp_input_gradient(self.potential_net, q.flatten(-2)).reshape(q.shape)
@@ -320,15 +320,16 @@ class Dynamics(nn.Module):
         if self.config.damping == "joints":
             a = self.joint_gradients(q, grads)  # (J, ..., K, 2)
             rates = (a * qdot).sum((-2, -1), keepdim=True)  # (J, ..., 1, 1)
-            f = f - (self.damping().reshape(-1, *[1] * q.dim()) * rates * a).sum(0)
+            d = self.damping().movedim(-1, 0)  # (J,) or, members stacked, (J, M, 1)
+            f = f - (d.reshape(*d.shape, *[1] * (q.dim() + 1 - d.dim())) * rates * a).sum(0)
         else:
-            f = f - self.damping()[:, None] * qdot
+            f = f - self.damping()[..., None] * qdot
         if self.rail_keypoints and self.config.wall_damping > 0:
             for i, k in enumerate(self.rail_keypoints):
                 x = q[..., k, 0]
-                beyond = ((x > self.walls[i, 1]) | (x < self.walls[i, 0])).to(q.dtype)
+                beyond = ((x > self.walls[..., i, 1]) | (x < self.walls[..., i, 0])).to(q.dtype)
                 push = torch.zeros_like(f)
-                push[..., k, 0] = beyond * self.log_wall_damping[i].clamp(max=8.0).exp() * qdot[..., k, 0]
+                push[..., k, 0] = beyond * self.log_wall_damping[..., i].clamp(max=8.0).exp() * qdot[..., k, 0]
                 f = f - push
         return f
 
@@ -347,11 +348,11 @@ class Dynamics(nn.Module):
             return m_inv_f
         c = self.constraints
         j = c.jacobian(q).unflatten(-1, (self.num_keypoints, 2))  # (..., C, K, 2)
-        m_inv_jt = m_inv @ j  # rows of M^-1 J^T
+        m_inv_jt = m_inv.unsqueeze(-3) @ j  # rows of M^-1 J^T
         jmj = j.flatten(-2) @ m_inv_jt.flatten(-2).transpose(-1, -2)  # (..., C, C)
         rhs = (j * m_inv_f.unsqueeze(-3)).sum((-2, -1)) + c.jdot_qdot(q, qdot)
-        lam, info = torch.linalg.solve_ex(jmj, rhs.unsqueeze(-1))
+        lam, ok = solve_small(jmj, rhs)
         # a state blown far off (an untrained model's) can make J M^-1 J^T singular: its
         # acceleration is NaN, which every caller catches as a non-finite state, not an error
-        lam = torch.where((info == 0)[..., None, None], lam, torch.nan).squeeze(-1)  # (..., C)
+        lam = torch.where(ok[..., None], lam, torch.nan)  # (..., C)
         return m_inv_f - (m_inv_jt * lam[..., None, None]).sum(-3)

@@ -5,8 +5,10 @@ constants and the Lagrangian (mass matrix, potential, input matrix, damping, wal
 encoder, renderer, reward head and start-state estimation are the model's own and shared.
 Member 0 is the model itself; members 1..K-1 were trained like it with another seed on a
 bootstrap sample of its training sequences (`keycld_gym.training.ensemble`). The structured
-Lagrangian has a few dozen constants, so K members cost K small tensor batches, stepped in
-one call with `torch.func.vmap`.
+Lagrangian has a few dozen constants, so K members step as one batch: their constants
+stacked as a leading dimension `(K, 1, ...)` that broadcasts against the states `(K, N, ...)`
+in one call of the model's own step (a member with MLPs, which take no batch of weights,
+steps under `torch.func.vmap` instead).
 
 Files: the members 1..K-1 lie beside the model's weights in `ensemble.safetensors` (tensor
 `"{i}/{name}"` for member i), with their provenance and checksum in `config.json`'s
@@ -18,6 +20,9 @@ of the system's frame (image units times half the frame's height).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.func import vmap
@@ -57,6 +62,11 @@ class DynamicsEnsemble:
         self.params = {n: torch.stack([own[n]] + [m[n].to(own[n]) for m in members]) for n in names}  # (M, ...)
         modules = dict(model.named_modules())
         self._slots = {n: (modules[n.rpartition(".")[0]], n.rpartition(".")[2]) for n in names}
+        # the dynamics' physical constants broadcast over leading batch dimensions; an MLP's
+        # layers do not take a batch of weights, so members with one step under vmap
+        nets = {id(p) for p in model.dynamics.network_parameters()}
+        self._stacked = not any(id(p) in nets for n, p in model.named_parameters() if n in self._slots)
+        self.force_vmap = False  # the reference path, for tests and measurements
 
     @property
     def size(self) -> int:
@@ -70,20 +80,36 @@ class DynamicsEnsemble:
     @torch.no_grad()
     def step(self, q: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each member's step from its own state: q, v `(M, N, K, 2)`, actions `(N, A)` -> `(M, N, K, 2)` x2."""
-        def one(params: dict[str, torch.Tensor], q: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # the member's tensors in place of the model's parameters for this call; a parameter
-            # the dynamics share with the model (its constraint set) is one slot, swapped once
-            saved = []
-            try:
-                for name, tensor in params.items():
-                    module, attr = self._slots[name]
-                    saved.append((module, attr, module._parameters[attr]))
-                    module._parameters[attr] = tensor
+        if self.stacked:
+            # the members' constants as one leading batch `(M, 1, ...)` beside the states' `(M, N, ...)`:
+            # one call of the model's own step for all of them
+            with self._swapped({n: p.unsqueeze(1) for n, p in self.params.items()}):
                 return self.model.step(q, v, u)
-            finally:
-                for module, attr, original in reversed(saved):
-                    module._parameters[attr] = original
+
+        def one(params: dict[str, torch.Tensor], q: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with self._swapped(params):
+                return self.model.step(q, v, u)
         return vmap(one)(self.params, q, v)
+
+    @property
+    def stacked(self) -> bool:
+        """Whether the members step as one batch (no MLP among their parts), else under `vmap`."""
+        return self._stacked and not self.force_vmap
+
+    @contextmanager
+    def _swapped(self, params: dict[str, torch.Tensor]) -> Iterator[None]:
+        # the given tensors in place of the model's parameters for one call; a parameter the
+        # dynamics share with the model (its constraint set) is one slot, swapped once
+        saved = []
+        try:
+            for name, tensor in params.items():
+                module, attr = self._slots[name]
+                saved.append((module, attr, module._parameters[attr]))
+                module._parameters[attr] = tensor
+            yield
+        finally:
+            for module, attr, original in reversed(saved):
+                module._parameters[attr] = original
 
     def disagreement(self, q: torch.Tensor) -> torch.Tensor:
         """Members' spread `(...)` in pixels of their keypoints q `(M, ..., K, 2)` (see the module docstring)."""

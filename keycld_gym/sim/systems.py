@@ -171,6 +171,10 @@ class SystemSpec:
         joints: the hinges whose rates the task damps (the structured joint damping).
         keypoint_points: where each keypoint sits on the real system (diagnostics only).
         render_scale: how much larger than the observation `render_mode="rgb_array"` is.
+        prediction_horizon_s: how far ahead `evaluate-model` scores open-loop prediction
+            (VPT): long enough that the true simulator, restarted from a slightly wrong
+            state, does not stay valid over all of it (a VPT that every predictor reaches
+            says nothing); at most one episode less the start window.
         camera_note: why this camera, with the measured facts behind the choice.
     """
 
@@ -192,6 +196,7 @@ class SystemSpec:
     joints: tuple[Joint, ...] = ()
     keypoint_points: tuple[BodyPoint, ...] = ()
     render_scale: int = 4
+    prediction_horizon_s: float = 9.6
     camera_note: str = ""
 
     def __post_init__(self) -> None:
@@ -210,6 +215,16 @@ class SystemSpec:
         for field in ("state_qpos_low", "state_qpos_high", "state_qvel_low", "state_qvel_high"):
             if len(getattr(self, field)) != n:
                 raise ValueError(f"{self.name}: {field} must have {n} entries")
+        episode_s = self.episode_steps * self.physics_dt
+        if not self.agent_dt <= self.prediction_horizon_s <= episode_s - WINDOWS.evaluation_start:
+            raise ValueError(f"{self.name}: prediction_horizon_s must lie in [{self.agent_dt}, "
+                             f"{episode_s - WINDOWS.evaluation_start:.2f}] s (one agent step to an episode less "
+                             f"the start window), got {self.prediction_horizon_s}")
+
+    @property
+    def prediction_steps(self) -> int:
+        """Agent steps in `prediction_horizon_s`."""
+        return int(round(self.prediction_horizon_s / self.agent_dt))
 
     @property
     def agent_dt(self) -> float:
@@ -315,6 +330,8 @@ SYSTEMS: dict[str, SystemSpec] = {
         state_qpos_high=(_PI,),
         state_qvel_low=(-6.0,),
         state_qvel_high=(6.0,),
+        # a pendulum's true simulator stays valid for seconds: the whole episode (less the start window)
+        prediction_horizon_s=19.6,
         camera_note="frontal free camera framed to the swing circle (fixed camera is oblique)",
     ),
     "acrobot": SystemSpec(

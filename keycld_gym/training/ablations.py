@@ -90,7 +90,7 @@ class AblationStudy:
         model = self.train(kind)
         if self.progress:
             print(f"== evaluating {kind}")
-        result = evaluate_model(load_model(model), self.pipeline.data(self.recipe.eval_data.name), references=False)
+        result = evaluate_model(load_model(model), self.pipeline.eval_sets(), references=False)
         write_json(path, result)
         return result
 

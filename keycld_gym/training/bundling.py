@@ -91,8 +91,10 @@ def model_card(config: dict, result: dict | None) -> str:
             f"Held out ({result['sequences']} sequences of `{result['data']}`, split `{result['split']}`; "
             "`keycld-gym evaluate-model`):",
             "",
-            f"- VPT at the agent interval ({result['agent_interval_s']} s), median / mean over {result['agent_steps']} steps: "
-            f"model {m['vpt_agent_median']:.1f} / {m['vpt_agent_mean']:.1f}, hold-frame {h['vpt_agent_median']:.1f} / {h['vpt_agent_mean']:.1f}"
+            f"- VPT at the agent interval ({result['agent_interval_s']} s), median / mean over {result['agent_steps']} steps "
+            f"({result['agent_steps'] * result['agent_interval_s']:.2f} s): "
+            f"model {m['vpt_agent_median']:.1f} / {m['vpt_agent_mean']:.1f} "
+            f"(median {m['vpt_agent_median'] * result['agent_interval_s']:.2f} s), hold-frame {h['vpt_agent_median']:.1f} / {h['vpt_agent_mean']:.1f}"
             + (f", noisy true simulator {result['true_simulator_noisy']['vpt_agent_median']:.1f} / "
                f"{result['true_simulator_noisy']['vpt_agent_mean']:.1f}" if "true_simulator_noisy" in result else ""),
             "- keypoints: " + ", ".join(f"{k} {v:.4f}" for k, v in result["keypoints"].items()),

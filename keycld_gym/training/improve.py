@@ -18,7 +18,8 @@ the model's training data plus every round's episodes; the final evaluation's ep
 measurement, as for every agent, and not learned from.
 
 OUT/
-    improve.json    settings, one record per finished round, the final evaluation
+    improve.json    settings, one record per finished round, the final evaluation (and, when more
+                    rounds were asked for later, the evaluations after fewer in `earlier_finals`)
     improve.png     real and imagined return against the real frames used in all
     data/           the grown dynamics data set
     keypoints.npz   its training sequences' keypoints (the encoder never changes in the loop)
@@ -326,6 +327,8 @@ class _Loop:
         self.save()
         for r in range(len(self.record["rounds"]) + 1, self.config.rounds + 1):
             self.record["rounds"].append(self.run_round(r))
+            if self.record["final"] is not None:  # an evaluation of fewer rounds stays on the curve
+                self.record.setdefault("earlier_finals", []).append(self.record["final"])
             self.record["final"] = None  # another round's agent: evaluated again
             self.save()
         if self.record["final"] is None:
@@ -364,6 +367,11 @@ def plot_rounds(record: dict[str, Any], path: Path) -> None:
                     marker="o", capsize=3, label="real (the round's episodes)")
         if all(r["imagined_return_mean"] is not None for r in rounds):
             ax.plot(x, [r["imagined_return_mean"] for r in rounds], "s--", label="imagined")
+    earlier = record.get("earlier_finals") or []
+    if earlier:
+        ax.errorbar([f["total_real_frames"] for f in earlier], [f["real_return_mean"] for f in earlier],
+                    [f["real_return_std"] for f in earlier], marker="*", markersize=9, capsize=3, color="0.5",
+                    linestyle="none", label="after fewer rounds, unseen seeds")
     final = record.get("final")
     if final:
         ax.errorbar([final["total_real_frames"]], [final["real_return_mean"]], [final["real_return_std"]], marker="*",
@@ -372,7 +380,7 @@ def plot_rounds(record: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("return")
     ax.set_title(f"keycld-gym improve: {record['config']['system']}")
     ax.grid(alpha=0.3)
-    if rounds or final:
+    if rounds or final or earlier:
         ax.legend()
     fig.tight_layout()
     tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")

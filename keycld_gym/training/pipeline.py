@@ -107,7 +107,7 @@ class Pipeline:
             raise ValueError(f"{self.out} holds a {self.record['system']} pipeline, not {self.recipe.system}; "
                              "choose another --out")
         plans = {p.name: dataclasses.asdict(p) for p in (self.recipe.keypoint_data, self.recipe.dynamics_data,
-                                                         self.recipe.eval_data)}
+                                                         *self.recipe.eval_plans)}
         if self.record.setdefault("data", plans) != plans:
             raise ValueError(f"{self.out} was started with other data sets ({self.record['data']}) than this recipe's "
                              f"({plans}); choose another --out or the same --training-frames")
@@ -126,7 +126,7 @@ class Pipeline:
     def steps(self) -> list[tuple[str, Callable[[], Any]]]:
         """(name, action) of every step, in order."""
         r = self.recipe
-        plans = (r.keypoint_data, r.dynamics_data, r.eval_data)
+        plans = (r.keypoint_data, r.dynamics_data, *r.eval_plans)
         collects = [(f"collect-{p.name}", lambda p=p: collect(self.data(p.name), p.config(r.system), workers=self.workers,
                                                               progress=self.progress, command=self.command))
                     for p in plans]
@@ -167,8 +167,12 @@ class Pipeline:
         write_noise(self.model_folder, result)
         return result
 
+    def eval_sets(self) -> list[str]:
+        """The folders of the held-out sets the evaluation scores models on."""
+        return [self.data(p.name) for p in self.recipe.eval_plans]
+
     def _evaluate(self) -> dict:
-        result = evaluate_model(load_model(self.model_folder), self.data(self.recipe.eval_data.name))
+        result = evaluate_model(load_model(self.model_folder), self.eval_sets())
         write_json(self.out / "eval.json", result)
         return result
 

@@ -28,16 +28,18 @@ from keycld_gym.training.config import TrainConfig
 
 @dataclass(frozen=True)
 class DataPlan:
-    """One collection of real sequences from the task's own reset."""
+    """One collection of real sequences: from the task's own reset, or (regime "states") from set states."""
 
     name: str  # the data set's folder name in a pipeline run
     episodes: int
     frames: int  # per sequence, at the physics rate
     seed: int
+    regime: str = "task"
 
     def config(self, system: str) -> CollectConfig:
         """The collection's settings."""
-        return CollectConfig(system=system, episodes=self.episodes, frames=self.frames, seed=self.seed)
+        return CollectConfig(system=system, episodes=self.episodes, frames=self.frames, seed=self.seed,
+                             regime=self.regime)
 
     @property
     def total_frames(self) -> int:
@@ -53,7 +55,10 @@ class ModelRecipe:
         keypoint_data: short sequences for the keypoint phase (many distinct frames).
         dynamics_data: longer sequences for the dynamics phase (rollouts over seconds).
         eval_data: held-out sequences (another seed) for the observation noise and the
-            evaluation; never trained on.
+            evaluation; never trained on. Long enough for the spec's `prediction_horizon_s`.
+        states_eval_data: more held-out sequences for the evaluation, from start states set
+            across the state space (None: none): a model is scored where the task's reset
+            does not go as well.
         model: the model's settings (encoder, renderer, dynamics).
         train: `TrainConfig` settings of both training phases (the keypoint phase runs
             with `dynamics_steps=0`, the dynamics phase from its encoder).
@@ -70,6 +75,7 @@ class ModelRecipe:
     keypoint_data: DataPlan
     dynamics_data: DataPlan
     eval_data: DataPlan
+    states_eval_data: DataPlan | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     train: dict[str, Any] = field(default_factory=dict)
     reward_steps: int = 4000
@@ -88,6 +94,11 @@ class ModelRecipe:
         unknown = set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:
             raise ValueError(f"{self.system} recipe: unknown training settings {sorted(unknown)}")
+
+    @property
+    def eval_plans(self) -> tuple[DataPlan, ...]:
+        """The held-out sets the evaluation scores the model on."""
+        return (self.eval_data,) + ((self.states_eval_data,) if self.states_eval_data else ())
 
     @property
     def training_frames(self) -> int:
@@ -128,6 +139,11 @@ _ENCODER = EncoderConfig(full_resolution=True, constrained=True, mirror_average=
 # three real systems (tests/test_joint_actuators.py) and started by a least-squares fit.
 _STRUCTURED = dict(linear_potential=True, potential_mlp=False)
 
+# Held-out sequences as long as an episode allows (the spec's prediction horizon plus the
+# start window fits in 1,000 physics steps for every system), and 20 more from set states
+# under the same exploration.
+_STATES_EVAL = DataPlan("states-eval", episodes=20, frames=1000, seed=3, regime="states")
+
 RECIPES: dict[str, ModelRecipe] = {
     # 25,000 + 20,000 real frames; the bundled cartpole model is this recipe's
     # (keycld_gym/weights/cartpole/README.md).
@@ -137,7 +153,8 @@ RECIPES: dict[str, ModelRecipe] = {
         system="cartpole",
         keypoint_data=DataPlan("task-500", episodes=500, frames=50, seed=0),
         dynamics_data=DataPlan("task-long", episodes=100, frames=200, seed=2),
-        eval_data=DataPlan("task-eval", episodes=40, frames=400, seed=1),
+        eval_data=DataPlan("task-eval", episodes=40, frames=1000, seed=1),
+        states_eval_data=_STATES_EVAL,
         # Heatmaps at the frame's resolution: on the 40 held-out sequences, keypoint error
         # 0.88 -> 0.65 px RMS against the previous half-resolution encoder (BENCHMARKS.md).
         # Keypoints placed on the constraints, drawn by a local renderer, 3,000 keypoint steps:
@@ -178,7 +195,8 @@ RECIPES: dict[str, ModelRecipe] = {
         system="pendulum",
         keypoint_data=DataPlan("task-short", episodes=400, frames=50, seed=0),
         dynamics_data=DataPlan("task-long", episodes=100, frames=200, seed=2),
-        eval_data=DataPlan("task-eval", episodes=40, frames=200, seed=1),
+        eval_data=DataPlan("task-eval", episodes=40, frames=1000, seed=1),
+        states_eval_data=_STATES_EVAL,
         # The reward is sparse (1 within about 8 degrees of upright): a sigmoid head, whose
         # zero is exact far from upright.
         # The bob placed on its constraint (a fixed distance from the pivot, which the renderer
@@ -205,7 +223,8 @@ RECIPES: dict[str, ModelRecipe] = {
         system="acrobot",
         keypoint_data=DataPlan("task-short", episodes=500, frames=50, seed=0),
         dynamics_data=DataPlan("task-long", episodes=100, frames=200, seed=2),
-        eval_data=DataPlan("task-eval", episodes=40, frames=400, seed=1),
+        eval_data=DataPlan("task-eval", episodes=40, frames=1000, seed=1),
+        states_eval_data=_STATES_EVAL,
         model=ModelConfig(encoder=_ENCODER,
                           renderer=RendererConfig(sigma=0.05, link_sigma=0.04, learn_pivots=False, local=True,
                                                   compact=True),
