@@ -418,7 +418,8 @@ def _diagnose(args: argparse.Namespace) -> int:
         print(f"what ends the predictions ({b['sequences']} held-out sequences, horizon {b['horizon_s']:.2f} s; the start "
               f"estimate {b['start_gap_px']:.2f} px from the true start): VPT median "
               + ", ".join(f"{part.replace('_', ' ')} {b[part]['vpt_s_median']:.2f} s" for part in BUDGET_PARTS)
-              + f"; largest cause: {b['largest_cause'].replace('_', ' ')}")
+              + "; cost in seconds " + ", ".join(f"{k} {v:.2f}" for k, v in b["cost_s"].items())
+              + f"; largest cause: {b['largest_cause']}")
         f = b["free_oscillation"]
         print("free swing from rest: period " + ", ".join(
             f"{name.replace('_', ' ')} {_or_dash(f[name]['period_s'], '.3f')} s" for name in ("true", "model", "true_constants"))

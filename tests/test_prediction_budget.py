@@ -67,7 +67,8 @@ def test_the_budget_scores_every_part_as_the_evaluation_does(tiny_data):
                                references=False)
     assert budget["hold_frame"]["vpt_agent"] == evaluated["hold_frame"]["vpt_agent"]
     assert budget["model"]["vpt_agent"] == evaluated["model"]["vpt_agent"]
-    assert budget["largest_cause"] in ("true_start", "true_constants", "rendered_truth")
+    assert budget["largest_cause"] in ("start", "constants", "renderer")
+    assert budget["cost_s"]["renderer"] == budget["horizon_s"] - budget["rendered_truth"]["vpt_s_median"]
     assert budget["free_oscillation"]["true"]["period_s"] > 0
     with pytest.raises(ValueError, match="--frames"):
         prediction_budget(model, truth, kmap, [tiny_data], agent_steps=3)

@@ -18,7 +18,9 @@ into the model's keypoint space by the diagnostics' keypoint map:
   renderer and the map alone, the ceiling of anything that predicts through them.
 - `hold_frame`: the floor, the last start frame held.
 
-The part whose exchange gains most over `model` is the largest cause. `free_oscillation`
+`cost_s` says what each part costs in seconds of median VPT: the start and the constants
+what the truth in their place gains, the renderer what it loses on the true states; the
+largest is `largest_cause`. `free_oscillation`
 adds what the constants imply on their own: released from rest near the hanging state with
 no action, the swing of the last keypoint in the true system, the model and the model with
 the true constants, as a period and an amplitude ratio per period.
@@ -135,9 +137,12 @@ def prediction_budget(model: KeyCLDModel, truth: KeyCLDModel, kmap: KeypointMap,
         result[part] = {"vpt_s_median": float(np.median(vpt)) * spec.agent_dt, "vpt_s_mean": float(vpt.mean()) * spec.agent_dt,
                         "saturated": float((vpt == steps).mean()), "vpt_agent": vpt.tolist(),
                         "by_set": [float(np.median(vpt[d["set"] == i])) * spec.agent_dt for i in range(len(sets))]}
-    gains = {p: result[p]["vpt_s_median"] - result["model"]["vpt_s_median"]
-             for p in ("true_start", "true_constants", "rendered_truth")}
-    result["largest_cause"] = max(gains, key=gains.get)
+    # seconds of median VPT each part costs: what the truth in its place gains (the start, the
+    # constants), and what the renderer loses on the true states themselves
+    result["cost_s"] = {"start": result["true_start"]["vpt_s_median"] - result["model"]["vpt_s_median"],
+                        "constants": result["true_constants"]["vpt_s_median"] - result["model"]["vpt_s_median"],
+                        "renderer": result["horizon_s"] - result["rendered_truth"]["vpt_s_median"]}
+    result["largest_cause"] = max(result["cost_s"], key=result["cost_s"].get)
     result["free_oscillation"] = free_oscillation(model, truth, kmap)
     return result
 
