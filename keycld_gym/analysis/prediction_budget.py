@@ -39,10 +39,10 @@ from keycld_gym.analysis.evaluation import (
     frame_mse,
     held_out_sets,
     mse_epsilon,
+    predict_open_loop,
     render_states,
     valid_prediction_time,
 )
-from keycld_gym.model.estimation import fit_trajectory
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.keypoint_truth import KeypointMap, true_motion
 from keycld_gym.sim.real_env import RealEnv
@@ -115,14 +115,14 @@ def prediction_budget(model: KeyCLDModel, truth: KeyCLDModel, kmap: KeypointMap,
     epsilon = mse_epsilon(frames[:, ::10].reshape(-1, *frames.shape[2:]))
     ahead = actions[:, last:]
 
-    kp_window = model.encode_frames(frames[:, :start])
-    qs_fit, vs_fit = fit_trajectory(model, kp_window, actions[:, :last])
+    # the model's own prediction as `evaluate_model` makes it: the start fitted on the window
+    _, qs_fit, vs_fit, predicted = predict_open_loop(model, frames, d["actions"], start, max(times))
     fitted = (qs_fit[:, -1], vs_fit[:, -1])
     with torch.no_grad():
         true_start = model.project(*mapped_true_states(model, kmap, d["qpos"][:, last], d["qvel"][:, last]), iterations=20)
     along, _ = mapped_true_states(model, kmap, d["qpos"][:, [last + t for t in times]], d["qvel"][:, [last + t for t in times]])
     predictions = {
-        "model": open_loop(model, *fitted, ahead, times),
+        "model": predicted[:, [t - 1 for t in times]],
         "true_start": open_loop(model, *true_start, ahead, times),
         "true_constants": open_loop(truth, *fitted, ahead, times),
         "true_start_and_constants": open_loop(truth, *true_start, ahead, times),
