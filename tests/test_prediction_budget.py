@@ -5,8 +5,13 @@ import pytest
 import torch
 
 from keycld_gym.analysis.diagnostics import true_physics_model
-from keycld_gym.analysis.evaluation import evaluate_model, held_out_sets
-from keycld_gym.analysis.prediction_budget import PARTS, free_oscillation, mapped_true_states, open_loop, prediction_budget
+from keycld_gym.analysis.evaluation import evaluate_model, held_out_sets, open_loop
+from keycld_gym.analysis.prediction_budget import (
+    PARTS,
+    free_oscillation,
+    mapped_true_states,
+    prediction_budget,
+)
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.keypoint_truth import KeypointMap
 from keycld_gym.training.recipes import get_recipe

@@ -197,13 +197,26 @@ def predict_open_loop(model: KeyCLDModel, frames: np.ndarray, actions: np.ndarra
     kp_window = torch.from_numpy(_encode(model, frames[:, :start_frames]))
     act = torch.from_numpy(np.asarray(actions, np.float32))
     qs_fit, vs_fit = fit_trajectory(model, kp_window, act[:, :last])
-    q, v = qs_fit[:, -1], vs_fit[:, -1]
-    pred = []
-    with torch.no_grad():
-        for t in range(steps):
-            q, v = model.step(q, v, act[:, last + t])
-            pred.append(q)
-    return kp_window, qs_fit, vs_fit, torch.stack(pred, 1)
+    pred = open_loop(model, qs_fit[:, -1], vs_fit[:, -1], act[:, last:], list(range(1, steps + 1)))
+    return kp_window, qs_fit, vs_fit, pred
+
+
+@torch.no_grad()
+def open_loop(model: KeyCLDModel, q: torch.Tensor, v: torch.Tensor, actions: torch.Tensor, times: list[int]) -> torch.Tensor:
+    """Keypoints `(S, len(times), K, 2)` at physics steps `times` after states q, v `(S, K, 2)` under actions `(S, T, A)`."""
+    out, want = [], set(times)
+    for t in range(1, max(times) + 1):
+        q, v = model.step(q, v, actions[:, t - 1])
+        if t in want:
+            out.append(q)
+    return torch.stack(out, 1)
+
+
+def horizon_steps(spec: SystemSpec, frames_per_sequence: int, start_frames: int) -> tuple[int, bool]:
+    """The VPT's default horizon in agent steps: the spec's `prediction_steps`, or as many as sequences of
+    `frames_per_sequence` allow after the start window (at least 1); and whether the data cut it short."""
+    allowed = (frames_per_sequence - start_frames) // spec.action_repeat
+    return max(1, min(spec.prediction_steps, allowed)), allowed < spec.prediction_steps
 
 
 def true_simulator_frames(spec: SystemSpec, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarray,
@@ -259,10 +272,9 @@ def evaluate_model(
     s_count, t_len = frames.shape[:2]
     if s_count == 0:
         raise ValueError(f"{data} has no held-out sequences to evaluate on")
-    allowed = (t_len - start_frames) // repeat
-    horizon_capped = agent_steps is None and allowed < spec.prediction_steps
+    horizon_capped = False
     if agent_steps is None:
-        agent_steps = max(1, min(spec.prediction_steps, allowed))
+        agent_steps, horizon_capped = horizon_steps(spec, t_len, start_frames)
     horizon = agent_steps * repeat
     need = start_frames + max(horizon, physics_frames)
     if t_len < need:

@@ -38,7 +38,9 @@ import torch
 from keycld_gym.analysis.evaluation import (
     frame_mse,
     held_out_sets,
+    horizon_steps,
     mse_epsilon,
+    open_loop,
     predict_open_loop,
     render_states,
     valid_prediction_time,
@@ -69,17 +71,6 @@ def mapped_true_states(model: KeyCLDModel, kmap: KeypointMap, qpos: np.ndarray, 
             torch.tensor(np.array(velocities), dtype=torch.float32).reshape(shape))
 
 
-@torch.no_grad()
-def open_loop(model: KeyCLDModel, q: torch.Tensor, v: torch.Tensor, actions: torch.Tensor, times: list[int]) -> torch.Tensor:
-    """Keypoints `(S, len(times), K, 2)` at physics steps `times` after states q, v `(S, K, 2)` under actions `(S, T, A)`."""
-    out, want = [], set(times)
-    for t in range(1, max(times) + 1):
-        q, v = model.step(q, v, actions[:, t - 1])
-        if t in want:
-            out.append(q)
-    return torch.stack(out, 1)
-
-
 def _vpt_steps(model: KeyCLDModel, predicted: torch.Tensor | None, real: np.ndarray, held: np.ndarray,
                epsilon: float) -> np.ndarray:
     """VPT in agent steps `(S,)` against real frames uint8 `(S, N, H, W, 3)` of predicted keypoints `(S, N, K, 2)`
@@ -106,7 +97,7 @@ def prediction_budget(model: KeyCLDModel, truth: KeyCLDModel, kmap: KeypointMap,
     start = spec.frames(WINDOWS.evaluation_start)
     last, repeat = start - 1, spec.action_repeat
     allowed = (frames.shape[1] - start) // repeat
-    steps = min(spec.prediction_steps, allowed) if agent_steps is None else agent_steps
+    steps = horizon_steps(spec, frames.shape[1], start)[0] if agent_steps is None else agent_steps
     if not 1 <= steps <= allowed:
         raise ValueError(f"sequences of {frames.shape[1]} frames allow 1 to {allowed} agent steps after the "
                          f"{start}-frame start window, not {steps}: collect with --frames {start + repeat * steps} or more")

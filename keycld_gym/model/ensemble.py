@@ -67,6 +67,8 @@ class DynamicsEnsemble:
         nets = {id(p) for p in model.dynamics.network_parameters()}
         self._stacked = not any(id(p) in nets for n, p in model.named_parameters() if n in self._slots)
         self.force_vmap = False  # the reference path, for tests and measurements
+        # the members' constants as one leading batch `(M, 1, ...)` beside the states' `(M, N, ...)`
+        self._batched = {n: p.unsqueeze(1) for n, p in self.params.items()}
 
     @property
     def size(self) -> int:
@@ -80,10 +82,8 @@ class DynamicsEnsemble:
     @torch.no_grad()
     def step(self, q: torch.Tensor, v: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each member's step from its own state: q, v `(M, N, K, 2)`, actions `(N, A)` -> `(M, N, K, 2)` x2."""
-        if self.stacked:
-            # the members' constants as one leading batch `(M, 1, ...)` beside the states' `(M, N, ...)`:
-            # one call of the model's own step for all of them
-            with self._swapped({n: p.unsqueeze(1) for n, p in self.params.items()}):
+        if self.stacked:  # one call of the model's own step for all of them
+            with self._swapped(self._batched):
                 return self.model.step(q, v, u)
 
         def one(params: dict[str, torch.Tensor], q: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
