@@ -15,8 +15,8 @@ import torch
 from keycld_gym.agents import NOISES
 from keycld_gym.agents import get_recipe as get_agent_recipe
 from keycld_gym.analysis.diagnostics import diagnose, keypoint_map_for
-from keycld_gym.analysis.prediction_budget import PARTS as BUDGET_PARTS
 from keycld_gym.analysis.evaluation import load_and_evaluate
+from keycld_gym.analysis.prediction_budget import PARTS as BUDGET_PARTS
 from keycld_gym.analysis.video import prediction_video
 from keycld_gym.benchmark import benchmark_recipe, run_benchmark
 from keycld_gym.data.collect import CollectConfig, collect
@@ -43,6 +43,7 @@ from keycld_gym.sim.systems import SYSTEMS
 from keycld_gym.training.ablations import AblationStudy
 from keycld_gym.training.bundling import bundle_agent, bundle_model
 from keycld_gym.training.config import ROLLOUT_LOSSES, TrainConfig
+from keycld_gym.training.constants_fit import fit_constants
 from keycld_gym.training.ensemble import train_ensemble
 from keycld_gym.training.improve import ImproveConfig, improve
 from keycld_gym.training.pipeline import Pipeline, refit_checkpoint
@@ -252,6 +253,21 @@ def _fit_renderer(args: argparse.Namespace) -> int:
     print(f"renderer refit on {result['train_frames']} frames; {result['scored_on']} frames: re-encoded keypoint error RMS "
           f"{b['reencode_rms']} -> {a['reencode_rms']} (max {b['reencode_max']} -> {a['reencode_max']}), "
           f"reconstruction MSE {b['recon_mse']} -> {a['recon_mse']} ({result['wall_time_s']:.0f} s) -> {args.out}")
+    return 0
+
+
+def _fit_constants(args: argparse.Namespace) -> int:
+    result = _refit(args, "constants", fit_constants, max_sequences=args.max_sequences, limit=args.limit,
+                    robust=args.robust)
+    b, a = result["model"]["before"], result["model"]["after"]
+    line = (f"constants refit on {result['train_sequences']} sequences of {result['frames_per_sequence']} frames: "
+            f"counted span (median) {b['counted_s']:.2f} -> {a['counted_s']:.2f} s")
+    if (v := result["validation"])["before"] is not None:
+        line += (f"; validation sequences {v['before']['counted_s']:.2f} -> {v['after']['counted_s']:.2f} s, "
+                 f"cost {v['before']['cost']:.4f} -> {v['after']['cost']:.4f}")
+    if result["members"]:
+        line += f"; {len(result['members'])} members refit alike"
+    print(f"{line} ({result['wall_time_s']:.0f} s) -> {args.out}")
     return 0
 
 
@@ -647,6 +663,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=4000)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=_fit_reward)
+    p = sub.add_parser("fit-constants", parents=[THREADS, QUIET, FORCE],
+                       help="refit a model's physical constants (and its members') on open-loop predictions over long windows")
+    p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
+    p.add_argument("--data", required=True, action="append", help="the dynamics data set the model was trained on")
+    p.add_argument("--out", required=True, help="folder for the new checkpoint")
+    p.add_argument("--steps", type=positive_int, default=5, help="Gauss-Newton iterations")
+    p.add_argument("--max-sequences", type=positive_int, help="fit on at most this many training sequences (default: all)")
+    p.add_argument("--limit", type=positive_float, default=0.1,
+                   help="keypoint error (image units) past which a window's frames stop counting")
+    p.add_argument("--robust", type=positive_float, default=0.01, help="the Huber loss's knee (image units)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.set_defaults(func=_fit_constants)
     p = sub.add_parser("fit-renderer", parents=[THREADS, QUIET, FORCE], help="refit a model's renderer so its frames read back (encoder) as the keypoints drawn")
     p.add_argument("--checkpoint", required=True, help="model folder, or a system name for the bundled model")
     p.add_argument("--data", required=True, action="append", help="data set(s) the model was trained on (repeatable)")
@@ -723,8 +751,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", parents=[THREADS, QUIET], help="from nothing to a bundle-ready model by the system's recipe (resumable)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--out", required=True, help="run folder: data sets, each step's output; the model lands in OUT/model")
-    p.add_argument("--until", help="stop after this step (collect-<data>, keypoints, dynamics, reward, renderer, exploring-starts, "
-                                   "observation-noise, evaluate)")
+    p.add_argument("--until", help="stop after this step (collect-<data>, keypoints, dynamics, reward, renderer, ensemble, "
+                                   "constants, exploring-starts, observation-noise, evaluate; ensemble and constants where "
+                                   "the recipe asks for them)")
     p.add_argument("--training-frames", type=positive_int, help="real training frames (default: the recipe's); both training "
                                                          "data sets scaled alike, for the data-efficiency curve")
     p.add_argument("--workers", type=positive_int, default=2, help="collection processes")

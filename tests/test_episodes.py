@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from keycld_gym.data.dataset import WindowDataset, load_manifest
-from keycld_gym.data.episodes import EpisodeRecorder, add_episodes, episode_sequences, grow_dataset
+from keycld_gym.data.episodes import (
+    EpisodeRecorder,
+    add_episodes,
+    episode_sequences,
+    grow_dataset,
+)
 from keycld_gym.errors import ManifestMismatchError
 
 

@@ -71,7 +71,7 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
         model=replace(TINY_MODEL, dynamics=spec_form, reward_output="sigmoid"),
         train=dict(keypoint_steps=4, keypoint_batch=8, dynamics_steps=3, dynamics_batch=4, horizon_ramp_steps=2,
                    val_fraction=0.3, checkpoint_every_s=1e9),
-        reward_steps=5, renderer_steps=2,
+        reward_steps=5, renderer_steps=2, constants_steps=1,
     )
     out = tmp_path / "run"
     record = Pipeline(recipe, out, workers=1, progress=False, command="pytest").run(until="dynamics")
@@ -123,7 +123,8 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     assert main(["bundle-agent", "--agent", str(tmp_path / "agent" / "agent"), "--eval", str(tmp_path / "real.json"),
                  "--dest", str(tmp_path / "bundle" / "agent")]) == 0
     assert load_model(tmp_path / "bundle" / "model").spec.name == "pendulum"
-    assert "keycld-gym observation-noise" in (tmp_path / "bundle" / "model" / "README.md").read_text()
+    card = (tmp_path / "bundle" / "model" / "README.md").read_text()
+    assert "keycld-gym observation-noise" in card and "physical constants refit" in card
     assert "each cut after 50 agent steps" in (tmp_path / "bundle" / "agent" / "README.md").read_text()
     bundled = load_agent(tmp_path / "bundle" / "agent", "pendulum", "keypoints")
     assert bundled.info["evaluation"]["real_returns"] == real["real_returns"]
@@ -223,18 +224,22 @@ def test_tiny_acrobot_pipeline_end_to_end(tmp_path):
         model=tiny,
         train=dict(full.train, keypoint_steps=4, keypoint_batch=8, dynamics_steps=3, dynamics_batch=4,
                    horizon_ramp_steps=2, max_horizon=8, val_fraction=0.4, checkpoint_every_s=1e9),
-        reward_steps=5, renderer_steps=2, renderer_fit=full.renderer_fit,
+        reward_steps=5, renderer_steps=2, renderer_fit=full.renderer_fit, constants_steps=1,
         noise_estimator="filter",  # not the acrobot agent's (the window): the recipe's choice is measured
     )
     out = tmp_path / "run"
     record = Pipeline(recipe, out, workers=1, progress=False, command="pytest").run()
-    assert {"keypoints", "dynamics", "reward", "evaluate"} <= set(record["steps"])
+    assert {"keypoints", "dynamics", "reward", "constants", "evaluate"} <= set(record["steps"])
     fit = json.loads((out / "dynamics" / "physics_fit.json").read_text())
     assert len(fit["input"]) == 1 and len(fit["damping"]) == 2  # the elbow's torque; both joints damped
 
     model = load_model(out / "model")
     assert model.config.encoder.constrained and model.config.encoder.full_resolution
     assert model.checkpoint_config["renderer"]["weight"] == full.renderer_fit["weight"]  # the recipe's refit
+    # the constants refit in place, after the renderer's: both recorded, the start frames kept
+    constants = model.checkpoint_config["constants"]
+    assert constants["steps"] == 1 and constants["model"]["after"]["cost"] <= constants["model"]["before"]["cost"]
+    assert (out / "model" / "start_frames.npz").exists() and (out / "model" / "exploring_starts.npz").exists()
     assert json.loads((out / "model" / "observation_noise.json").read_text())["estimator"]["kind"] == "Filtering"
     frames = np.load(sorted((out / "data" / "eval").glob("shard_*.npz"))[0])["frames"][0, :5]
     kp = model.encode_frames(frames)  # placed on the encoder's own constants: the arm lengths hold exactly

@@ -35,6 +35,10 @@ CONFIG = "config.json"
 NOISE_FILE = "observation_noise.json"
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
 
+# config field: the weights checksums of earlier models whose encoder this one keeps unchanged
+# (refits), so their agents read the same keypoints in it
+ENCODER_LINEAGE = "encoder_lineage"
+
 
 def bundled_path(system: str) -> Path:
     """Folder of the bundled checkpoint of `system` (it may not exist yet)."""

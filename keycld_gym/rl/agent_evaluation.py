@@ -20,7 +20,12 @@ from stable_baselines3.common.vec_env import VecEnv
 from keycld_gym.envs.real import make_real_env
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import portable_path, portable_paths
-from keycld_gym.model.checkpoint import checkpoint_folder, load_model, read_config
+from keycld_gym.model.checkpoint import (
+    ENCODER_LINEAGE,
+    checkpoint_folder,
+    load_model,
+    read_config,
+)
 from keycld_gym.model.tracking import estimator_to_dict
 from keycld_gym.rl.agent import Agent, imagined_vec_env, real_vec_env
 
@@ -71,10 +76,11 @@ def _stats(returns: list[float]) -> tuple[float, float]:
 
 
 def check_trained_model(agent: Agent, model: Any, folder: Path) -> None:
-    """Refuse a model other than the one `agent` was trained in: its keypoint space is another (`CheckpointError`)."""
+    """Refuse a model other than the one `agent` was trained in, or a refit of it (`ENCODER_LINEAGE`): its keypoint
+    space is another (`CheckpointError`)."""
     trained = (agent.info.get("model") or {}).get("weights_sha256")
     found = model.checkpoint_config.get("weights_sha256")
-    if trained and found != trained:
+    if trained and found != trained and trained not in model.checkpoint_config.get(ENCODER_LINEAGE, []):
         raise CheckpointError(
             f"agent {agent.info.get('path', '?')} was trained in the model with weights sha256 {trained[:12]}..., "
             f"{folder} holds {str(found)[:12]}...: its policy would read another model's keypoints. Pass the model it "

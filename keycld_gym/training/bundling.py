@@ -82,6 +82,14 @@ def model_card(config: dict, result: dict | None) -> str:
             f"{', '.join(d['path'] for d in r['data'])}; {r['wall_time_s']:.0f} s): `{r['command']}`; RMSE per physics "
             f"step on the validation sequences {r['rmse_before']['val']:.4f} -> {r['rmse_after']['val']:.4f}",
         ]
+    c = config.get("constants")
+    if c:
+        v = c["validation"]
+        held = (f"; median span its predictions stay within {c['limit']} of the validation sequences' keypoints "
+                f"{v['before']['counted_s']:.2f} -> {v['after']['counted_s']:.2f} s" if v["before"] else "")
+        lines.append(f"- physical constants refit on open-loop predictions over whole sequences "
+                     f"({c['train_sequences']} sequences of {c['frames_per_sequence']} frames, "
+                     f"{len(c['members'])} ensemble members alike; {c['wall_time_s']:.0f} s): `{c['command']}`{held}")
     lines.append(f"- `{NOISE_FILE}`: the real state estimate's error per keypoint coordinate, measured on held-out real "
                  "sequences by `keycld-gym observation-noise`; agents can train with it as noise (`--noise measured`)")
     if result:

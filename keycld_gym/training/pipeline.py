@@ -11,7 +11,9 @@ Steps, in order (the recipe is `keycld_gym/training/recipes.py`):
 4. the reward head refit on estimated states, then the renderer's read-back refit: OUT/model;
    where the recipe asks for an ensemble (`ensemble_members` > 1), the dynamics phase again
    per further member, with another seed on a bootstrap of the dynamics data (OUT/ensemble);
-   and start windows from anywhere in the dynamics data, for agents' exploring starts;
+   the physical constants of the model and every member refit on open-loop predictions over
+   the dynamics data's whole sequences (`constants_steps`); and start windows from anywhere
+   in the dynamics data, for agents' exploring starts;
 5. the real state estimate's error on the held-out data (`observation_noise.json`);
 6. the held-out evaluation (OUT/eval.json).
 
@@ -37,6 +39,7 @@ from keycld_gym.data.start_windows import start_bank_from_data
 from keycld_gym.errors import CheckpointError
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import (
+    ENCODER_LINEAGE,
     NOISE_FILE,
     checkpoint_folder,
     load_model,
@@ -46,6 +49,7 @@ from keycld_gym.model.checkpoint import (
 from keycld_gym.model.start_bank import EXPLORING_STARTS, START_BANK, write_start_bank
 from keycld_gym.model.tracking import parse_estimator
 from keycld_gym.rl.observation_noise import measure_estimation_error
+from keycld_gym.training.constants_fit import fit_constants
 from keycld_gym.training.ensemble import train_ensemble
 from keycld_gym.training.recipes import ModelRecipe, get_recipe
 from keycld_gym.training.renderer_fit import fit_renderer
@@ -64,7 +68,8 @@ def refit_checkpoint(checkpoint: str | Path, out: str | Path, part: str, fit: Ca
 
     The source's provenance is kept and the refit recorded under `part`; its start frames
     and measured observation noise travel along (neither depends on the reward head or the
-    renderer). The new folder is written beside `out` and moved in whole once complete; an
+    renderer), and the source's weights checksum joins the `ENCODER_LINEAGE` (the models
+    whose encoder this one keeps). The new folder is written beside `out` and moved in whole once complete; an
     `out` that holds files is replaced only with `force`.
     """
     out = Path(out)
@@ -78,6 +83,9 @@ def refit_checkpoint(checkpoint: str | Path, out: str | Path, part: str, fit: Ca
     result = fit(model, data, steps=steps, seed=seed, progress=progress, **kwargs)
     result["command"] = command
     meta = {k: v for k, v in model.checkpoint_config.items() if k not in _OWN_FIELDS}
+    # a refit keeps the encoder, so an agent trained in the source reads the same keypoints here
+    meta[ENCODER_LINEAGE] = list(dict.fromkeys([*meta.get(ENCODER_LINEAGE, []),
+                                                model.checkpoint_config.get("weights_sha256")]))
     staging = out.with_name(f"{out.name}.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     save_checkpoint(staging, model, {**meta, part: result})
@@ -146,6 +154,13 @@ class Pipeline:
             *([("ensemble", lambda: train_ensemble(self.model_folder, self.out / "ensemble", r.ensemble_members,
                                                    progress=self.progress, command=self.command))]
               if r.ensemble_members > 1 else []),
+            # in place, members included: a fresh member is trained from the recorded dynamics
+            # phase, so the refit comes after the ensemble
+            *([("constants", lambda: refit_checkpoint(
+                self.model_folder, self.model_folder, "constants", fit_constants,
+                data=[self.data(r.dynamics_data.name)], steps=r.constants_steps, seed=r.seed, progress=self.progress,
+                command=self.command, force=True, **r.constants_fit))]
+              if r.constants_steps else []),
             ("exploring-starts", lambda: write_start_bank(
                 self.model_folder, start_bank_from_data(self.data(r.dynamics_data.name), r.system, seed=r.seed),
                 EXPLORING_STARTS)),

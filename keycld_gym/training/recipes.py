@@ -13,6 +13,7 @@ horizons here are per system on purpose: the physics step differs (cartpole and 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,10 @@ from keycld_gym.model.renderer import RendererConfig
 from keycld_gym.model.tracking import parse_estimator
 from keycld_gym.sim.systems import get_system
 from keycld_gym.training.config import TrainConfig
+from keycld_gym.training.constants_fit import fit_constants
+
+# what a recipe may set of the constants refit (the rest is the pipeline's: model, data, steps)
+_CONSTANTS_FIT_SETTINGS = set(inspect.signature(fit_constants).parameters) - {"model", "data", "steps", "seed", "progress"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ class ModelRecipe:
         renderer_fit: further settings of the renderer refit (`fit_renderer`'s loss weights).
         ensemble_members: dynamics members of the finished model (`keycld_gym.model.ensemble`):
             1, the model alone; K > 1 trains K - 1 more after the renderer refit.
+        constants_steps: Gauss-Newton iterations of the constants' long-window refit
+            (`keycld_gym.training.constants_fit`) of the finished model and each member
+            (0: none); constants_fit: its further settings (`fit_constants`' keywords).
         noise_estimator: the real-side estimator whose error `observation_noise.json`
             records ('window', 'filter' or its JSON; None: the one the system's bundled
             keypoint agent meets the real task with).
@@ -83,12 +91,19 @@ class ModelRecipe:
     renderer_fit: dict[str, Any] = field(default_factory=dict)
     noise_estimator: str | None = None
     ensemble_members: int = 1
+    constants_steps: int = 0
+    constants_fit: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
 
     def __post_init__(self) -> None:
         get_system(self.system)
         if self.ensemble_members < 1:
             raise ValueError(f"{self.system} recipe: ensemble_members must be at least 1, got {self.ensemble_members}")
+        if self.constants_steps < 0:
+            raise ValueError(f"{self.system} recipe: constants_steps must be non-negative, got {self.constants_steps}")
+        unknown_fit = set(self.constants_fit) - _CONSTANTS_FIT_SETTINGS
+        if unknown_fit:
+            raise ValueError(f"{self.system} recipe: unknown constants_fit settings {sorted(unknown_fit)}")
         if self.noise_estimator is not None:
             parse_estimator(self.noise_estimator)  # a clear error now, not after training
         unknown = set(self.train) - {f.name for f in dataclasses.fields(TrainConfig)}
