@@ -8,6 +8,7 @@ import pytest
 from keycld_gym.errors import CheckpointError
 from keycld_gym.model.checkpoint import load_model
 from keycld_gym.model.start_bank import EXPLORING_STARTS
+from keycld_gym.rl.energy_control import ENERGY_RECORD
 from keycld_gym.training.bundling import bundle_agent, bundle_model
 
 
@@ -31,8 +32,10 @@ def test_a_bad_evaluation_changes_nothing_and_a_rebundle_leaves_no_stale_file(ti
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     (model / EXPLORING_STARTS).write_bytes((tiny_model_dir / "start_frames.npz").read_bytes())
+    (model / ENERGY_RECORD).write_text('{"real_return_mean": 1.0}')  # the model's recorded controller travels along
     dest = bundle_model(model, evaluation, tmp_path / "bundle")
     assert (dest / EXPLORING_STARTS).exists() and "VPT" in (dest / "README.md").read_text()
+    assert (dest / ENERGY_RECORD).read_text() == (model / ENERGY_RECORD).read_text()
     before = _files(dest)
 
     corrupt = tmp_path / "corrupt.json"

@@ -43,6 +43,8 @@ from keycld_gym.rl.agent import (
     load_agent,
 )
 from keycld_gym.rl.agent_evaluation import cut_short
+from keycld_gym.rl.energy_control import ENERGY_RECORD
+from keycld_gym.rl.planning import PLANNING_RECORD
 
 
 def model_card(config: dict, result: dict | None) -> str:
@@ -82,6 +84,14 @@ def model_card(config: dict, result: dict | None) -> str:
             f"{', '.join(d['path'] for d in r['data'])}; {r['wall_time_s']:.0f} s): `{r['command']}`; RMSE per physics "
             f"step on the validation sequences {r['rmse_before']['val']:.4f} -> {r['rmse_after']['val']:.4f}",
         ]
+    refit = config.get("renderer")
+    if refit:
+        lines.append(f"- renderer refit on {refit['train_frames']} training frames ({refit['wall_time_s']:.0f} s): "
+                     f"`{refit.get('command')}`")
+    e = config.get("ensemble")
+    if e:
+        lines.append(f"- `{ENSEMBLE_WEIGHTS}`: {e['members'] - 1} more dynamics members beside the model's own, each "
+                     f"trained like it with another seed on a bootstrap of its dynamics data: `{e['command']}`")
     c = config.get("constants")
     if c:
         v = c["validation"]
@@ -146,7 +156,9 @@ def agent_card(config: dict, evaluation: dict) -> str:
     ])
 
 
-_MODEL_FILES = (WEIGHTS, CONFIG, ENSEMBLE_WEIGHTS, START_BANK, EXPLORING_STARTS, NOISE_FILE)
+# with the model's recorded real evaluations of its energy controller and planner (made by
+# `keycld-gym evaluate-agent --json MODEL/<record>`)
+_MODEL_FILES = (WEIGHTS, CONFIG, ENSEMBLE_WEIGHTS, START_BANK, EXPLORING_STARTS, NOISE_FILE, ENERGY_RECORD, PLANNING_RECORD)
 
 
 def _copy_model_files(source: Path, dest: Path) -> None:
