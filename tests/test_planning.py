@@ -87,8 +87,10 @@ def test_the_planner_plans_with_an_ensemble_and_pays_for_its_disagreement():
     assert planner(obs).shape == (2, 1)
     with pytest.raises(ValueError, match="only with ensemble_mode 'member'"):
         ModelPredictiveControl(model, None, uncertainty_penalty=1.0)
+    bare = load_model(checkpoint_folder(None, "acrobot"))
+    bare.ensemble = None  # the model alone, without the bundled members
     with pytest.raises(ValueError, match="needs a model with an ensemble"):
-        ModelPredictiveControl(load_model(checkpoint_folder(None, "acrobot")), None, ensemble_mode="member")
+        ModelPredictiveControl(bare, None, ensemble_mode="member")
 
 
 def test_the_planner_says_what_it_cannot_take():
@@ -130,13 +132,17 @@ def test_evaluate_agent_plans_in_the_real_task(tmp_path, capsys):
     assert "no-agent" in capsys.readouterr().err
 
 
-def test_the_benchmark_table_lists_the_models_recorded_planner():
+def test_the_benchmark_table_lists_the_models_recorded_controllers():
     from keycld_gym.benchmark import format_table
-    from keycld_gym.rl.planning import PLANNING_RECORD
+    from keycld_gym.rl.energy_control import ENERGY_RECORD
 
-    record = json.loads((checkpoint_folder(None, "acrobot") / PLANNING_RECORD).read_text())
-    assert record["algo"] == "mppi" and len(record["real_returns"]) == 10 and record["seed"] == 100_000
-    report = {"system": "acrobot", "agent": record, "random": {"real_return_mean": 0.0}, "planning": record,
-              "trained": {"steps": 8, "train_wall_s": 1.0}}
-    row = next(line for line in format_table(report).splitlines() if line.startswith("planning"))
-    assert f"{record['real_return_mean']:.0f}" in row
+    # the bundled model's recorded real evaluation of its energy controller; a recorded planner has the same form
+    record = json.loads((checkpoint_folder(None, "acrobot") / ENERGY_RECORD).read_text())
+    assert len(record["real_returns"]) == 10 and record["seed"] == 100_000
+    planner = {**record, "algo": "mppi", "real_return_mean": record["real_return_mean"] + 100.0}
+    report = {"system": "acrobot", "agent": record, "random": {"real_return_mean": 0.0}, "energy_control": record,
+              "planning": planner, "trained": {"steps": 8, "train_wall_s": 1.0}}
+    table = format_table(report).splitlines()
+    for name, r in (("energy control", record), ("planning", planner)):
+        row = next(line for line in table if line.startswith(name))
+        assert f"{r['real_return_mean']:.0f} ± {r['real_return_std']:.0f}" in row
