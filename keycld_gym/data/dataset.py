@@ -96,6 +96,13 @@ def is_validation(sequence_id: int, val_fraction: float, split_seed: int = 0) ->
     return bool(np.random.default_rng([split_seed, int(sequence_id), 7919]).random() < val_fraction)
 
 
+def split_sequences(root: str | Path, system: str | None, val_fraction: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """A data set's arrays (`WindowDataset.data`) of its training and of its validation sequences, read once."""
+    data = WindowDataset(root, 1, split="all", system=system).data
+    held = np.array([is_validation(i, val_fraction) for i in data["sequence_ids"]], bool)
+    return {k: v[~held] for k, v in data.items()}, {k: v[held] for k, v in data.items()}
+
+
 class WindowDataset(torch.utils.data.Dataset):
     """Windows of `window` frames, `stride` physics steps apart, from one split of a data set.
 

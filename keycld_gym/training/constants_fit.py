@@ -42,12 +42,13 @@ import torch
 from tqdm.auto import tqdm
 
 from keycld_gym.data.collect import MANIFEST
-from keycld_gym.data.dataset import WindowDataset
+from keycld_gym.data.dataset import split_sequences
 from keycld_gym.files import sha256_file
 from keycld_gym.model.ensemble import DynamicsEnsemble, member_names, member_state
 from keycld_gym.model.estimation import fit_trajectory
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.systems import WINDOWS
+from keycld_gym.training.dynamics_phase import bootstrap_sample
 
 # The Lagrangian's free scale (the least-squares start fixes M_K[0, 0] = 1 the same way)
 _FIXED = {("dynamics.mass_raw_diag", 0)}
@@ -62,26 +63,18 @@ def constant_entries(model: KeyCLDModel) -> list[tuple[str, int]]:
             for i in range(p.numel()) if (name, i) not in _FIXED]
 
 
-def training_sequences(data: list[str | Path], system: str, split: str, val_fraction: float) -> dict[str, np.ndarray]:
-    """Frames `(S, T, H, W, 3)` and physics-rate actions `(S, T, A)` of one split of the data sets (equal lengths;
-    S may be 0)."""
-    sets = [s for s in (WindowDataset(d, 1, split=split, val_fraction=val_fraction, system=system).data for d in data)
-            if len(s["frames"])]
-    if not sets:
-        return {"frames": np.empty((0,)), "actions": np.empty((0,))}
-    lengths = {s["frames"].shape[1] for s in sets}
-    if len(lengths) > 1:
-        raise ValueError(f"fit-constants needs sequences of one length; {[str(d) for d in data]} hold {sorted(lengths)} "
-                         "frames: pass the dynamics data set alone")
-    return {k: np.concatenate([s[k] for s in sets]) for k in ("frames", "actions")}
-
-
-def member_pool(sequences: int, bootstrap_seed: int | None) -> np.ndarray:
-    """Indices of the training sequences a member is refit on: its own bootstrap sample (as its dynamics phase
-    drew it, `DynamicsPhase.sequence_pool`), or all of them where its seed is not recorded."""
-    if bootstrap_seed is None:
-        return np.arange(sequences)
-    return np.random.default_rng(bootstrap_seed).integers(0, sequences, sequences)
+def training_sequences(data: list[str | Path], system: str, val_fraction: float) -> tuple[dict[str, np.ndarray], ...]:
+    """Frames `(S, T, H, W, 3)` and physics-rate actions `(S, T, A)` of the training and of the validation
+    sequences of the data sets (equal lengths; either may hold none)."""
+    parts = [split_sequences(d, system, val_fraction) for d in data]
+    out = []
+    for split in (0, 1):
+        sets = [p[split] for p in parts if len(p[split]["frames"])]
+        if len({s["frames"].shape[1] for s in sets}) > 1:
+            raise ValueError(f"fit-constants needs sequences of one length; {[str(d) for d in data]} hold "
+                             f"{sorted({s['frames'].shape[1] for s in sets})} frames: pass the dynamics data set alone")
+        out.append({k: np.concatenate([s[k] for s in sets]) if sets else np.empty((0,)) for k in ("frames", "actions")})
+    return tuple(out)
 
 
 class LongWindows:
@@ -226,8 +219,7 @@ def fit_constants(model: KeyCLDModel, data: list[str | Path], *, steps: int = 5,
     rng = np.random.default_rng(seed)
     start_frames = model.spec.frames(WINDOWS.evaluation_start)
     split_data = {}
-    for split in ("train", "val"):
-        d = training_sequences(data, model.spec.name, split, val_fraction)
+    for split, d in zip(("train", "val"), training_sequences(data, model.spec.name, val_fraction)):
         if split == "train" and max_sequences is not None and len(d["frames"]) > max_sequences:
             keep = np.sort(rng.choice(len(d["frames"]), max_sequences, replace=False))
             d = {k: v[keep] for k, v in d.items()}
@@ -259,7 +251,7 @@ def fit_constants(model: KeyCLDModel, data: list[str | Path], *, steps: int = 5,
             with torch.no_grad():
                 for n in member_names(model):
                     params[n].copy_(member[n])
-            pool = member_pool(len(kp), boot)
+            pool = bootstrap_sample(len(kp), boot)  # the sample its dynamics phase drew
             members.append(fit_model_constants(model, kp[pool], act[pool], iterations=steps, progress=progress,
                                                desc=f"fit-constants member {i}", **settings))
             fitted.append(member_state(model))

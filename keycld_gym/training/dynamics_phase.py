@@ -40,6 +40,14 @@ def rollout_loss(errors: torch.Tensor, kind: str, robust_scale: float = 1.0) -> 
     return (scale * torch.log1p(errors / scale)).mean()
 
 
+def bootstrap_sample(sequences: int, bootstrap_seed: int | None) -> np.ndarray:
+    """Indices `(S,)` of the sequences an ensemble member learns from: as many drawn with replacement by
+    `bootstrap_seed` (`TrainConfig.bootstrap_seed`), or each once where it is None."""
+    if bootstrap_seed is None:
+        return np.arange(sequences)
+    return np.random.default_rng(bootstrap_seed).integers(0, sequences, sequences)
+
+
 class DynamicsPhase:
     """Steps of phase 2 on `train`'s sequences; the fitted start states are its own state."""
 
@@ -68,10 +76,7 @@ class DynamicsPhase:
         a drawn sequence brings its mirror image along.
         """
         n = self.train.num_sequences
-        if self.config.bootstrap_seed is None:
-            drawn = torch.arange(n)
-        else:
-            drawn = torch.from_numpy(np.random.default_rng(self.config.bootstrap_seed).integers(0, n, n))
+        drawn = torch.from_numpy(bootstrap_sample(n, self.config.bootstrap_seed))
         return torch.cat([drawn, drawn + n]) if self.config.mirror_sequences else drawn
 
     @property

@@ -69,8 +69,8 @@ def refit_checkpoint(checkpoint: str | Path, out: str | Path, part: str, fit: Ca
     The source's provenance is kept and the refit recorded under `part`; its start frames
     and measured observation noise travel along (neither depends on the reward head or the
     renderer), and the source's weights checksum joins the `ENCODER_LINEAGE` (the models
-    whose encoder this one keeps). The new folder is written beside `out` and moved in whole once complete; an
-    `out` that holds files is replaced only with `force`.
+    whose encoder this one keeps). The new folder is written beside `out` and moved in whole
+    once complete; an `out` that holds files is replaced only with `force`.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from keycld_gym.data.collect import MANIFEST
-from keycld_gym.data.dataset import WindowDataset, is_validation
+from keycld_gym.data.dataset import split_sequences
 from keycld_gym.files import sha256_file
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.model.parameters import frozen
@@ -40,11 +40,9 @@ def split_frames(data: list[str | Path], system: str, val_fraction: float = 0.1)
     """uint8 frames `(N, H, W, 3)` of the training and of the validation sequences of the data sets (each read once)."""
     train, val = [], []
     for d in data:
-        ds = WindowDataset(d, 1, split="all", system=system)
-        frames = ds.data["frames"]
-        held = np.array([is_validation(i, val_fraction) for i in ds.data["sequence_ids"]], bool)
-        train.append(frames[~held].reshape(-1, *frames.shape[2:]))
-        val.append(frames[held].reshape(-1, *frames.shape[2:]))
+        t, v = split_sequences(d, system, val_fraction)
+        train.append(t["frames"].reshape(-1, *t["frames"].shape[2:]))
+        val.append(v["frames"].reshape(-1, *v["frames"].shape[2:]))
     return np.concatenate(train), np.concatenate(val)
 
 
