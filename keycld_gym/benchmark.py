@@ -102,7 +102,7 @@ def run_benchmark(
     system: str = "cartpole", out: str | Path = "benchmark", *, budget_min: float | None = None, seed: int = 0,
     episodes: int = 10, eval_seed: int = EVAL_SEED, checkpoint: str | Path | None = None, total_steps: int | None = None,
     real_curve_points: int = 3, workers: int = 2, video: bool = True, video_steps: int | None = None, progress: bool = True,
-    command: str | None = None, max_steps: int | None = None,
+    command: str | None = None, max_steps: int | None = None, ray: str | None = None,
 ) -> dict[str, Any]:
     """Train a keypoint agent (the bundled one's recipe) in imagination within `budget_min` minutes (default: the recipe's), evaluate it for real, write the report.
 
@@ -129,7 +129,7 @@ def run_benchmark(
     state = train_agent(config, train, resume=(train / "state.json").exists(), progress=progress, command=command)
     agent = load_agent(train / "agent")
     result = evaluate_agent(agent, episodes=episodes, seed=eval_seed, checkpoint=model_path, workers=workers,
-                            max_steps=max_steps)
+                            max_steps=max_steps, ray=ray)
     rand = random_returns(system, episodes, eval_seed, max_steps)
     bundled = {}  # the bundled agents' recorded evaluations, by observation type
     for obs_type in ("keypoints", "pixels"):

@@ -32,6 +32,7 @@ from keycld_gym.model.checkpoint import (
 )
 from keycld_gym.model.dynamics import DAMPINGS, INPUT_MATRICES
 from keycld_gym.model.tracking import parse_estimator
+from keycld_gym.parallel import ray_address
 from keycld_gym.rl.agent import load_agent
 from keycld_gym.rl.agent_evaluation import cut_short, evaluate_agent
 from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
@@ -58,7 +59,8 @@ def _collect(args: argparse.Namespace) -> int:
         system=args.system, episodes=args.episodes, frames=args.frames, seed=args.seed,
         regime=args.regime, shard_size=args.shard_size,
     )
-    manifest = collect(args.out, config, workers=args.workers, progress=not args.quiet, command=default_command())
+    manifest = collect(args.out, config, workers=args.workers, ray=ray_address(args.ray), progress=not args.quiet,
+                       command=default_command())
     print(
         f"{manifest['system']}: {manifest['sequences']} sequences x {manifest['frames_per_sequence']} frames "
         f"= {manifest['frames']} real frames, regime '{manifest['regime']}' ({manifest['regime_description']}), "
@@ -348,7 +350,7 @@ def _evaluate_agent(args: argparse.Namespace) -> int:
     _check_output(args.json)
     result = evaluate_agent(agent, episodes=args.episodes, seed=args.seed, checkpoint=args.checkpoint,
                             imagined=not args.no_imagined, workers=args.workers, max_steps=args.max_steps,
-                            allow_other_model=args.allow_other_model)
+                            allow_other_model=args.allow_other_model, ray=ray_address(args.ray))
     result["command"] = default_command()
     if args.json:  # its folder made by _check_output before the work
         write_json(Path(args.json), result)
@@ -377,7 +379,7 @@ def _pipeline(args: argparse.Namespace) -> int:
 def _ablations(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     study = AblationStudy(args.run, progress=not args.quiet, command=default_command())
-    study.run_all()
+    study.run_all(workers=args.workers, ray=ray_address(args.ray), threads=args.threads)
     print((Path(args.run) / "ablations.md").read_text(), end="")
     print(f"wrote {Path(args.run) / 'ablations.json'} and ablations.md")
     return 0
@@ -483,6 +485,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     _recipe_threads(args, "keypoints", recipe.algo)
     run_benchmark(args.system, args.out, budget_min=args.budget, seed=args.seed, episodes=args.episodes,
                   checkpoint=args.checkpoint, total_steps=args.steps, video=not args.no_video, workers=args.workers,
+                  ray=ray_address(args.ray),
                   progress=not args.quiet, command=default_command())
     return 0
 
@@ -537,8 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
     RECIPE_THREADS = _shared("--threads", type=positive_int, help="torch CPU threads (default: the agent recipe's, agents/)")
     QUIET = _shared("--quiet", action="store_true", help="no progress bars")
     FORCE = _shared("--force", action="store_true", help="replace an --out folder that holds files")
+    RAY = _shared("--ray", nargs="?", const="local", metavar="ADDRESS",
+                  help="run the independent units on Ray (pip install -e \".[ray]\"): alone, a Ray on this machine "
+                       "(started, or the one `ray start` left); 'auto' or HOST:PORT, a running cluster")
     sub = parser.add_subparsers(parser_class=_Subcommand, dest="command", required=True)
-    p = sub.add_parser("collect", parents=[QUIET], help="collect real frames, actions, rewards and states from dm_control")
+    p = sub.add_parser("collect", parents=[QUIET, RAY], help="collect real frames, actions, rewards and states from dm_control")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--out", required=True, help="data set folder (rerun the same command to resume)")
     p.add_argument("--episodes", type=positive_int, required=True, help="sequences to collect, one per episode")
@@ -715,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end imagined training episodes where the disagreement passes this many pixels (MOReL; "
                         "default: the recipe's)")
     p.set_defaults(func=_train_agent)
-    p = sub.add_parser("evaluate-agent", parents=[THREADS], help="an agent's return in the real task and in imagination")
+    p = sub.add_parser("evaluate-agent", parents=[THREADS, RAY], help="an agent's return in the real task and in imagination")
     p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), 'bundled', 'energy' "
                                                   "(the model's energy-shaping controller, no RL) or 'plan' (model-"
                                                   "predictive control in the model, guided by --guide's value)")
@@ -737,7 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "'{\"kind\": \"Filtering\", \"acceleration_std\": 0.05, \"bias_std\": 0.03}'; "
                                             "recorded in the result, and bundle-agent keeps it")
     p.set_defaults(func=_evaluate_agent)
-    p = sub.add_parser("benchmark", parents=[RECIPE_THREADS, QUIET], help="the main job: train in imagination, evaluate in the real task, report")
+    p = sub.add_parser("benchmark", parents=[RECIPE_THREADS, QUIET, RAY], help="the main job: train in imagination, evaluate in the real task, report")
     p.add_argument("--system", default="cartpole", choices=sorted(SYSTEMS))
     p.add_argument("--out", default="benchmark", help="report folder (rerun to resume an interrupted run)")
     p.add_argument("--budget", type=positive_float, help="minutes of training in imagination (default: the recipe's; cartpole 12)")
@@ -758,9 +764,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "data sets scaled alike, for the data-efficiency curve")
     p.add_argument("--workers", type=positive_int, default=2, help="collection processes")
     p.set_defaults(func=_pipeline)
-    p = sub.add_parser("ablations", parents=[THREADS, QUIET], help="KeyCLD against the Lagrangian without constraints and the neural ODE, on a "
+    p = sub.add_parser("ablations", parents=[THREADS, QUIET, RAY], help="KeyCLD against the Lagrangian without constraints and the neural ODE, on a "
                                          "finished pipeline run (resumable)")
     p.add_argument("--run", required=True, help="the folder of a finished `keycld-gym pipeline` run")
+    p.add_argument("--workers", type=positive_int, default=1, help="ablation trainings side by side, each in its own "
+                                                                    "process (on Ray: the run folder on storage every node sees)")
     p.set_defaults(func=_ablations)
     p = sub.add_parser("observation-noise", parents=[THREADS], help="measure the real state estimate's error and store it beside the weights")
     p.add_argument("--checkpoint", required=True, help="model folder (or a bundled name); the result is written into it")

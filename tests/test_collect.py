@@ -78,16 +78,16 @@ def test_windows_at_a_stride_and_a_split_by_sequence(dataset):
 def test_interrupted_run_resumes_to_the_same_result(dataset, tmp_path, monkeypatch):
     reference_root, reference = dataset
     root = tmp_path / "resumed"
-    real_collect_shard = collect_mod.collect_shard
+    real_record_shard = collect_mod.record_shard
     calls = []
 
-    def dies_on_third_shard(out, config, shard, ids):
-        calls.append(shard)
+    def dies_on_third_shard(config, ids):
+        calls.append(ids[0])
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_collect_shard(out, config, shard, ids)
+        return real_record_shard(config, ids)
 
-    monkeypatch.setattr(collect_mod, "collect_shard", dies_on_third_shard)
+    monkeypatch.setattr(collect_mod, "record_shard", dies_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
         collect(root, CONFIG, progress=False, command="test")
     partial = load_manifest(root, require_complete=False)
@@ -95,8 +95,7 @@ def test_interrupted_run_resumes_to_the_same_result(dataset, tmp_path, monkeypat
     with pytest.raises(ManifestMismatchError, match="incomplete"):
         WindowDataset(root, 2)
     calls.clear()
-    monkeypatch.setattr(collect_mod, "collect_shard", real_collect_shard)
-    monkeypatch.setattr(collect_mod, "collect_shard", lambda *a: calls.append(a[2]) or real_collect_shard(*a))
+    monkeypatch.setattr(collect_mod, "record_shard", lambda config, ids: calls.append(ids[0]) or real_record_shard(config, ids))
     manifest = collect(root, CONFIG, progress=False, command="test")
     assert calls == [2, 3]  # finished shards are not redone
     assert manifest["complete"]

@@ -11,10 +11,11 @@ import pytest
 import keycld_gym
 
 PACKAGE = Path(keycld_gym.__file__).parent
-BASE = {"errors", "files", "version"}
+BASE = {"errors", "files", "parallel", "version"}
 # The floors, bottom first: a module may import its own floor and the floors below it, never
 # one above (each subpackage's docstring says the same). The package root holds the base
-# modules and the two entry points (`benchmark`, `cli`) only.
+# modules (files, errors, the version, where units of work run) and the two entry points
+# (`benchmark`, `cli`) only.
 FLOORS = ["base", "sim", "data", "model", "envs", "agents", "rl", "analysis", "training", "benchmark", "cli"]
 ROOT_MODULES = BASE | {"benchmark", "cli"}
 # the package's __init__ re-exports the public API, which lives on these floors

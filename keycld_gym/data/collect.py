@@ -14,9 +14,8 @@ and a run with more `--episodes` extends the set. Every file write is atomic
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from keycld_gym.errors import ManifestMismatchError
 from keycld_gym.files import atomic_write_bytes, differing_keys, sha256_file, write_json
+from keycld_gym.parallel import run_units
 from keycld_gym.sim.exploration import ExplorationConfig, Explorer
 from keycld_gym.sim.real_env import RealEnv
 from keycld_gym.sim.systems import SystemSpec, get_system
@@ -143,23 +143,30 @@ def _worker_env(system: str) -> Any:
     return _WORKER_ENV[system]
 
 
-def collect_shard(out: str, config: CollectConfig, shard: int, ids: list[int]) -> dict:
-    """Record the sequences `ids` and write them as shard number `shard`; returns its record."""
+def record_shard(config: CollectConfig, ids: list[int]) -> tuple[bytes, dict[str, int]]:
+    """Record the sequences `ids`: the shard file's bytes (compressed npz) and how many sequences each explorer drove.
+
+    The bytes, not a file: the unit may run on another machine (`keycld_gym.parallel`), and the
+    caller writes what comes back.
+    """
     env = _worker_env(config.system)
     seqs = [record_sequence(env, config, i) for i in ids]
     arrays = {k: np.stack([s[k] for s in seqs]) for k in ("frames", "actions", "rewards", "qpos", "qvel")}
     arrays["sequence_ids"] = np.asarray(ids, np.int64)
     arrays["start_steps"] = np.asarray([s["start_step"] for s in seqs], np.int64)
     arrays["explorers"] = np.asarray([s["explorer"] for s in seqs], dtype="U16")
-    path = Path(out) / shard_name(shard)
-    atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
-    return {
-        "file": path.name,
-        "sequences": ids,
-        "frames": len(ids) * config.frames,
-        "sha256": sha256_file(path),
-        "explorers": {str(k): int(v) for k, v in zip(*np.unique(arrays["explorers"], return_counts=True))},
-    }
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # numpy dates every zip member 1980: the bytes are the data's alone
+    return buffer.getvalue(), {str(k): int(v) for k, v in zip(*np.unique(arrays["explorers"], return_counts=True))}
+
+
+def write_shard(out: Path, config: CollectConfig, shard: int, ids: list[int], recorded: tuple[bytes, dict[str, int]]) -> dict:
+    """Write a `record_shard` result as shard number `shard` of `out`; returns its manifest record."""
+    data, explorers = recorded
+    path = out / shard_name(shard)
+    atomic_write_bytes(path, lambda f: f.write(data))
+    return {"file": path.name, "sequences": ids, "frames": len(ids) * config.frames,
+            "sha256": sha256_file(path), "explorers": explorers}
 
 
 def new_manifest(config: CollectConfig, command: str | None) -> dict:
@@ -220,10 +227,16 @@ def collect(
     config: CollectConfig,
     *,
     workers: int = 1,
+    ray: str | None = None,
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
-    """Collect (or resume collecting) a data set into `out`; returns the final manifest."""
+    """Collect (or resume collecting) a data set into `out`; returns the final manifest.
+
+    Shards are the units of work (`keycld_gym.parallel.run_units`): recorded one after another,
+    in `workers` local processes, or as Ray tasks (`ray`: "local", "auto" or an address); each
+    is written and entered in the manifest as it finishes, so what finished is kept.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = resume_manifest(out, config, command)
@@ -251,26 +264,14 @@ def collect(
         tqdm.write(f"resuming {out}: {len(keep)} of {len(plan)} shards already complete and verified")
     bar = tqdm(total=config.episodes, initial=config.episodes - sum(len(i) for _, i in todo),
                desc=f"collect {config.system}/{config.regime}", unit="seq", disable=not progress)
+    def finished(i: int, recorded: tuple[bytes, dict[str, int]]) -> None:
+        shard, ids = todo[i]
+        keep[shard] = write_shard(out, config, shard, ids, recorded)
+        save()
+        bar.update(len(ids))
+
     try:
-        if workers <= 1:
-            for shard, ids in todo:
-                keep[shard] = collect_shard(str(out), config, shard, ids)
-                save()
-                bar.update(len(ids))
-        else:
-            # Fresh processes: a GL context the caller may hold does not survive a fork.
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = {pool.submit(collect_shard, str(out), config, s, ids): s for s, ids in todo}
-                try:
-                    for fut in as_completed(futures):
-                        shard = futures[fut]
-                        keep[shard] = fut.result()
-                        save()
-                        bar.update(len(keep[shard]["sequences"]))
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+        run_units(record_shard, [(config, ids) for _, ids in todo], workers=workers, ray=ray, on_result=finished)
     finally:
         bar.close()
     return manifest

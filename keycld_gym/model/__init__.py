@@ -2,5 +2,5 @@
 assembled model, start-state estimation, the least-squares physics fit, and model files (the
 checkpoint, and the start bank and measured noise beside it).
 
-May import: the base modules (`errors`, `files`, `version`) and `keycld_gym.sim`.
+May import: the base modules (`errors`, `files`, `parallel`, `version`) and `keycld_gym.sim`.
 """

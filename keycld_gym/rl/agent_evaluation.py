@@ -10,11 +10,13 @@ Imagined: the same number of episodes in the model's batched env, as the agent w
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from stable_baselines3.common.vec_env import VecEnv
 
 from keycld_gym.envs.real import make_real_env
@@ -27,6 +29,7 @@ from keycld_gym.model.checkpoint import (
     read_config,
 )
 from keycld_gym.model.tracking import estimator_to_dict
+from keycld_gym.parallel import run_units
 from keycld_gym.rl.agent import Agent, imagined_vec_env, real_vec_env
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -65,6 +68,26 @@ def episode_returns(policy: Policy, venv: VecEnv, episodes: int, seed: int, max_
     return out
 
 
+def real_episode_return(agent: Any, model: Any, seed: int, max_steps: int | None = None) -> float:
+    """One real episode's return: the task's reset with `seed`, `agent` acting on its recipe's observations through `model`.
+
+    A unit of work (`keycld_gym.parallel`): it runs on one thread, and on its own copy of the
+    agent, so that no actor state (a planner's warm start and noise) crosses episodes and an
+    episode's return is the same wherever and in whatever company it runs.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        agent = copy.deepcopy(agent)
+        venv = real_vec_env(agent.recipe, model)
+        try:
+            return episode_returns(agent.act, venv, 1, seed, max_steps)[0]
+        finally:
+            venv.close()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def cut_short(result: dict[str, Any]) -> str:
     """A note for an evaluation whose episodes were cut (`max_steps`, a quick check); empty for whole episodes."""
     steps = result.get("max_steps")
@@ -90,13 +113,15 @@ def check_trained_model(agent: Agent, model: Any, folder: Path) -> None:
 
 def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, checkpoint: str | Path | None = None,
                    imagined: bool = True, workers: int = 2, max_steps: int | None = None,
-                   allow_other_model: bool = False) -> dict[str, Any]:
+                   allow_other_model: bool = False, ray: str | None = None) -> dict[str, Any]:
     """Real and imagined returns of `agent` with the model `checkpoint` as a JSON-ready dict.
 
     The default model is the one the agent carries (`Agent.model_folder`: a bundled
     keycld-encoder pixel agent's), else the system's bundled model.
 
-    The real episodes run in `workers` processes (rendering and estimation are serial work).
+    Each real episode is a unit of work (`real_episode_return`), run one after another, in
+    `workers` local processes, or as Ray tasks on a cluster (`ray`: "local", "auto" or an
+    address; `keycld_gym.parallel`): the returns are the same either way.
     `max_steps` cuts every episode after that many agent steps: a quick check, whose
     returns are not on the task's 0-1000 scale (None, the default: whole episodes).
     """
@@ -112,9 +137,8 @@ def evaluate_agent(agent: Agent, *, episodes: int = 10, seed: int = 100_000, che
         check_trained_model(agent, model, folder)
     policy = agent.act
     t0 = time.time()
-    venv = real_vec_env(recipe, model, workers=min(workers, episodes))
-    real = episode_returns(policy, venv, episodes, seed, max_steps)
-    venv.close()
+    real = run_units(real_episode_return, [(agent, model, seed + i, max_steps) for i in range(episodes)],
+                     workers=workers, ray=ray)
     real_s = time.time() - t0
     result: dict[str, Any] = {
         "system": recipe.system, "obs_type": recipe.obs_type, "algo": recipe.algo,

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import inspect
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -60,7 +61,7 @@ from keycld_gym.sim.systems import get_system
 
 STATE = "state.json"
 IDENTITY = ("system", "obs_type", "algo", "seed", "checkpoint", "observation_noise", "world", "uncertainty_penalty",
-            "uncertainty_limit", "init_from")
+            "uncertainty_limit", "init_from", "hyperparams")
 WORLDS = ("imagined", "true")
 # episodes of the learning curve start from their own seeds, apart from evaluate-agent's
 CURVE_SEED = 200_000
@@ -92,6 +93,9 @@ class AgentTrainConfig:
     # beside `resume/`, else its policy weights; the replay buffer starts empty (its
     # transitions were imagined by another model). The real-task loop's agents continue so.
     init_from: str | None = None
+    # The recipe's algorithm settings changed (a sweep's trial): each a constructor argument of
+    # the SB3 algorithm (`learning_rate`, `gamma`, ...); the agent's recipe records them.
+    hyperparams: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.world not in WORLDS:
@@ -120,6 +124,14 @@ class AgentTrainConfig:
             changes["uncertainty_limit"] = self.uncertainty_limit
         if self.world == "true":
             changes["observation_noise"] = "none"  # the true state: nothing estimated
+        if self.hyperparams:
+            known = set(inspect.signature(ALGORITHMS[recipe.algo]).parameters) - {"policy", "env", "policy_kwargs", "seed",
+                                                                                    "device", "verbose"}
+            unknown = sorted(set(self.hyperparams) - known)
+            if unknown:
+                raise ValueError(f"unknown {recipe.algo} settings {unknown}: the settings are the constructor arguments "
+                                 f"of stable-baselines3's {ALGORITHMS[recipe.algo].__name__} ({', '.join(sorted(known))})")
+            changes["hyperparams"] = {**recipe.hyperparams, **self.hyperparams}
         return recipe.replace(**changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,8 +170,10 @@ class _Run(BaseCallback):
 
 
 class _Trainer:
-    def __init__(self, config: AgentTrainConfig, out: Path, command: str | None, progress: bool):
+    def __init__(self, config: AgentTrainConfig, out: Path, command: str | None, progress: bool,
+                 on_point: Callable[[dict[str, Any]], None] | None = None):
         self.config, self.out, self.command, self.progress = config, out, command, progress
+        self.on_point = on_point
         self.recipe = config.recipe()
         torch.manual_seed(config.seed)
         self.model_path = checkpoint_folder(config.checkpoint, config.system)
@@ -209,6 +223,8 @@ class _Trainer:
             self.algorithm.logger.record("eval/real_return", point["real_return"])
         self.next_eval = steps + c.eval_every
         self.write_curve()
+        if self.on_point is not None:
+            self.on_point(point)
         return point
 
     def write_curve(self) -> None:
@@ -325,11 +341,14 @@ class _Trainer:
 
 
 def train_agent(config: AgentTrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-                command: str | None = None) -> dict[str, Any]:
-    """Train `config`'s agent in imagination (or its world) into `out` (see the module docstring); returns the run's state."""
+                command: str | None = None, on_point: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train `config`'s agent in imagination (or its world) into `out` (see the module docstring); returns the run's state.
+
+    `on_point(point)` hears of each learning-curve point as it is measured (a sweep reports them to Ray Tune).
+    """
     out = Path(out)
     if not resume and (out / STATE).exists():  # never replace a run's agent and curve unasked
         raise CheckpointError(f"{out} holds a training run already: continue it with --resume (the same settings), "
                               "or train into a new --out folder")
     out.mkdir(parents=True, exist_ok=True)
-    return _Trainer(config, out, command, progress).run(resume)
+    return _Trainer(config, out, command, progress, on_point).run(resume)

@@ -272,10 +272,19 @@ class EnergyAgent:
     def __init__(self, model: KeyCLDModel, recipe: AgentRecipe, info: dict[str, Any] | None = None):
         if recipe.algo != "energy" or recipe.obs_type != "keypoints":
             raise ValueError(f"an energy agent needs an energy recipe on keypoints, got {recipe.algo}/{recipe.obs_type}")
-        self.recipe = recipe
+        self.model, self.recipe = model, recipe
         self.law = EnergyShaping(model_plant(model), **recipe.hyperparams)
         self.info = {"path": "energy", "recipe": recipe.to_dict(), "closed_loop_radius": self.law.closed_loop_radius,
                      **(info or {})}
+
+    # The law holds closures over the model, which do not pickle: a copy (another process's, a
+    # Ray task's) is built again from the model and the recipe.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"model": self.model, "recipe": self.recipe, "info": self.info}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["model"], state["recipe"])
+        self.info = state["info"]
 
     def act(self, observations: Array, deterministic: bool = True) -> Array:
         """Actions `(N, A)` for a batch of keypoint observations."""

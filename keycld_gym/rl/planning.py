@@ -21,7 +21,7 @@ task where an open-loop exploit of the model would not (docs/method/control.md, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,26 +55,27 @@ class Guide:
             raise ValueError(f"the planner's guide must act on keypoints, agent {agent.info.get('path', '?')} acts on "
                              f"{agent.recipe.obs_type!r}")
         policy = agent.policy
+        if not isinstance(policy, (ActorCriticPolicy, SACPolicy)):
+            raise ValueError(f"no value to plan with in a {type(policy).__name__}: the guide must be a PPO or SAC agent")
+        self.policy = policy
         self.gamma = float(agent.recipe.hyperparams.get("gamma", 0.99))
         self.info = {"path": agent.info.get("path", "?"), "algo": agent.recipe.algo}
-        if isinstance(policy, ActorCriticPolicy):
-            self._action: Callable[[Tensor], Tensor] = lambda obs: policy.get_distribution(obs).distribution.mean.clamp(-1, 1)
-            self._value: Callable[[Tensor], Tensor] = lambda obs: policy.predict_values(obs).squeeze(-1)
-        elif isinstance(policy, SACPolicy):
-            self._action = lambda obs: policy.actor(obs, deterministic=True)
-            self._value = lambda obs: torch.cat(policy.critic(obs, policy.actor(obs, deterministic=True)), 1).amin(1)
-        else:
-            raise ValueError(f"no value to plan with in a {type(policy).__name__}: the guide must be a PPO or SAC agent")
 
     @torch.no_grad()
     def action(self, obs: Tensor) -> Tensor:
         """Actions `(N, A)` in [-1, 1]."""
-        return self._action(obs.float())
+        obs = obs.float()
+        if isinstance(self.policy, SACPolicy):
+            return self.policy.actor(obs, deterministic=True)
+        return self.policy.get_distribution(obs).distribution.mean.clamp(-1, 1)
 
     @torch.no_grad()
     def value(self, obs: Tensor) -> Tensor:
         """Value estimates `(N,)` (the return from here, discounted by the guide's gamma)."""
-        return self._value(obs.float())
+        obs = obs.float()
+        if isinstance(self.policy, SACPolicy):
+            return torch.cat(self.policy.critic(obs, self.policy.actor(obs, deterministic=True)), 1).amin(1)
+        return self.policy.predict_values(obs).squeeze(-1)
 
 
 class ModelPredictiveControl:

@@ -10,8 +10,6 @@ never crosses episodes).
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from tqdm.auto import tqdm
 
 from keycld_gym.envs.real import make_real_env
 from keycld_gym.model.checkpoint import load_model
+from keycld_gym.parallel import run_units
 from keycld_gym.rl.agent import load_agent
 from keycld_gym.rl.planning import planning_agent
 
@@ -75,26 +74,15 @@ def run_episode(system: str, checkpoint: str, actor: Actor, seed: int, max_steps
 
 def recorded_episodes(system: str, checkpoint: str | Path, actor: Actor, seeds: list[int], *, workers: int = 1,
                       max_steps: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """`run_episode` for each seed, in order; `workers` processes (fresh ones: a GL context does not survive a fork)."""
+    """`run_episode` for each seed, in order; `workers` processes (`keycld_gym.parallel`)."""
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be at least 1 (or None for whole episodes), got {max_steps}")
     checkpoint = str(checkpoint)
     bar = tqdm(total=len(seeds), desc=f"real {system} episodes", unit="ep", disable=not progress)
+    threads = 1 if workers > 1 else None  # side by side: one core each
     try:
-        if workers <= 1:
-            out = []
-            for s in seeds:
-                out.append(run_episode(system, checkpoint, actor, s, max_steps))
-                bar.update(1)
-            return out
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(seeds)), mp_context=ctx) as pool:
-            futures = [pool.submit(run_episode, system, checkpoint, actor, s, max_steps, 1) for s in seeds]
-            results = []
-            for fut in futures:
-                results.append(fut.result())
-                bar.update(1)
-            return results
+        return run_units(run_episode, [(system, checkpoint, actor, s, max_steps, threads) for s in seeds],
+                         workers=workers, on_result=lambda i, episode: bar.update(1))
     finally:
         bar.close()
 

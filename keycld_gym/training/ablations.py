@@ -22,9 +22,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from keycld_gym.analysis.evaluation import evaluate_model
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import load_model
+from keycld_gym.parallel import run_units
 from keycld_gym.training.pipeline import RECORD, Pipeline
 from keycld_gym.training.recipes import ModelRecipe
 from keycld_gym.training.trainer import Trainer
@@ -94,16 +97,35 @@ class AblationStudy:
         write_json(path, result)
         return result
 
-    def run_all(self) -> list[dict[str, Any]]:
-        """Train and evaluate every ablation; the table's rows (written to RUN/ablations.json and .md)."""
+    def run_all(self, *, workers: int = 1, ray: str | None = None, threads: int | None = None) -> list[dict[str, Any]]:
+        """Train and evaluate every ablation; the table's rows (written to RUN/ablations.json and .md).
+
+        Each ablation is a unit of work (`keycld_gym.parallel`): one after another here, side by
+        side in `workers` local processes, or as Ray tasks (`ray`), each on `threads` torch
+        threads. Every unit reads and writes the run folder, so on a cluster of several machines
+        it must lie on storage every node sees.
+        """
         keycld = json.loads((self.run / "eval.json").read_text())
-        results = {"constrained": keycld, **{kind: self.evaluate(kind) for kind in ABLATION_DYNAMICS}}
+        kinds = list(ABLATION_DYNAMICS)
+        if workers <= 1 and ray is None:
+            evaluated = [self.evaluate(kind) for kind in kinds]
+        else:
+            units = [(str(self.run), kind, self.recipe, threads, self.command) for kind in kinds]
+            evaluated = run_units(ablation_unit, units, workers=workers, ray=ray)
+        results = {"constrained": keycld, **dict(zip(kinds, evaluated))}
         rows = [table_row(kind, r["model"], r) for kind, r in results.items()]
         rows += [table_row(ref, keycld[ref]) for ref in ("hold_frame", "true_simulator_noisy") if ref in keycld]
         write_json(self.run / f"{TABLE}.json", {"system": self.recipe.system, "data": keycld["data"],
                                                 "sequences": keycld["sequences"], "rows": rows})
         (self.run / f"{TABLE}.md").write_text(format_table(rows) + "\n")
         return rows
+
+
+def ablation_unit(run: str, kind: str, recipe: ModelRecipe, threads: int | None, command: str | None) -> dict[str, Any]:
+    """One ablation trained and evaluated in its own process (a unit of `keycld_gym.parallel`); its evaluation."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return AblationStudy(run, recipe=recipe, progress=False, command=command).evaluate(kind)
 
 
 def table_row(kind: str, vpt: dict[str, Any], evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
