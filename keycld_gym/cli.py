@@ -40,6 +40,8 @@ from keycld_gym.rl.energy_control import energy_agent
 from keycld_gym.rl.observation_noise import measure_estimation_error
 from keycld_gym.rl.planning import planning_agent
 from keycld_gym.rl.real_episodes import ACTORS
+from keycld_gym.rl.sweep import EVAL_SEED, SELECTION_SEED, SweepConfig, sweep
+from keycld_gym.rl.sweep import format_table as format_sweep
 from keycld_gym.sim.systems import SYSTEMS
 from keycld_gym.training.ablations import AblationStudy
 from keycld_gym.training.bundling import bundle_agent, bundle_model
@@ -316,18 +318,46 @@ def _train_agent(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(pairs: list[str] | None) -> dict[str, Any]:
+def _settings(pairs: list[str] | None, option: str = "--set", form: str = "KEY=VALUE") -> dict[str, Any]:
     """KEY=VALUE pairs as a dict, each value read as JSON where it parses (24, 0.5, [0.8, 1.2]) and as a string otherwise."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE, got {pair!r}")
+        if not sep or not key or not value:
+            raise ValueError(f"{option} takes {form}, got {pair!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+def _grid(pairs: list[str] | None) -> dict[str, tuple[Any, ...]]:
+    """KEY=V1,V2,... pairs as a dict of value tuples, each value read as JSON where it parses and as a string otherwise."""
+    grid = {}
+    for key, value in _settings(pairs, option="--grid", form="KEY=V1,V2").items():
+        parts = str(value).split(",") if not isinstance(value, list) else value
+        grid[key] = tuple(json.loads(v) if isinstance(v, str) and _is_json(v) else v for v in parts)
+    return grid
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    config = SweepConfig(system=args.system, seeds=tuple(args.seeds), grid=_grid(args.grid), checkpoint=args.checkpoint,
+                         budget_min=args.budget, total_steps=args.steps, eval_every=args.eval_every,
+                         selection_episodes=args.selection_episodes, selection_seed=args.selection_seed,
+                         eval_episodes=args.episodes, eval_seed=args.seed, max_steps=args.max_steps)
+    record = sweep(config, args.out, ray=ray_address(args.ray), command=default_command(), progress=not args.quiet)
+    print(format_sweep(record))
+    print(f"wrote {Path(args.out) / 'sweep.json'} and sweep.md")
+    return 0
 
 
 def _agent(args: argparse.Namespace, system: str, obs: str | None) -> Any:
@@ -754,6 +784,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--workers", type=positive_int, default=2, help="processes running real evaluation episodes side by side")
     p.set_defaults(func=_benchmark)
+    p = sub.add_parser("sweep", parents=[QUIET, RAY], help="agents of a system's bundled recipe over seeds and settings on Ray "
+                                                          "Tune, ranked by real return on selection seeds (resumable)")
+    p.add_argument("--system", default="cartpole", choices=sorted(SYSTEMS))
+    p.add_argument("--out", required=True, help="sweep folder: trials/NAME (each a train-agent run), Tune's state, "
+                                                "sweep.json and sweep.md (rerun to continue)")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0, 1, 2, 3], help="the trials' training seeds")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a setting's values, crossed with the seeds and the "
+                   "other settings: an argument of the recipe's SB3 algorithm (learning_rate=3e-4,1e-3) or "
+                   "uncertainty_penalty / uncertainty_limit (repeatable)")
+    p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
+    p.add_argument("--budget", type=positive_float, help="minutes of training per trial (default: the recipe's benchmark budget)")
+    p.add_argument("--steps", type=positive_int, help="imagined agent steps per trial at most (default: the recipe's)")
+    p.add_argument("--eval-every", type=positive_int, help="agent steps between learning-curve points (reported to Tune)")
+    p.add_argument("--selection-episodes", type=positive_int, default=3, help="real episodes that rank each trial")
+    p.add_argument("--selection-seed", type=non_negative_int, default=SELECTION_SEED,
+                   help="the selection episodes' first reset seed (apart from the evaluation's)")
+    p.add_argument("--episodes", type=non_negative_int, default=10, help="real episodes of the best trial on the "
+                                                                         "evaluation seeds (0: none)")
+    p.add_argument("--seed", type=non_negative_int, default=EVAL_SEED, help="the evaluation's first reset seed")
+    p.add_argument("--max-steps", type=positive_int, help="a quick check: cut each real episode after this many agent steps")
+    p.set_defaults(func=_sweep)
     p = sub.add_parser("pipeline", parents=[THREADS, QUIET], help="from nothing to a bundle-ready model by the system's recipe (resumable)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--out", required=True, help="run folder: data sets, each step's output; the model lands in OUT/model")

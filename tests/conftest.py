@@ -1,4 +1,8 @@
 import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -125,3 +129,40 @@ def cart_push(model) -> float:
     with torch.no_grad():
         push = model.dynamics.acceleration(q, v, torch.ones(1, 1)) - model.dynamics.acceleration(q, v, torch.zeros(1, 1))
     return push[0, 0, 0].item()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real Ray cluster on this machine: a head node and a second node started with `ray start`, one CPU each.
+
+    Yields the head's address. Tests that use it are marked `xdist_group("ray")` so that one
+    test process (and so one cluster) runs them all; skipped where Ray is not installed.
+    """
+    ray = pytest.importorskip("ray")
+    ray_bin = Path(sys.executable).parent / "ray"
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--num-cpus", "1", "--object-store-memory", str(200 * 1024**2), "--disable-usage-stats"]
+    # No token authentication on this private test cluster: Ray reads the mode once, at import,
+    # so a driver that imported Ray before the fixture could not take a token set here
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+    def run(*args: str) -> None:
+        done = subprocess.run([str(ray_bin), *args], env=env, capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"ray {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+    try:
+        run("start", "--head", "--port", str(port), "--include-dashboard=false", *common)
+        run("start", "--address", address, *common)
+        yield address
+    finally:
+        ray.shutdown()
+        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
+

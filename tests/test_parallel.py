@@ -6,8 +6,6 @@ installed, so the suite passes without the `[ray]` extra.
 """
 
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -81,38 +79,12 @@ def test_without_ray_installed_the_error_says_what_to_install(monkeypatch):
         init_ray("local")
 
 
-# -- on a real local cluster ----------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A head node and a second node, started with `ray start` here, one CPU each; the head's address."""
-    ray = pytest.importorskip("ray")
-    ray_bin = Path(sys.executable).parent / "ray"
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    common = ["--num-cpus", "1", "--object-store-memory", str(200 * 1024**2), "--disable-usage-stats"]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    run = lambda *args: subprocess.run([str(ray_bin), *args], env=env, check=True, capture_output=True, timeout=120)  # noqa: E731
-    # this module's functions travel to the workers by value: the workers cannot import the tests
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    try:
-        run("start", "--head", "--port", str(port), "--include-dashboard=false", *common)
-        run("start", "--address", address, *common)
-        yield address
-    finally:
-        ray.shutdown()
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
-
-
+# -- on a real local cluster (`ray_cluster`, tests/conftest.py) ------------------------------------
 @pytest.mark.slow
 @pytest.mark.xdist_group("ray")
 def test_units_run_on_both_nodes_and_failures_are_retried(ray_cluster, tmp_path):
     ray = init_ray(ray_cluster)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import the tests
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2 and ray.cluster_resources()["CPU"] == 2
     assert len(set(run_units(node_of_unit, [(i,) for i in range(6)], ray=ray_cluster))) == 2
     assert run_units(square_plus, [(i, 1) for i in range(5)], ray=ray_cluster) == [1, 2, 5, 10, 17]
