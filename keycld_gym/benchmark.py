@@ -26,7 +26,7 @@ from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
 from keycld_gym.rl.agent import AGENT_CONFIG, bundled_agent_path, load_agent
 from keycld_gym.rl.agent_evaluation import cut_short, evaluate_agent, random_returns
-from keycld_gym.rl.agent_training import AgentTrainConfig, train_agent
+from keycld_gym.rl.agent_training import AgentTrainConfig, curve_interval, train_agent
 from keycld_gym.rl.energy_control import ENERGY_RECORD
 from keycld_gym.rl.planning import PLANNING_RECORD
 from keycld_gym.sim.systems import get_system
@@ -116,10 +116,9 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     model_path = checkpoint_folder(checkpoint, system)
     steps = total_steps or recipe.total_steps
-    # about 30 curve points, at least 4,000 steps apart (SAC's short budgets keep every 4,000)
     config = AgentTrainConfig(
         system=system, obs_type="keypoints", algo=recipe.algo, seed=seed, checkpoint=str(model_path),
-        total_steps=total_steps, budget_s=budget_min * 60, eval_every=max(4000, steps // 30), eval_episodes=16,
+        total_steps=total_steps, budget_s=budget_min * 60, eval_every=curve_interval(steps), eval_episodes=16,
         real_eval_episodes=1,
     )
     # the real return at about `real_curve_points` points of the learning curve

@@ -40,6 +40,7 @@ from keycld_gym.rl.energy_control import energy_agent
 from keycld_gym.rl.observation_noise import measure_estimation_error
 from keycld_gym.rl.planning import planning_agent
 from keycld_gym.rl.real_episodes import ACTORS
+from keycld_gym.rl.rllib import RLlibConfig, train_rllib
 from keycld_gym.rl.sweep import EVAL_SEED, SELECTION_SEED, SweepConfig, sweep
 from keycld_gym.rl.sweep import format_table as format_sweep
 from keycld_gym.sim.systems import SYSTEMS
@@ -357,6 +358,22 @@ def _sweep(args: argparse.Namespace) -> int:
     record = sweep(config, args.out, ray=ray_address(args.ray), command=default_command(), progress=not args.quiet)
     print(format_sweep(record))
     print(f"wrote {Path(args.out) / 'sweep.json'} and sweep.md")
+    return 0
+
+
+def _train_rllib(args: argparse.Namespace) -> int:
+    config = RLlibConfig(system=args.system, checkpoint=args.checkpoint, iterations=args.iterations,
+                         env_runners=args.env_runners, envs_per_runner=args.envs_per_runner, seed=args.seed)
+    state = train_rllib(config, args.out, ray=ray_address(args.ray), episodes=args.episodes, seed=args.eval_seed,
+                        workers=args.workers, command=default_command(), progress=not args.quiet)
+    last = next((p for p in reversed(state["curve"]) if p["imagined_return"] is not None), None)
+    line = f"{args.system} RLlib PPO: {len(state['curve'])} iterations, {state['curve'][-1]['env_steps']} imagined steps"
+    line += f", imagined return {last['imagined_return']:.1f}" if last else ""
+    if "evaluation" in state:
+        e = state["evaluation"]
+        line += f"; real return {e['real_return_mean']:.1f} ± {e['real_return_std']:.1f} over {e['episodes']} episodes " \
+                f"(seeds {e['seed']}+{cut_short(e)})"
+    print(line + f" -> {args.out}")
     return 0
 
 
@@ -805,6 +822,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=EVAL_SEED, help="the evaluation's first reset seed")
     p.add_argument("--max-steps", type=positive_int, help="a quick check: cut each real episode after this many agent steps")
     p.set_defaults(func=_sweep)
+    p = sub.add_parser("train-rllib", parents=[QUIET, RAY], help="RLlib PPO on a system's keypoint id, its env runners (Ray "
+                                                                "actors) stepping the batched imagination; then the real protocol")
+    p.add_argument("--system", default="pendulum", choices=sorted(SYSTEMS))
+    p.add_argument("--out", required=True, help="run folder: RLlib's checkpoint, the curve, state.json (rerun to continue)")
+    p.add_argument("--checkpoint", help="world model folder (default: the bundled model)")
+    p.add_argument("--iterations", type=positive_int, default=100, help="PPO iterations (each env-runners x envs x 64 steps)")
+    p.add_argument("--env-runners", type=positive_int, default=1, help="RLlib env runners (Ray actors, one CPU each)")
+    p.add_argument("--envs-per-runner", type=positive_int, default=64, help="imagined envs each runner steps as one batch")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--episodes", type=non_negative_int, default=10, help="real evaluation episodes afterwards (0: none)")
+    p.add_argument("--eval-seed", type=non_negative_int, default=EVAL_SEED, help="the evaluation's first reset seed")
+    p.add_argument("--workers", type=positive_int, default=1, help="local processes for the real episodes (without --ray)")
+    p.set_defaults(func=_train_rllib)
     p = sub.add_parser("pipeline", parents=[THREADS, QUIET], help="from nothing to a bundle-ready model by the system's recipe (resumable)")
     p.add_argument("--system", required=True, choices=sorted(SYSTEMS))
     p.add_argument("--out", required=True, help="run folder: data sets, each step's output; the model lands in OUT/model")

@@ -188,6 +188,35 @@ def test_vector_env_equals_single_envs_and_stays_finite(ckpt):
     assert ends >= 100 * 100 * 50 // 1000
 
 
+def test_next_step_autoreset_gives_the_same_episodes_one_step_later(ckpt):
+    """"next_step" (RLlib's mode): the last observation where "same_step" puts it in final_obs, then a reset step."""
+    n, repeat = 3, 250  # episodes of 4 agent steps
+    same = KeyCLDVectorEnv(n, "cartpole", ckpt, obs_type="keypoints", action_repeat=repeat)
+    nxt = gym.make_vec("KeyCLD-Cartpole-keypoints-v0", num_envs=n, vectorization_mode="vector_entry_point",
+                       checkpoint=ckpt, action_repeat=repeat, autoreset_mode="next_step")
+    assert nxt.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    same.reset(seed=3)
+    nxt.reset(seed=3)
+    a = np.full((n, 1), 0.3, np.float32)
+    for _ in range(3):
+        o1, r1, _, t1, _ = same.step(a)
+        o2, r2, _, t2, _ = nxt.step(a)
+        np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r1, r2, rtol=1e-5)
+    _, r1, _, t1, i1 = same.step(a)
+    o2, r2, _, t2, i2 = nxt.step(a)
+    assert t1.all() and t2.all() and "final_obs" not in i2
+    np.testing.assert_allclose(np.stack(i1["final_obs"]), o2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(r1, r2, rtol=1e-5)
+    o2, r2, _, t2, i2 = nxt.step(np.full((n, 1), 0.9, np.float32))  # the reset step: its actions are ignored
+    assert not t2.any() and np.all(r2 == 0) and np.all(i2["physics_steps"] == 0)
+    o2, *_ = nxt.step(a)
+    o1, *_ = same.step(a)
+    np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-6)  # the next episodes start where same_step's did
+    with pytest.raises(ValueError, match="autoreset_mode"):
+        KeyCLDVectorEnv(n, "cartpole", ckpt, obs_type="keypoints", autoreset_mode="disabled")
+
+
 def test_action_gain_scales_what_the_model_integrates_per_episode(ckpt):
     """Gain g with action a moves the model as gain 1 with g * a; each episode draws its gain."""
     state = {"state": np.array([0.1, 0.0, 0.3, 0.5, 0.2, 0.0, -0.1, 0.4], np.float32)}

@@ -211,11 +211,13 @@ class KeyCLDEnv(_Spaces, gym.Env):
 
 
 class KeyCLDVectorEnv(_Spaces, VectorEnv):
-    """N imagined systems stepped as one tensor batch; autoreset in the same step.
+    """N imagined systems stepped as one tensor batch, with gymnasium's autoreset.
 
-    When a sub-env's episode ends, `step` returns the first observation of its next episode
-    and puts the last one in `infos["final_obs"]` (with `infos["final_info"]`), gymnasium's
-    `AutoresetMode.SAME_STEP`.
+    `autoreset_mode` "same_step" (the default, as SB3 expects): when a sub-env's episode ends,
+    `step` returns the first observation of its next episode and puts the last one in
+    `infos["final_obs"]` (with `infos["final_info"]`). "next_step" (gymnasium's own default,
+    as RLlib's env runners expect): `step` returns the last observation, and the sub-env's next
+    `step` resets it, ignoring its action, with reward 0 and neither flag set.
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -224,9 +226,16 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
                  obs_type: str = "pixels", action_repeat: int | None = None, device: str = "cpu",
                  render_mode: str | None = None, action_gain: tuple[float, float] | None = None,
                  exploring_starts: float = 0.0, max_episode_steps: int | None = None, ensemble_mode: str = "member",
-                 uncertainty_penalty: float = 0.0, uncertainty_limit: float | None = None):
+                 uncertainty_penalty: float = 0.0, uncertainty_limit: float | None = None,
+                 autoreset_mode: str | AutoresetMode = "same_step"):
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
+        modes = {"same_step": AutoresetMode.SAME_STEP, "next_step": AutoresetMode.NEXT_STEP}
+        mode = modes.get(autoreset_mode) if isinstance(autoreset_mode, str) else autoreset_mode
+        if mode not in modes.values():
+            raise ValueError(f"autoreset_mode must be one of {sorted(modes)}, got {autoreset_mode!r}")
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+        self._autoreset = np.zeros(num_envs, bool)  # next_step: the sub-envs whose next step is a reset
         self.num_envs, self.render_mode = num_envs, None
         self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs, ensemble_mode, uncertainty_penalty,
                     uncertainty_limit)
@@ -260,6 +269,7 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
             self._rng = np.random.default_rng(seed)
         self._reset_index(np.arange(self.num_envs), self._rng, options)
         self._was_reset = True
+        self._autoreset[:] = False
         return self._observe(), self._infos()
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -273,6 +283,8 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
         terminated = np.zeros(self.num_envs, bool)
         obs, infos = self._observe(), self._infos()
         infos["diverged"] = div
+        if self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP:
+            return self._next_step_autoreset(obs, reward, terminated, truncated, infos)
         done = np.flatnonzero(truncated)
         if len(done):
             infos["final_obs"] = np.array([None] * self.num_envs, dtype=object)
@@ -287,6 +299,22 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
             for k, v in self.sim.info(done).items():
                 infos[k][done] = v
             infos["physics_steps"][done] = 0
+        return obs, reward, terminated, truncated, infos
+
+    def _next_step_autoreset(self, obs: Any, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+                             infos: dict) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict]:
+        """`step`'s result in "next_step" mode: the sub-envs that ended last step start again now (their step undone)."""
+        index = np.flatnonzero(self._autoreset)
+        if len(index):
+            self._reset_index(index, self._rng, None)
+            _assign(obs, index, self._observe(index))
+            for k, v in self.sim.info(index).items():
+                infos[k][index] = v
+            self._steps[index] = 0
+            infos["physics_steps"][index] = 0
+            infos["diverged"][index] = False
+            reward[index], truncated[index] = 0.0, False
+        self._autoreset = truncated.copy()
         return obs, reward, terminated, truncated, infos
 
     def _infos(self) -> dict:

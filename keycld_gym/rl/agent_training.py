@@ -67,6 +67,12 @@ WORLDS = ("imagined", "true")
 CURVE_SEED = 200_000
 
 
+def curve_interval(total_steps: int) -> int:
+    """Agent steps between the points of a run's learning curve: about 30 points, at least 4,000 steps apart
+    (SAC's short budgets keep every 4,000; each point costs its imagined episodes)."""
+    return max(4000, total_steps // 30)
+
+
 @dataclass
 class AgentTrainConfig:
     """What `train-agent` trains: a recipe, its budget, and the learning-curve schedule."""

@@ -36,7 +36,12 @@ from keycld_gym.model.checkpoint import checkpoint_folder
 from keycld_gym.parallel import init_ray
 from keycld_gym.rl.agent import bundled_agent_path, load_agent
 from keycld_gym.rl.agent_evaluation import evaluate_agent
-from keycld_gym.rl.agent_training import STATE, AgentTrainConfig, train_agent
+from keycld_gym.rl.agent_training import (
+    STATE,
+    AgentTrainConfig,
+    curve_interval,
+    train_agent,
+)
 from keycld_gym.sim.systems import get_system
 
 # the selection episodes' seeds: apart from evaluate-agent's (100000+), the learning curve's
@@ -60,7 +65,8 @@ class SweepConfig:
         checkpoint: the world model (None: the bundled one).
         budget_min: minutes of training per trial (None: the recipe's benchmark budget).
         total_steps: imagined agent steps per trial (None: the recipe's).
-        eval_every: agent steps between learning-curve points (None: about 30 points).
+        eval_every: agent steps between learning-curve points (None: the benchmark's, about 30
+            points and at least 4,000 steps apart).
         selection_episodes, selection_seed: the real episodes each trial is ranked by.
         eval_episodes, eval_seed: the best trial's real evaluation on unseen seeds.
         max_steps: cut every real episode after this many agent steps (a quick check; None: whole episodes).
@@ -114,7 +120,7 @@ class SweepConfig:
         return AgentTrainConfig(
             system=recipe.system, obs_type="keypoints", algo=recipe.algo, seed=trial["seed"],
             checkpoint=str(checkpoint_folder(self.checkpoint, recipe.system)), total_steps=self.total_steps,
-            budget_s=budget * 60, eval_every=self.eval_every or max(1000, steps // 30), hyperparams=settings or None,
+            budget_s=budget * 60, eval_every=self.eval_every or curve_interval(steps), hyperparams=settings or None,
             **own)
 
     def real_frames(self, episodes: int) -> int:
