@@ -1,7 +1,11 @@
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -137,18 +141,46 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_processes_under(marker: str) -> None:
+    """End every process whose command line names `marker` (a cluster's own temp dir), and their children (Ray's
+    workers): `ray stop` would end every Ray on the machine, a user's own cluster too."""
+    table = [line.split(None, 2) for line in subprocess.run(["ps", "-eww", "-o", "pid=,ppid=,args="], capture_output=True,
+                                                              text=True).stdout.splitlines() if line.strip()]
+    children: dict[int, list[int]] = {}
+    for pid, ppid, *_ in table:
+        children.setdefault(int(ppid), []).append(int(pid))
+    found = [int(row[0]) for row in table if len(row) == 3 and marker in row[2]]
+    stack, every = list(found), set()
+    while stack:
+        pid = stack.pop()
+        if pid not in every and pid != os.getpid():
+            every.add(pid)
+            stack += children.get(pid, [])
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in every:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real Ray cluster on this machine: a head node and a second node started with `ray start`, one CPU each.
 
     Yields the head's address. Tests that use it are marked `xdist_group("ray")` so that one
-    test process (and so one cluster) runs them all; skipped where Ray is not installed.
+    test process (and so one cluster) runs them all; skipped where Ray is not installed. The
+    cluster keeps its files in a temp dir of its own, by which its processes are found and
+    ended afterwards, and nothing else.
     """
     ray = pytest.importorskip("ray")
     ray_bin = Path(sys.executable).parent / "ray"
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    common = ["--num-cpus", "1", "--object-store-memory", str(200 * 1024**2), "--disable-usage-stats"]
+    temp_dir = tempfile.mkdtemp(prefix="keycld-ray-", dir="/tmp")  # short: Ray's socket paths must stay short
+    common = ["--num-cpus", "1", "--object-store-memory", str(200 * 1024**2), "--disable-usage-stats",
+              f"--temp-dir={temp_dir}"]
     # No token authentication on this private test cluster: Ray reads the mode once, at import,
     # so a driver that imported Ray before the fixture could not take a token set here
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
@@ -164,5 +196,5 @@ def ray_cluster():
         yield address
     finally:
         ray.shutdown()
-        subprocess.run([str(ray_bin), "stop", "--force"], env=env, capture_output=True, timeout=120)
-
+        _stop_processes_under(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
