@@ -143,8 +143,9 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     assert 0.0 <= diag["oracle_agent"]["real_return_mean"] <= 1000.0
     assert "real return" in capsys.readouterr().out
 
-    # the ablation study on the same run: same data, budget, encoder and renderer; only the dynamics differ
-    rows = AblationStudy(out, recipe=recipe, progress=False, command="pytest").run_all()
+    # the ablation study on the same run: same data, budget, encoder and renderer; only the dynamics differ. The
+    # two trainings are units of work (keycld_gym.parallel), here side by side in two processes
+    rows = AblationStudy(out, recipe=recipe, progress=False, command="pytest").run_all(workers=2, threads=1)
     assert [r["model"] for r in rows] == [LABELS[k] for k in
                                           ("constrained", "unconstrained", "neural_ode", "hold_frame", "true_simulator_noisy")]
     for kind in ABLATION_DYNAMICS:

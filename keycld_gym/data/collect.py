@@ -264,6 +264,7 @@ def collect(
         tqdm.write(f"resuming {out}: {len(keep)} of {len(plan)} shards already complete and verified")
     bar = tqdm(total=config.episodes, initial=config.episodes - sum(len(i) for _, i in todo),
                desc=f"collect {config.system}/{config.regime}", unit="seq", disable=not progress)
+
     def finished(i: int, recorded: tuple[bytes, dict[str, int]]) -> None:
         shard, ids = todo[i]
         keep[shard] = write_shard(out, config, shard, ids, recorded)
