@@ -95,20 +95,20 @@ def _run_on_ray(fn: Callable[..., Any], units: Sequence[tuple], address: str, fi
     # an argument the units share (a model, an agent) goes to the object store once, not once per unit
     stored: dict[int, Any] = {}
 
-    def ref(arg: Any) -> Any:
+    def stored_once(arg: Any) -> Any:
         if isinstance(arg, (int, float, str, bool, type(None))):
             return arg
-        if id(arg) not in stored:
+        if id(arg) not in stored:  # `units` holds every argument alive, so ids are not reused meanwhile
             stored[id(arg)] = ray.put(arg)
         return stored[id(arg)]
 
-    pending = {remote.remote(*map(ref, args)): i for i, args in enumerate(units)}
+    pending = {remote.remote(*map(stored_once, args)): i for i, args in enumerate(units)}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                finished(pending.pop(ref), ray.get(ref))
+            for task in done:
+                finished(pending.pop(task), ray.get(task))
     except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        for task in pending:
+            ray.cancel(task, force=True)
         raise
