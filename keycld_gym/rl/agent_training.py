@@ -131,8 +131,8 @@ class AgentTrainConfig:
         if self.world == "true":
             changes["observation_noise"] = "none"  # the true state: nothing estimated
         if self.hyperparams:
-            known = set(inspect.signature(ALGORITHMS[recipe.algo]).parameters) - {"policy", "env", "policy_kwargs", "seed",
-                                                                                    "device", "verbose"}
+            known = {name for name in inspect.signature(ALGORITHMS[recipe.algo]).parameters if not name.startswith("_")}
+            known -= {"policy", "env", "policy_kwargs", "seed", "device", "verbose"}
             unknown = sorted(set(self.hyperparams) - known)
             if unknown:
                 raise ValueError(f"unknown {recipe.algo} settings {unknown}: the settings are the constructor arguments "
