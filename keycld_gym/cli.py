@@ -319,35 +319,33 @@ def _train_agent(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(pairs: list[str] | None, option: str = "--set", form: str = "KEY=VALUE") -> dict[str, Any]:
-    """KEY=VALUE pairs as a dict, each value read as JSON where it parses (24, 0.5, [0.8, 1.2]) and as a string otherwise."""
-    out: dict[str, Any] = {}
+def _json_or_text(value: str) -> Any:
+    """A value read as JSON where it parses (24, 0.5, [0.8, 1.2]), as the string itself otherwise."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def _pairs(pairs: list[str] | None, option: str, form: str) -> list[tuple[str, str]]:
+    """KEY=VALUE pairs split, each with a key and a value (else a ValueError naming `option` and its `form`)."""
+    out = []
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key or not value:
             raise ValueError(f"{option} takes {form}, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out.append((key, value))
     return out
 
 
+def _settings(pairs: list[str] | None) -> dict[str, Any]:
+    """--set's KEY=VALUE pairs as a dict (`_json_or_text` values)."""
+    return {key: _json_or_text(value) for key, value in _pairs(pairs, "--set", "KEY=VALUE")}
+
+
 def _grid(pairs: list[str] | None) -> dict[str, tuple[Any, ...]]:
-    """KEY=V1,V2,... pairs as a dict of value tuples, each value read as JSON where it parses and as a string otherwise."""
-    grid = {}
-    for key, value in _settings(pairs, option="--grid", form="KEY=V1,V2").items():
-        parts = str(value).split(",") if not isinstance(value, list) else value
-        grid[key] = tuple(json.loads(v) if isinstance(v, str) and _is_json(v) else v for v in parts)
-    return grid
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
+    """--grid's KEY=V1,V2,... pairs as a dict of value tuples (`_json_or_text` values)."""
+    return {key: tuple(map(_json_or_text, value.split(","))) for key, value in _pairs(pairs, "--grid", "KEY=V1,V2")}
 
 
 def _sweep(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ RLlib is imported only here, and only when asked for.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import shutil
@@ -33,8 +34,8 @@ import torch
 
 from keycld_gym.agents import get_recipe
 from keycld_gym.envs.registration import env_id
-from keycld_gym.files import portable_path, portable_paths, write_json
-from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.files import differing_keys, portable_path, portable_paths, write_json
+from keycld_gym.model.checkpoint import checkpoint_folder, read_config
 from keycld_gym.parallel import init_ray
 from keycld_gym.rl.agent_evaluation import evaluate_agent
 from keycld_gym.sim.systems import get_system
@@ -144,8 +145,8 @@ def train_rllib(config: RLlibConfig, out: str | Path, *, ray: str | None = None,
     state: dict[str, Any] = {"config": config.to_dict(), "command": command, "curve": [], "wall_s": 0.0}
     if state_path.exists():
         old = json.loads(state_path.read_text())
-        differ = [k for k in config.to_dict() if k not in ("iterations", "save_every")
-                  and old["config"].get(k) != config.to_dict()[k]]
+        # the budget and checkpoint schedule may change on a rerun; what is learned may not
+        differ = differing_keys(old["config"], config.to_dict(), set(config.to_dict()) - {"iterations", "save_every"})
         if differ:
             raise ValueError(f"{out} holds an RLlib run with other settings (differs in: {', '.join(differ)}); rerun "
                              "it with the same ones to continue, or choose another --out")
@@ -192,7 +193,7 @@ def train_rllib(config: RLlibConfig, out: str | Path, *, ray: str | None = None,
 
 def _model_info(config: RLlibConfig) -> dict[str, Any]:
     folder = checkpoint_folder(config.checkpoint, config.system)
-    return {"path": portable_path(folder), "weights_sha256": load_model(folder).checkpoint_config.get("weights_sha256")}
+    return {"path": portable_path(folder), "weights_sha256": read_config(folder).get("weights_sha256")}
 
 
 def _save(algo: Any, out: Path, state: dict[str, Any]) -> None:
@@ -206,7 +207,7 @@ def _save(algo: Any, out: Path, state: dict[str, Any]) -> None:
     fresh.rename(out / CHECKPOINT)
     shutil.rmtree(old, ignore_errors=True)
     write_json(out / STATE, state)
-    lines = ["iteration,env_steps,imagined_return,wall_s"] + [
-        f"{p['iteration']},{p['env_steps']},{'' if p['imagined_return'] is None else p['imagined_return']},{p['wall_s']}"
-        for p in state["curve"]]
-    (out / "curve.csv").write_text("\n".join(lines) + "\n")
+    with open(out / "curve.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["iteration", "env_steps", "imagined_return", "wall_s"])
+        writer.writeheader()
+        writer.writerows(state["curve"])
