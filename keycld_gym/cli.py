@@ -412,6 +412,8 @@ def _pipeline(args: argparse.Namespace) -> int:
     recipe = get_recipe(args.system)
     if args.training_frames is not None:
         recipe = recipe.with_training_frames(args.training_frames)
+    if args.seed is not None:
+        recipe = dataclasses.replace(recipe, seed=args.seed)
     pipeline = Pipeline(recipe, args.out, workers=args.workers, progress=not args.quiet, command=default_command())
     record = pipeline.run(until=args.until)
     times = ", ".join(f"{name} {s['wall_s'] / 60:.1f}" for name, s in record["steps"].items())
@@ -841,6 +843,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the recipe asks for them)")
     p.add_argument("--training-frames", type=positive_int, help="real training frames (default: the recipe's); both training "
                                                          "data sets scaled alike, for the data-efficiency curve")
+    p.add_argument("--seed", type=non_negative_int, help="training seed of every step (default: the recipe's, 0); the "
+                                                         "data sets keep the recipe's seeds, so runs of several seeds "
+                                                         "differ only in training")
     p.add_argument("--workers", type=positive_int, default=2, help="collection processes")
     p.set_defaults(func=_pipeline)
     p = sub.add_parser("ablations", parents=[THREADS, QUIET, RAY], help="KeyCLD against the Lagrangian without constraints and the neural ODE, on a "

@@ -23,3 +23,7 @@ class ManifestMismatchError(KeyCLDError, ValueError):
 
 class CheckpointError(KeyCLDError, ValueError):
     """A model or training checkpoint is missing, corrupt, or belongs to another system or version."""
+
+
+class TrainingFailedError(KeyCLDError, RuntimeError):
+    """A training phase missed what it must learn on every attempt its recipe allows."""

@@ -27,8 +27,14 @@ def test_every_system_has_a_recipe_with_held_out_data_of_another_seed():
         assert [p.regime for p in recipe.eval_plans] == ["task", "states"]
         assert all(p.frames >= need and p.seed not in seeds for p in recipe.eval_plans)
         assert recipe.training_frames <= 50_000
+        # the bundled models are ensembles, their keypoint phases checked
+        assert recipe.ensemble_members == 5 and recipe.keypoint_limit_px and recipe.keypoint_attempts > 1
     with pytest.raises(ValueError, match="unknown training settings"):
         replace(RECIPES["pendulum"], train={"keypoint_stepz": 3})
+    with pytest.raises(ValueError, match="keypoint_attempts must be at least 1"):
+        replace(RECIPES["pendulum"], keypoint_attempts=0)
+    with pytest.raises(ValueError, match="keypoint_limit_px must be positive"):
+        replace(RECIPES["pendulum"], keypoint_limit_px=0.0)
 
 
 def test_train_defaults_to_the_recipe_and_flags_override_it():
@@ -54,7 +60,7 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
     from gymnasium.utils.env_checker import check_env
 
     from keycld_gym.envs.imagined_env import KeyCLDEnv, KeyCLDVectorEnv
-    from keycld_gym.errors import CheckpointError
+    from keycld_gym.errors import CheckpointError, TrainingFailedError
     from keycld_gym.model.checkpoint import load_model
     from keycld_gym.rl.agent import load_agent
     from keycld_gym.rl.agent_evaluation import evaluate_agent
@@ -72,9 +78,23 @@ def test_tiny_pendulum_pipeline_end_to_end(tmp_path, capsys):
         train=dict(keypoint_steps=4, keypoint_batch=8, dynamics_steps=3, dynamics_batch=4, horizon_ramp_steps=2,
                    val_fraction=0.3, checkpoint_every_s=1e9),
         reward_steps=5, renderer_steps=2, constants_steps=1,
+        keypoint_limit_px=1e-6, keypoint_attempts=2,  # no keypoint phase passes: the check, then the retry
     )
     out = tmp_path / "run"
+    with pytest.raises(TrainingFailedError, match="missed on every attempt"):
+        Pipeline(recipe, out, workers=1, progress=False, command="pytest").run(until="dynamics")
+    tried = json.loads((out / RECORD).read_text())["keypoint_attempts"]
+    assert [a["seed"] for a in tried] == [0, 1000] and [a["folder"] for a in tried] == ["keypoints", "keypoints-2"]
+    assert all(a["rms_px"] > 0 and a["frames"] == 2 * 5 and "link0_angle_rms_rad" in a["state"] for a in tried)
+    # a limit the better attempt passes: the rerun trains no attempt again and builds on the first that passes
+    best = min(tried, key=lambda a: a["rms_px"])
+    recipe = replace(recipe, keypoint_limit_px=best["rms_px"])
+    stamp = (out / "keypoints-2" / "model" / "model.safetensors").stat().st_mtime_ns
     record = Pipeline(recipe, out, workers=1, progress=False, command="pytest").run(until="dynamics")
+    assert record["keypoint_model"] == best["folder"] and len(record["keypoint_attempts"]) == 2
+    assert (out / "keypoints-2" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    built_on = load_model(out / best["folder"] / "model").encoder.state_dict()
+    assert all(torch.equal(v, built_on[k]) for k, v in load_model(out / "dynamics" / "model").encoder.state_dict().items())
     assert list(record["steps"]) == ["collect-short", "collect-long", "collect-eval", "collect-states", "keypoints",
                                      "dynamics"]
     fit = json.loads((out / "dynamics" / "physics_fit.json").read_text())
@@ -227,6 +247,7 @@ def test_tiny_acrobot_pipeline_end_to_end(tmp_path):
                    horizon_ramp_steps=2, max_horizon=8, val_fraction=0.4, checkpoint_every_s=1e9),
         reward_steps=5, renderer_steps=2, renderer_fit=full.renderer_fit, constants_steps=1,
         noise_estimator="filter",  # not the acrobot agent's (the window): the recipe's choice is measured
+        keypoint_limit_px=None,  # four keypoint steps find no arm; the check is the pendulum test's
     )
     out = tmp_path / "run"
     record = Pipeline(recipe, out, workers=1, progress=False, command="pytest").run()

@@ -5,7 +5,9 @@
 Steps, in order (the recipe is `keycld_gym/training/recipes.py`):
 
 1. collect the keypoint, dynamics and held-out data sets from the task's own reset;
-2. the keypoint phase (encoder and renderer) on the keypoint data;
+2. the keypoint phase (encoder and renderer) on the keypoint data, scored against the true
+   bodies on the held-out data and trained again with another seed where it missed one
+   (`keypoint_check`);
 3. the dynamics phase (structured Lagrangian, reward head) on the dynamics data, from that
    encoder; the trainer adds the real start frames the imagined env resets from;
 4. the reward head refit on estimated states, then the renderer's read-back refit: OUT/model;
@@ -36,7 +38,7 @@ import torch
 from keycld_gym.analysis.evaluation import evaluate_model
 from keycld_gym.data.collect import collect
 from keycld_gym.data.start_windows import start_bank_from_data
-from keycld_gym.errors import CheckpointError
+from keycld_gym.errors import CheckpointError, TrainingFailedError
 from keycld_gym.files import write_json
 from keycld_gym.model.checkpoint import (
     ENCODER_LINEAGE,
@@ -51,6 +53,11 @@ from keycld_gym.model.tracking import parse_estimator
 from keycld_gym.rl.observation_noise import measure_estimation_error
 from keycld_gym.training.constants_fit import fit_constants
 from keycld_gym.training.ensemble import train_ensemble
+from keycld_gym.training.keypoint_check import (
+    attempt_folder,
+    attempt_seed,
+    score_keypoints,
+)
 from keycld_gym.training.recipes import ModelRecipe, get_recipe
 from keycld_gym.training.renderer_fit import fit_renderer
 from keycld_gym.training.reward_fit import fit_reward_head
@@ -119,6 +126,9 @@ class Pipeline:
         if self.record.setdefault("data", plans) != plans:
             raise ValueError(f"{self.out} was started with other data sets ({self.record['data']}) than this recipe's "
                              f"({plans}); choose another --out or the same --training-frames")
+        if self.record.setdefault("seed", self.recipe.seed) != self.recipe.seed:
+            raise ValueError(f"{self.out} was started with training seed {self.record['seed']}, not {self.recipe.seed}; "
+                             "choose another --out for another seed")
         self.record["training_frames"] = self.recipe.training_frames
         self.record["command"] = command
 
@@ -140,9 +150,10 @@ class Pipeline:
                     for p in plans]
         return [
             *collects,
-            ("keypoints", lambda: self._train("keypoints", r.keypoint_data.name, dynamics_steps=0)),
+            ("keypoints", self._keypoints),
             ("dynamics", lambda: self._train("dynamics", r.dynamics_data.name, keypoint_steps=0,
-                                             keypoints_from=str(self.out / "keypoints" / "model"))),
+                                             keypoints_from=str(self.out / self.record.get("keypoint_model", "keypoints")
+                                                                / "model"))),
             ("reward", lambda: refit_checkpoint(
                 self.out / "dynamics" / "model", self.out / "reward", "reward_head", fit_reward_head,
                 data=self._training_data(), steps=r.reward_steps, seed=r.seed, progress=self.progress,
@@ -174,6 +185,33 @@ class Pipeline:
     def _train(self, name: str, data: str, **overrides: Any) -> None:
         config = self.recipe.train_config(self.data(data), **overrides)
         Trainer(config, self.out / name, command=self.command, progress=self.progress).run(resume=True)
+
+    def _keypoints(self) -> None:
+        """The keypoint phase until an attempt passes the recipe's check (`keypoint_check`); each attempt recorded."""
+        r = self.recipe
+        attempts = self.record.setdefault("keypoint_attempts", [])
+        for i in range(r.keypoint_attempts):
+            folder = attempt_folder(self.out, i)
+            if i == len(attempts):
+                self._train(folder.name, r.keypoint_data.name, dynamics_steps=0, seed=attempt_seed(r.seed, i))
+                score = ({} if r.keypoint_limit_px is None
+                         else score_keypoints(load_model(folder / "model"), self.data(r.eval_data.name)))
+                attempts.append({"folder": folder.name, "seed": attempt_seed(r.seed, i), **score})
+                write_json(self.out / RECORD, self.record)  # a later interruption keeps this attempt
+            if r.keypoint_limit_px is None or attempts[i]["rms_px"] <= r.keypoint_limit_px:
+                self.record["keypoint_model"] = attempts[i]["folder"]
+                if self.progress and i:
+                    print(f"keypoint phase: attempt {i + 1} passed ({attempts[i]['rms_px']:.2f} px)")
+                return
+            if self.progress:
+                print(f"keypoint phase: attempt {i + 1} missed ({attempts[i]['rms_px']:.2f} px against the true bodies, "
+                      f"limit {r.keypoint_limit_px} px)")
+        scores = ", ".join(f"{a['rms_px']:.2f} px (seed {a['seed']}, {self.out / a['folder']})"
+                           for a in attempts[:r.keypoint_attempts])
+        raise TrainingFailedError(
+            f"the keypoint phase missed on every attempt: {scores}, against the recipe's limit of "
+            f"{r.keypoint_limit_px} px on the held-out frames (each keypoint's error: {self.out / RECORD}, "
+            "'keypoint_attempts'). More keypoint_steps or keypoint_attempts in the recipe may find the bodies")
 
     def _noise(self) -> dict:
         estimator = self.recipe.noise_estimator

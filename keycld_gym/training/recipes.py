@@ -74,6 +74,9 @@ class ModelRecipe:
         constants_steps: Gauss-Newton iterations of the constants' long-window refit
             (`keycld_gym.training.constants_fit`) of the finished model and each member
             (0: none); constants_fit: its further settings (`fit_constants`' keywords).
+        keypoint_limit_px: the keypoint phase's check (`keycld_gym.training.keypoint_check`):
+            its largest error in pixels against the true bodies on held-out frames (None: no
+            check); keypoint_attempts: how many seeds the phase may try to pass it.
         noise_estimator: the real-side estimator whose error `observation_noise.json`
             records ('window', 'filter' or its JSON; None: the one the system's bundled
             keypoint agent meets the real task with).
@@ -90,6 +93,10 @@ class ModelRecipe:
     renderer_steps: int = 1000
     renderer_fit: dict[str, Any] = field(default_factory=dict)
     noise_estimator: str | None = None
+    # 3.5 times the worst bundled model's error (cartpole, 0.28 px), a fifth of a missed
+    # body's: a keypoint that never found the pole sits pixels from it in most frames
+    keypoint_limit_px: float | None = 1.0
+    keypoint_attempts: int = 3
     ensemble_members: int = 1
     constants_steps: int = 0
     constants_fit: dict[str, Any] = field(default_factory=dict)
@@ -99,6 +106,11 @@ class ModelRecipe:
         get_system(self.system)
         if self.ensemble_members < 1:
             raise ValueError(f"{self.system} recipe: ensemble_members must be at least 1, got {self.ensemble_members}")
+        if self.keypoint_attempts < 1:
+            raise ValueError(f"{self.system} recipe: keypoint_attempts must be at least 1, got {self.keypoint_attempts}")
+        if self.keypoint_limit_px is not None and not self.keypoint_limit_px > 0:
+            raise ValueError(f"{self.system} recipe: keypoint_limit_px must be positive (or None: no check), "
+                             f"got {self.keypoint_limit_px}")
         if self.constants_steps < 0:
             raise ValueError(f"{self.system} recipe: constants_steps must be non-negative, got {self.constants_steps}")
         unknown_fit = set(self.constants_fit) - _CONSTANTS_FIT_SETTINGS
@@ -159,6 +171,12 @@ _STRUCTURED = dict(linear_potential=True, potential_mlp=False)
 # under the same exploration.
 _STATES_EVAL = DataPlan("states-eval", episodes=20, frames=1000, seed=3, regime="states")
 
+# Five dynamics members behind the one encoder: their disagreement ranks the model's actual
+# keypoint error on held-out sequences at 0.76-0.78 on all three systems, and five members
+# step at 56-67% of one's speed (BENCHMARKS.md, "The real-task loop, calibration on every
+# system").
+_MEMBERS = 5
+
 RECIPES: dict[str, ModelRecipe] = {
     # 25,000 + 20,000 real frames; the bundled cartpole model is this recipe's
     # (keycld_gym/weights/cartpole/README.md).
@@ -203,6 +221,7 @@ RECIPES: dict[str, ModelRecipe] = {
         # The constants refit over whole training sequences: held-out VPT 1.24 -> 1.92 s median
         # over 9.6 s; the agent trained before it scored 836.3 in it against 842.6, a fresh one
         # trained in it 852.5 (BENCHMARKS.md, "Constants over long windows").
+        ensemble_members=_MEMBERS,
         constants_steps=5,
     ),
     # 20,000 + 20,000 real frames: the same seconds of motion per sequence as cartpole's
@@ -231,6 +250,7 @@ RECIPES: dict[str, ModelRecipe] = {
         # lost 3% more amplitude per period than the real one, unseen over the 0.96 s rollouts
         # above; after it, held-out VPT 1.94 -> 15.24 s median over 19.6 s, beyond the noisy true
         # simulator's 5.00 (BENCHMARKS.md, "Constants over long windows").
+        ensemble_members=_MEMBERS,
         constants_steps=5,
     ),
     # The keypoints are placed on the constraints (`EncoderConfig.constrained`): both links
@@ -265,6 +285,7 @@ RECIPES: dict[str, ModelRecipe] = {
         renderer_steps=600, renderer_fit=dict(weight=0.0, foreground_weight=1.0),
         # Held-out VPT 0.78 -> 1.22 s median over 9.6 s (the true constants behind the same
         # encoder gave 1.26; BENCHMARKS.md, "Constants over long windows").
+        ensemble_members=_MEMBERS,
         constants_steps=5,
     ),
 }
