@@ -122,8 +122,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _ensemble(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    record = train_ensemble(args.checkpoint, args.out, args.members, data=args.data, progress=not args.quiet,
-                            command=default_command())
+    record = train_ensemble(args.checkpoint, args.out, args.members, data=args.data, workers=args.workers,
+                            progress=not args.quiet, command=default_command())
     print(f"{args.members} dynamics members ({args.members - 1} trained; this call {record['call_wall_s'] / 60:.1f} min, "
           f"training loops {record['training_loop_s'] / 60:.1f} min) "
           f"-> {checkpoint_folder(args.checkpoint)}")
@@ -662,6 +662,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", type=positive_int, default=5, help="members in all, the model's own included")
     p.add_argument("--out", required=True, help="run folder: one training run per further member")
     p.add_argument("--data", help="the model's dynamics data set, where it lies elsewhere than its config records")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="processes that train the members after the first side by side, sharing --threads")
     p.set_defaults(func=_ensemble)
     p = sub.add_parser("improve", parents=[THREADS, QUIET],
                        help="the real-task loop: real episodes refine the model, the agent continues there (resumable)")
@@ -846,7 +848,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, help="training seed of every step (default: the recipe's, 0); the "
                                                          "data sets keep the recipe's seeds, so runs of several seeds "
                                                          "differ only in training")
-    p.add_argument("--workers", type=positive_int, default=2, help="collection processes")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="collection processes, and processes that train ensemble members side by side")
     p.set_defaults(func=_pipeline)
     p = sub.add_parser("ablations", parents=[THREADS, QUIET, RAY], help="KeyCLD against the Lagrangian without constraints and the neural ODE, on a "
                                          "finished pipeline run (resumable)")

@@ -93,6 +93,20 @@ def test_trained_members_differ_are_saved_beside_the_model_and_load(ensemble_dir
     assert all(torch.equal(reloaded.ensemble.params[n], model.ensemble.params[n]) for n in model.ensemble.params)
 
 
+def test_members_train_side_by_side_as_they_train_one_after_another(ensemble_dir, tiny_model_dir, tiny_data, tmp_path):
+    """`workers=2`: members 2 and 3 in two processes after the first; member 2 as the sequential run made it."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    record = train_ensemble(folder, tmp_path / "members", 4, data=str(tiny_data), workers=2, progress=False)
+    assert record["seeds"] == [1, 2, 3] and (tmp_path / "members" / "member-3" / "model").is_dir()
+    ours, theirs = load_model(folder).ensemble.params, load_model(ensemble_dir).ensemble.params
+    for name in theirs:
+        torch.testing.assert_close(ours[name][:3], theirs[name], rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(p[2], p[3]) for p in ours.values())
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        train_ensemble(folder, tmp_path / "members", 4, workers=0)
+
+
 def test_a_corrupt_or_missing_ensemble_is_a_clear_error(ensemble_dir, tmp_path):
     broken = tmp_path / "model"
     shutil.copytree(ensemble_dir, broken)

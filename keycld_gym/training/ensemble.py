@@ -26,6 +26,7 @@ from keycld_gym.files import portable_path, sha256_file
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model, save_ensemble
 from keycld_gym.model.ensemble import DynamicsEnsemble, member_state
 from keycld_gym.model.keycld import ModelConfig
+from keycld_gym.parallel import run_units
 from keycld_gym.training.config import TrainConfig
 from keycld_gym.training.state import load_state
 from keycld_gym.training.trainer import Trainer
@@ -62,16 +63,32 @@ def _check_same_data(source: Path, recorded: dict[str, Any], folder: Path) -> No
                               "members must learn from the same sequences; collect it with the model's recorded command")
 
 
+def train_member(config: TrainConfig, run: Path, starts: tuple[torch.Tensor, torch.Tensor] | None,
+                 command: str | None, progress: bool, threads: int | None = None) -> tuple[dict, dict, float]:
+    """One member's training run into `run` (resumed where it stopped): its member parameters, encoder
+    state and training-loop seconds. A unit of work (`keycld_gym.parallel`): everything it needs is in its arguments."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    trainer = Trainer(config, run, command=command, progress=progress, start_bank=False, start_states=starts)
+    finished = trainer.run(resume=(run / "train_state.json").exists())
+    return member_state(finished), finished.encoder.state_dict(), trainer.elapsed
+
+
 def train_ensemble(checkpoint: str | Path, out: str | Path, members: int, *, data: str | None = None,
-                   progress: bool = True, command: str | None = None) -> dict[str, Any]:
+                   workers: int = 1, progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Train members 1..`members`-1 of `checkpoint`'s model into `out` and add them to its folder; returns the record.
 
     Resumable: finished members are kept, an interrupted one continues from its last checkpoint.
     `data`: the dynamics data set, where it lies elsewhere than the checkpoint records (it
     must be the same data set: the same manifest, or one collected alike, `_check_same_data`).
+    `workers` > 1: the members after the first train side by side in that many processes,
+    each with an equal share of this process's torch threads (the first's start states start
+    them, so it trains alone first).
     """
     if members < 2:
         raise ValueError(f"an ensemble needs at least 2 members (the model and one more), got {members}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     folder = checkpoint_folder(checkpoint)
     model = load_model(folder)
     config = model.checkpoint_config
@@ -80,23 +97,23 @@ def train_ensemble(checkpoint: str | Path, out: str | Path, members: int, *, dat
     source = Path(data or config.get("data", {}).get("path", ""))
     _check_same_data(source, config.get("data", {}), folder)
     out = Path(out)
-    trained, seeds, wall, starts, t0 = [], [], 0.0, None, time.monotonic()
-    for i in range(1, members):
-        run = out / f"member-{i}"
-        member = member_config(config, folder, i, str(source))
-        seeds.append(member.seed)
-        trainer = Trainer(member, run, command=command, progress=progress, start_bank=False, start_states=starts)
-        finished = trainer.run(resume=(run / "train_state.json").exists())
-        wall += trainer.elapsed
-        if starts is None:  # the first member's fitted start states start the others' (the same sequences)
-            state = load_state(run / "train_state")
-            starts = (state["start_q"], state["start_v"])
+    configs = [member_config(config, folder, i, str(source)) for i in range(1, members)]
+    t0 = time.monotonic()
+    first = train_member(configs[0], out / "member-1", None, command, progress)
+    # the first member's fitted start states start the others' (the same sequences)
+    state = load_state(out / "member-1" / "train_state")
+    starts = (state["start_q"], state["start_v"])
+    side_by_side = workers > 1 and members > 2
+    threads = max(1, torch.get_num_threads() // workers) if side_by_side else None
+    rest = run_units(train_member, [(c, out / f"member-{i}", starts, command, progress and not side_by_side, threads)
+                                    for i, c in enumerate(configs[1:], start=2)], workers=workers)
+    results = [first, *rest]
+    for i, (_, encoder, _) in enumerate(results, start=1):
         # the dynamics phase puts keypoints in the constraints' order; a member that reordered
         # them reads frames otherwise than the model and cannot share its encoder
-        if any(not torch.equal(a, b) for a, b in zip(finished.encoder.state_dict().values(),
-                                                     model.encoder.state_dict().values())):
+        if any(not torch.equal(a, b) for a, b in zip(encoder.values(), model.encoder.state_dict().values())):
             raise CheckpointError(f"member {i} reordered the model's keypoints: it cannot share the model's encoder")
-        trained.append(member_state(finished))
+    trained, seeds, wall = [r[0] for r in results], [c.seed for c in configs], sum(r[2] for r in results)
     ensemble = DynamicsEnsemble(model, trained)
     record = {"members": members, "seeds": seeds,
               "bootstrap": "each member i >= 1: as many training sequences as the data set's, drawn with replacement "

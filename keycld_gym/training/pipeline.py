@@ -163,7 +163,8 @@ class Pipeline:
                 data=self._training_data(), steps=r.renderer_steps, seed=r.seed, progress=self.progress,
                 command=self.command, force=True, **r.renderer_fit)),
             *([("ensemble", lambda: train_ensemble(self.model_folder, self.out / "ensemble", r.ensemble_members,
-                                                   progress=self.progress, command=self.command))]
+                                                   workers=self.workers, progress=self.progress,
+                                                   command=self.command))]
               if r.ensemble_members > 1 else []),
             # in place, members included: a fresh member is trained from the recorded dynamics
             # phase, so the refit comes after the ensemble
