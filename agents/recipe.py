@@ -82,6 +82,10 @@ class AgentRecipe:
     # imagination run without either, so that their returns compare with the real task's.
     uncertainty_penalty: float = 0.0
     uncertainty_limit: float | None = None
+    # training in imagination: each step's reward plus this many times the change of the model's
+    # energy potential (`keycld_gym.model.energy.EnergyPotential`; potential-based shaping,
+    # which leaves the best policies as they were); 0: off. Evaluations run unshaped.
+    energy_shaping: float = 0.0
 
     def __post_init__(self) -> None:
         if self.action_gain is not None:
@@ -113,6 +117,8 @@ class AgentRecipe:
             raise ValueError(f"uncertainty_penalty must be a finite number >= 0, got {self.uncertainty_penalty}")
         if self.uncertainty_limit is not None and not (math.isfinite(self.uncertainty_limit) and self.uncertainty_limit > 0):
             raise ValueError(f"uncertainty_limit must be a positive number of pixels or None, got {self.uncertainty_limit}")
+        if not (math.isfinite(self.energy_shaping) and self.energy_shaping >= 0):
+            raise ValueError(f"energy_shaping must be a finite number >= 0, got {self.energy_shaping}")
         if not 0.0 <= self.exploring_starts <= 1.0:
             raise ValueError(f"exploring_starts must be a share in [0, 1], got {self.exploring_starts}")
         if self.training_episode_steps is not None and self.training_episode_steps < 1:
@@ -143,7 +149,7 @@ class AgentRecipe:
         What RL Zoo cannot express is left out: the measured observation noise, exploring
         starts and action gains (those need the model's own files; `keycld-gym train-agent`
         applies them). The uncertainty penalty and limit are env options: pass them with
-        `--env-kwargs uncertainty_penalty:1.0 uncertainty_limit:3.0` (and `checkpoint:'MODEL'`
+        `--env-kwargs uncertainty_penalty:1.0 uncertainty_limit:3.0 energy_shaping:20.0` (and `checkpoint:'MODEL'`
         for a model with an ensemble). Pixel recipes that read the world model's encoder have no RL Zoo form.
         """
         if self.features != "cnn":

@@ -316,6 +316,47 @@ def test_bundled_model_made_by_its_pipeline_and_default_env(system, max_frames, 
     check_env(env.unwrapped, skip_render_check=True)
 
 
+def test_energy_shaping_adds_the_potential_change_and_sums_to_its_ends(ckpt):
+    """Potential-based shaping: each reward plus c (Phi(s') - Phi(s)), an episode's sum plus c (Phi(s_T) - Phi(s_0))."""
+    plain = KeyCLDVectorEnv(3, "cartpole", ckpt, obs_type="keypoints", max_episode_steps=6)
+    shaped = KeyCLDVectorEnv(3, "cartpole", ckpt, obs_type="keypoints", max_episode_steps=6, energy_shaping=5.0)
+    plain.reset(seed=2)
+    shaped.reset(seed=2)
+    start = shaped._shaping(shaped.sim.q, shaped.sim.v)
+    actions = np.linspace(-1, 1, 3, dtype=np.float32)[:, None]
+    extra = np.zeros(3)
+    for t in range(6):
+        before = shaped._shaping(shaped.sim.q, shaped.sim.v)
+        _, r0, _, _, _ = plain.step(actions)
+        _, r1, _, truncated, infos = shaped.step(actions)
+        if t < 5:  # before the reset that ends the episode, the change of this step's state
+            np.testing.assert_allclose(r1 - r0, 5.0 * (shaped._shaping(shaped.sim.q, shaped.sim.v) - before), atol=1e-6)
+        extra += r1 - r0
+    assert truncated.all()  # the episodes ended and restarted: the potential is the new start's again
+    end = np.array([shaped._shaping(*(torch.as_tensor(x).reshape(2, 1, -1, 2).float()))[0]
+                    for x in infos["final_obs"]])
+    np.testing.assert_allclose(extra, 5.0 * (end - start), rtol=1e-4, atol=1e-5)  # the final obs: float32
+    np.testing.assert_allclose(shaped._potential, shaped._shaping(shaped.sim.q, shaped.sim.v))
+    with pytest.raises(ValueError, match="energy_shaping must be a finite number >= 0"):
+        KeyCLDEnv("cartpole", ckpt, obs_type="keypoints", energy_shaping=-1.0)
+
+
+def test_the_energy_potential_of_the_bundled_acrobot_runs_from_hanging_to_upright():
+    from keycld_gym.model.energy import EnergyPotential, upright_state
+
+    model = keycld_gym.load_model("acrobot")
+    potential = EnergyPotential(model)
+    top, _ = upright_state(model)
+    q = torch.from_numpy(top).float()[None]
+    assert abs(potential(q, torch.zeros_like(q))[0]) < 0.02  # upright at rest: the target energy
+    env = KeyCLDVectorEnv(32, "acrobot", obs_type="keypoints")
+    env.reset(seed=0)  # the task's own resets: both joints at random angles, nearly at rest
+    phi = potential(env.sim.q, env.sim.v)
+    assert (phi > -1.05).all() and (phi < 0.05).all()  # between hanging at rest (-1) and upright at rest (0)
+    tip_height = env.sim.q[:, 1, 1].numpy()
+    assert np.corrcoef(np.argsort(np.argsort(phi)), np.argsort(np.argsort(tip_height)))[0, 1] > 0.7
+
+
 def test_the_env_contract_is_enforced_where_it_is_stated(ckpt, tiny_data):
     """No step before reset; no start state or frames that would give a non-finite or meaningless observation."""
     env = KeyCLDEnv("cartpole", ckpt, obs_type="keypoints")

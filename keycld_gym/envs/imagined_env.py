@@ -20,7 +20,10 @@ episode follows a member drawn at its reset, as MBPO; "mean": the members' mean 
 the model's own dynamics alone, no uncertainty),
 `uncertainty_penalty=λ` (the reward minus λ times the disagreement, as MOPO) and
 `uncertainty_limit=u` (the episode is truncated where the disagreement passes u pixels, as
-MOReL); both off by default, and both need an ensemble.
+MOReL); both off by default, and both need an ensemble. `energy_shaping=c` adds
+c (Phi(s') - Phi(s)) to each step's reward, Phi the model's `EnergyPotential` (how far the
+state's energy is from the upright equilibrium's): a potential-based shaping, whose sum over
+an episode is the unshaped sum plus c (Phi(s_T) - Phi(s_0)); off by default.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from gymnasium.vector.utils import batch_space
 from keycld_gym.envs.imagination import Imagination
 from keycld_gym.errors import CheckpointError
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.model.energy import EnergyPotential
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.model.start_bank import EXPLORING_STARTS, START_BANK, read_start_bank
 from keycld_gym.sim.actions import checked_action
@@ -77,7 +81,8 @@ class _Spaces:
 
     def _setup(self, system: str, checkpoint: str | Path | KeyCLDModel | None, obs_type: str,
                action_repeat: int | None, device: str, num_envs: int, ensemble_mode: str = "member",
-               uncertainty_penalty: float = 0.0, uncertainty_limit: float | None = None) -> None:
+               uncertainty_penalty: float = 0.0, uncertainty_limit: float | None = None,
+               energy_shaping: float = 0.0) -> None:
         self.model, path = _load(system, checkpoint, device)
         self.checkpoint_path = path  # the model folder (None for a model passed in)
         self.system = self.model.spec
@@ -86,6 +91,11 @@ class _Spaces:
         self.uncertainty_penalty, self.uncertainty_limit = _uncertainty_options(
             self.model, uncertainty_penalty, uncertainty_limit, ensemble_mode)
         self.sim = Imagination(self.model, num_envs, self.action_repeat, device, ensemble_mode=ensemble_mode)
+        self.energy_shaping = float(energy_shaping)
+        if not (np.isfinite(self.energy_shaping) and self.energy_shaping >= 0):
+            raise ValueError(f"energy_shaping must be a finite number >= 0, got {energy_shaping!r}")
+        self._shaping = EnergyPotential(self.model) if self.energy_shaping else None
+        self._potential = np.zeros(num_envs)  # Phi of each env's current state, where shaping
         self.bank = read_start_bank(path) if path is not None and (path / START_BANK).exists() else None
         self._init_spaces(obs_type)
         self._steps = np.zeros(num_envs, np.int64)
@@ -119,8 +129,12 @@ class _Spaces:
         return torch.from_numpy(checked).to(self.sim.device)
 
     def _judge(self, reward: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Rewards `(N,)` minus the uncertainty penalty, and which envs passed the uncertainty limit `(N,)` bool."""
+        """Rewards `(N,)` shaped and minus the uncertainty penalty, and which envs passed the uncertainty limit `(N,)` bool."""
         reward = reward.cpu().numpy().astype(np.float64)
+        if self._shaping is not None:
+            potential = self._shaping(self.sim.q, self.sim.v)
+            reward = reward + self.energy_shaping * (potential - self._potential)
+            self._potential = potential
         if self.sim.ensemble is None:
             return reward, np.zeros(len(reward), bool)
         spread = self.sim.uncertainty.cpu().numpy().astype(np.float64)
@@ -158,6 +172,8 @@ class _Spaces:
             self.sim.set_state(index, q, v)
         self.sim.draw_members(index, rng)
         self._steps[index] = 0
+        if self._shaping is not None:
+            self._potential[index] = self._shaping(self.sim.q[index], self.sim.v[index])
         if self.action_gain_range is not None:  # a new gain for each episode
             low, high = self.action_gain_range
             gains = rng.uniform(low, high, len(index)).astype(np.float32)
@@ -172,11 +188,11 @@ class KeyCLDEnv(_Spaces, gym.Env):
     def __init__(self, system: str = "cartpole", checkpoint: str | Path | KeyCLDModel | None = None,
                  obs_type: str = "pixels", action_repeat: int | None = None, device: str = "cpu",
                  render_mode: str | None = None, draw_keypoints: bool = True, ensemble_mode: str = "member",
-                 uncertainty_penalty: float = 0.0, uncertainty_limit: float | None = None):
+                 uncertainty_penalty: float = 0.0, uncertainty_limit: float | None = None, energy_shaping: float = 0.0):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self._setup(system, checkpoint, obs_type, action_repeat, device, 1, ensemble_mode, uncertainty_penalty,
-                    uncertainty_limit)
+                    uncertainty_limit, energy_shaping)
         self.render_mode, self.draw_keypoints = render_mode, draw_keypoints
         self.observation_space, self.action_space = self._obs_space, self._act_space
         self.metadata = {**self.metadata, "render_fps": int(round(1.0 / (self.action_repeat * self.system.physics_dt)))}
@@ -227,7 +243,7 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
                  render_mode: str | None = None, action_gain: tuple[float, float] | None = None,
                  exploring_starts: float = 0.0, max_episode_steps: int | None = None, ensemble_mode: str = "member",
                  uncertainty_penalty: float = 0.0, uncertainty_limit: float | None = None,
-                 autoreset_mode: str | AutoresetMode = "same_step"):
+                 autoreset_mode: str | AutoresetMode = "same_step", energy_shaping: float = 0.0):
         if num_envs < 1:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
         modes = {"same_step": AutoresetMode.SAME_STEP, "next_step": AutoresetMode.NEXT_STEP}
@@ -238,7 +254,7 @@ class KeyCLDVectorEnv(_Spaces, VectorEnv):
         self._autoreset = np.zeros(num_envs, bool)  # next_step: the sub-envs whose next step is a reset
         self.num_envs, self.render_mode = num_envs, None
         self._setup(system, checkpoint, obs_type, action_repeat, device, num_envs, ensemble_mode, uncertainty_penalty,
-                    uncertainty_limit)
+                    uncertainty_limit, energy_shaping)
         # the registry's limit in agent steps (gymnasium passes it to vector entry points, as
         # TimeLimit takes it for single envs); never longer than the task's episode
         if max_episode_steps is not None and max_episode_steps < 1:

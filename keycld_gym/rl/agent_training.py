@@ -61,7 +61,7 @@ from keycld_gym.sim.systems import get_system
 
 STATE = "state.json"
 IDENTITY = ("system", "obs_type", "algo", "seed", "checkpoint", "observation_noise", "world", "uncertainty_penalty",
-            "uncertainty_limit", "init_from", "hyperparams")
+            "uncertainty_limit", "energy_shaping", "init_from", "hyperparams")
 WORLDS = ("imagined", "true")
 # episodes of the learning curve start from their own seeds, apart from evaluate-agent's
 CURVE_SEED = 200_000
@@ -87,6 +87,7 @@ class AgentTrainConfig:
     observation_noise: str | None = None  # None: the recipe's
     uncertainty_penalty: float | None = None  # None: the recipe's (needs a model with an ensemble)
     uncertainty_limit: float | None = None  # None: the recipe's
+    energy_shaping: float | None = None  # None: the recipe's
     eval_every: int = 5000  # agent steps between learning-curve points
     eval_episodes: int = 16  # imagined episodes per point (batched)
     real_eval_every: int = 0  # every n-th curve point also in the real task (0: never)
@@ -128,6 +129,8 @@ class AgentTrainConfig:
             changes["uncertainty_penalty"] = self.uncertainty_penalty
         if self.uncertainty_limit is not None:
             changes["uncertainty_limit"] = self.uncertainty_limit
+        if self.energy_shaping is not None:
+            changes["energy_shaping"] = self.energy_shaping
         if self.world == "true":
             changes["observation_noise"] = "none"  # the true state: nothing estimated
         if self.hyperparams:

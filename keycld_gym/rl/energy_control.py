@@ -36,6 +36,7 @@ import torch
 from keycld_gym.agents import AgentRecipe, get_recipe
 from keycld_gym.files import portable_path
 from keycld_gym.model.checkpoint import checkpoint_folder, load_model
+from keycld_gym.model.energy import pushed_keypoint, swing_energy, upright_state
 from keycld_gym.model.keycld import KeyCLDModel
 from keycld_gym.sim.systems import get_system
 
@@ -154,48 +155,6 @@ def _split(model: KeyCLDModel, x: Array) -> tuple[torch.Tensor, torch.Tensor]:
     return t[:, :2 * k].reshape(-1, k, 2), t[:, 2 * k:].reshape(-1, k, 2)
 
 
-def _pushed_keypoint(model: KeyCLDModel) -> int | None:
-    """The keypoint a force actuator pushes (cartpole's cart), if the spec names one."""
-    pushed = [a.keypoint for a in model.dynamics.actuators if a.kind == "force"]
-    if len(pushed) > 1:
-        raise ValueError(f"energy shaping handles one pushed keypoint, the spec names {pushed}")
-    return pushed[0] if pushed else None
-
-
-def upright_state(model: KeyCLDModel, samples: int = 4096, steps: int = 400, seed: int = 0) -> tuple[Array, tuple[float, float]]:
-    """The keypoints where the learned potential peaks on the constraint manifold `(K, 2)`, and its (min, max) there.
-
-    Random points of the frame projected onto the manifold give the range; the best one is
-    refined by projected gradient ascent. A keypoint on a rail is then moved (with the
-    rest, rigidly) to the middle between the rail's learned walls: the top of the
-    potential is the same anywhere along the rail, the task wants the middle.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    k = model.spec.num_keypoints
-    dyn = model.dynamics
-    constraints = model.constraints
-    with torch.no_grad():
-        dtype = next(model.parameters()).dtype
-        q = torch.rand(samples, k, 2, generator=gen, dtype=torch.float64).to(dtype) * 2 - 1
-        q = constraints.project_positions(q, iterations=20)
-        v = dyn.potential(q, walls=False)
-        ok = torch.isfinite(v) & (constraints.phi(q).abs().amax(-1) < 1e-4)
-        q, v = q[ok], v[ok]
-        best = q[v.argmax()][None].clone()
-        low = float(v.min())
-        rails = list(getattr(dyn, "rail_keypoints", []))
-        for i in range(steps):  # ascend along the manifold: the gradient's tangent part, then back onto it
-            g = dyn.potential_gradient(best, walls=False)
-            tangent = constraints.project_velocities(best, g)
-            size = 0.01 * (1 - i / steps) + 1e-5  # shrinking steps: settle on the top
-            best = constraints.project_positions(best + size * tangent / tangent.norm().clamp(min=1e-9), 5)
-        if rails:  # the pose found, moved along the rail (a learned slope along it is no reason to sit at a wall)
-            best[..., 0] += dyn.walls[0].mean() - best[0, rails[0], 0]
-            best = constraints.project_positions(best, 20)
-        high = float(dyn.potential(best, walls=False))
-    return best[0].numpy(), (low, high)
-
-
 def model_plant(model: KeyCLDModel) -> EnergyPlant:
     """The learned model as an `EnergyPlant` on keypoint observations x = (q, qdot) flattened `(N, 4K)`.
 
@@ -212,13 +171,11 @@ def model_plant(model: KeyCLDModel) -> EnergyPlant:
     model = copy.deepcopy(model).double().eval()
     dyn = model.dynamics
     repeat = model.spec.action_repeat
-    pushed = _pushed_keypoint(model)
+    pushed = pushed_keypoint(model)
     upright_q, potential_range = upright_state(model)
 
     def shaped(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if pushed is not None:
-            v = v - v[:, pushed:pushed + 1]
-        return dyn.kinetic(v) + dyn.potential(q, walls=False)
+        return swing_energy(model, q, v)
 
     @torch.no_grad()
     def energy(x: Array) -> Array:

@@ -4,7 +4,7 @@
 
 A trial is one `train-agent` run of the system's bundled keypoint recipe in a model's
 imagination, with its own seed and settings (`--grid learning_rate=3e-4,1e-3`, the SB3
-algorithm's arguments, or the env's `uncertainty_penalty`/`uncertainty_limit`). It reports
+algorithm's arguments, or the env's `uncertainty_penalty`/`uncertainty_limit`/`energy_shaping`). It reports
 each learning-curve point (imagined return) to Tune as it is measured, and at the end its
 real return by the evaluation protocol on a *selection* set of seeds (`SELECTION_SEED`+),
 which is not the evaluation's. The sweep ranks the trials by that real return, then measures
@@ -49,7 +49,7 @@ from keycld_gym.sim.systems import get_system
 SELECTION_SEED = 400_000
 EVAL_SEED = 100_000
 # settings of the training config itself; every other grid key is an argument of the SB3 algorithm
-_CONFIG_SETTINGS = ("uncertainty_penalty", "uncertainty_limit")
+_CONFIG_SETTINGS = ("uncertainty_penalty", "uncertainty_limit", "energy_shaping")
 TABLE = "sweep"
 
 
@@ -60,7 +60,7 @@ class SweepConfig:
     Attributes:
         system: the system; its bundled keypoint recipe is trained.
         seeds: the trials' training seeds; every seed is crossed with every grid point.
-        grid: setting -> the values to try (`uncertainty_penalty`, `uncertainty_limit`, or an
+        grid: setting -> the values to try (`uncertainty_penalty`, `uncertainty_limit`, `energy_shaping`, or an
             argument of the recipe's SB3 algorithm such as `learning_rate`).
         checkpoint: the world model (None: the bundled one).
         budget_min: minutes of training per trial (None: the recipe's benchmark budget).
