@@ -25,9 +25,7 @@ def cli_reference() -> str:
     os.environ["COLUMNS"] = WIDTH
     try:
         os.environ.setdefault("MUJOCO_GL", "egl")
-        from keycld_gym.cli import (
-            build_parser,  # imported here: only the build needs the package
-        )
+        from keycld_gym.cli import build_parser  # imported here: only the build needs the package
 
         parser = build_parser()
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
