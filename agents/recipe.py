@@ -86,6 +86,11 @@ class AgentRecipe:
     # energy potential (`keycld_gym.model.energy.EnergyPotential`; potential-based shaping,
     # which leaves the best policies as they were); 0: off. Evaluations run unshaped.
     energy_shaping: float = 0.0
+    # training: rewards scaled by a running estimate of the discounted return's spread (SB3's
+    # VecNormalize, rewards only): a swing-up's returns run from 0 to hundreds, and their
+    # value errors would otherwise take most of PPO's clipped gradient norm. Observations
+    # stay as they are, so the policy needs nothing more in the real task.
+    normalize_reward: bool = False
 
     def __post_init__(self) -> None:
         if self.action_gain is not None:

@@ -310,7 +310,7 @@ def _train_agent(args: argparse.Namespace) -> int:
         real_eval_every=args.real_eval_every, real_eval_episodes=args.real_eval_episodes,
         checkpoint_every_s=args.checkpoint_every, world=args.world, keypoint_map=_true_keypoint_map(args),
         uncertainty_penalty=args.uncertainty_penalty, uncertainty_limit=args.uncertainty_limit,
-        energy_shaping=args.energy_shaping,
+        energy_shaping=args.energy_shaping, normalize_reward=args.normalize_reward,
     )
     state = train_agent(config, args.out, resume=args.resume, progress=not args.quiet, command=default_command())
     last = state["curve"][-1]
@@ -773,6 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-shaping", type=non_negative_float,
                    help="add this many times the change of the model's energy potential to each imagined training "
                         "reward (potential-based shaping toward the upright energy; default: the recipe's)")
+    p.add_argument("--normalize-reward", action=argparse.BooleanOptionalAction,
+                   help="scale training rewards by the running spread of the discounted return (SB3's VecNormalize, "
+                        "rewards only; default: the recipe's)")
     p.set_defaults(func=_train_agent)
     p = sub.add_parser("evaluate-agent", parents=[THREADS, RAY], help="an agent's return in the real task and in imagination")
     p.add_argument("--agent", required=True, help="agent folder (OUT/agent of train-agent), 'bundled', 'energy' "

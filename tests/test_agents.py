@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.vec_env import VecNormalize
 
 from keycld_gym.agents import RECIPES, AgentRecipe, get_recipe
 from keycld_gym.errors import CheckpointError
@@ -214,6 +215,33 @@ def test_train_agent_logs_checkpoints_and_resumes(model_dir, tmp_path):
     with pytest.raises(CheckpointError, match="holds a training run already"):
         train_agent(config, tmp_path, progress=False)
     assert ((tmp_path / "agent" / "agent.safetensors").read_bytes(), (tmp_path / "curve.csv").read_bytes()) == before
+
+
+def test_shaped_and_normalised_rewards_are_for_training_only(model_dir, tmp_path):
+    """`energy_shaping` and `normalize_reward`: the training env's rewards change, the curve's and the agent's do not."""
+    from keycld_gym.rl.agent_training import AgentTrainConfig, _Trainer
+
+    torch.set_num_threads(1)
+    config = AgentTrainConfig(algo="ppo", checkpoint=str(model_dir), total_steps=64, eval_every=64, eval_episodes=2,
+                              observation_noise="none", energy_shaping=3.0, normalize_reward=True)
+    trainer = _Trainer(config, tmp_path, None, False)
+    assert trainer.recipe.energy_shaping == 3.0 and trainer.recipe.normalize_reward
+    assert isinstance(trainer.venv, VecNormalize) and not trainer.venv.norm_obs
+    assert _base(trainer.venv).energy_shaping == 3.0
+    trainer.venv.reset()
+    for _ in range(4):
+        trainer.venv.step(np.zeros((trainer.venv.num_envs, 1), np.float32))
+    assert trainer.venv.ret_rms.count > 1  # the return's spread is being estimated
+    plain = imagined_vec_env(trainer.recipe, 2, model_dir, seed=0)  # evaluation: unshaped
+    shaped = imagined_vec_env(trainer.recipe, 2, model_dir, seed=0, training=True)
+    assert _base(plain).energy_shaping == 0.0 and _base(shaped).energy_shaping == 3.0
+
+
+def _base(venv):
+    """The imagined vector env under SB3's wrappers."""
+    while hasattr(venv, "venv"):
+        venv = venv.venv
+    return venv
 
 
 def test_cli_train_and_evaluate_agent_and_bad_inputs(model_dir, tmp_path, capsys):

@@ -39,7 +39,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 from tqdm.auto import tqdm
 
 from keycld_gym.agents import AgentRecipe, get_recipe
@@ -61,7 +61,7 @@ from keycld_gym.sim.systems import get_system
 
 STATE = "state.json"
 IDENTITY = ("system", "obs_type", "algo", "seed", "checkpoint", "observation_noise", "world", "uncertainty_penalty",
-            "uncertainty_limit", "energy_shaping", "init_from", "hyperparams")
+            "uncertainty_limit", "energy_shaping", "normalize_reward", "init_from", "hyperparams")
 WORLDS = ("imagined", "true")
 # episodes of the learning curve start from their own seeds, apart from evaluate-agent's
 CURVE_SEED = 200_000
@@ -88,6 +88,7 @@ class AgentTrainConfig:
     uncertainty_penalty: float | None = None  # None: the recipe's (needs a model with an ensemble)
     uncertainty_limit: float | None = None  # None: the recipe's
     energy_shaping: float | None = None  # None: the recipe's
+    normalize_reward: bool | None = None  # None: the recipe's
     eval_every: int = 5000  # agent steps between learning-curve points
     eval_episodes: int = 16  # imagined episodes per point (batched)
     real_eval_every: int = 0  # every n-th curve point also in the real task (0: never)
@@ -131,6 +132,8 @@ class AgentTrainConfig:
             changes["uncertainty_limit"] = self.uncertainty_limit
         if self.energy_shaping is not None:
             changes["energy_shaping"] = self.energy_shaping
+        if self.normalize_reward is not None:
+            changes["normalize_reward"] = self.normalize_reward
         if self.world == "true":
             changes["observation_noise"] = "none"  # the true state: nothing estimated
         if self.hyperparams:
@@ -188,6 +191,9 @@ class _Trainer:
         self.model_path = checkpoint_folder(config.checkpoint, config.system)
         self.model = load_model(self.model_path)
         self.venv = self.world_env(self.recipe.num_envs, config.seed, training=True)
+        if self.recipe.normalize_reward:
+            self.venv = VecNormalize(self.venv, norm_obs=False, norm_reward=True,
+                                     gamma=self.recipe.hyperparams.get("gamma", 0.99))
         self.curve: list[dict[str, Any]] = []
         self.wall_before = 0.0  # training time of earlier (interrupted) sessions
         self.started = time.time()

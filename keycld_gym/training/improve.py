@@ -317,7 +317,7 @@ class _Loop:
             system=c.system, obs_type="keypoints", algo=recipe.algo, seed=c.seed + r, checkpoint=str(model),
             total_steps=c.agent_steps, observation_noise=recipe.observation_noise,
             uncertainty_penalty=recipe.uncertainty_penalty, uncertainty_limit=recipe.uncertainty_limit,
-            energy_shaping=recipe.energy_shaping, eval_every=max(c.agent_steps, 1), init_from=str(agent))
+            energy_shaping=recipe.energy_shaping, normalize_reward=recipe.normalize_reward, eval_every=max(c.agent_steps, 1), init_from=str(agent))
         return train_agent(config, run, resume=(run / "state.json").exists(), progress=self.progress,
                            command=self.command)
 
