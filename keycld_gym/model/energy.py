@@ -26,10 +26,9 @@ def pushed_keypoint(model: KeyCLDModel) -> int | None:
     return pushed[0] if pushed else None
 
 
-def swing_energy(model: KeyCLDModel, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The model's total energy `(N,)` of states q, v `(N, K, 2)`, seen from the pushed keypoint's frame where a
-    force actuator pushes one (cartpole: the pole's energy about the moving cart)."""
-    pushed = pushed_keypoint(model)
+def swing_energy(model: KeyCLDModel, q: torch.Tensor, v: torch.Tensor, pushed: int | None) -> torch.Tensor:
+    """The model's total energy `(N,)` of states q, v `(N, K, 2)`, seen from the frame of the `pushed` keypoint
+    (`pushed_keypoint`; cartpole: the pole's energy about the moving cart) where there is one."""
     if pushed is not None:
         v = v - v[:, pushed:pushed + 1]
     return model.dynamics.kinetic(v) + model.dynamics.potential(q, walls=False)
@@ -80,12 +79,12 @@ class EnergyPotential:
     """
 
     def __init__(self, model: KeyCLDModel):
-        self.model = model
+        self.model, self.pushed = model, pushed_keypoint(model)
         # the peak searched in double precision (its manifold test is tight), used in the model's own
         _, (low, high) = upright_state(copy.deepcopy(model).double().eval())
         self.target, self.scale = high, max(high - low, 1e-9)
 
     @torch.no_grad()
     def __call__(self, q: torch.Tensor, v: torch.Tensor) -> np.ndarray:
-        energy = swing_energy(self.model, q, v).double()
+        energy = swing_energy(self.model, q, v, self.pushed).double()
         return (-(energy - self.target).abs() / self.scale).cpu().numpy()

@@ -174,12 +174,9 @@ def model_plant(model: KeyCLDModel) -> EnergyPlant:
     pushed = pushed_keypoint(model)
     upright_q, potential_range = upright_state(model)
 
-    def shaped(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return swing_energy(model, q, v)
-
     @torch.no_grad()
     def energy(x: Array) -> Array:
-        return shaped(*_split(model, x)).numpy()
+        return swing_energy(model, *_split(model, x), pushed).numpy()
 
     @torch.no_grad()
     def potential(x: Array) -> Array:
@@ -188,7 +185,7 @@ def model_plant(model: KeyCLDModel) -> EnergyPlant:
     def power(x: Array) -> Array:
         q, v = _split(model, x)
         v = v.requires_grad_(True)
-        grad_v = torch.autograd.grad(shaped(q, v).sum(), v)[0]  # (N, K, 2)
+        grad_v = torch.autograd.grad(swing_energy(model, q, v, pushed).sum(), v)[0]  # (N, K, 2)
         with torch.no_grad():
             v = v.detach()
             rest = dyn.acceleration(q, v, q.new_zeros(len(q), dyn.action_dim))
